@@ -217,9 +217,14 @@ class Worker:
 
     # -- the loop ------------------------------------------------------------------------
 
-    def run(self, *, drain: bool = False, once: bool = False) -> int:
-        """Work until stopped (or, with ``drain``, until no job is ready); return the exit code."""
-        self._install_signal_handling()
+    def run(self, *, drain: bool = False, once: bool = False, handle_signals: bool = False) -> int:
+        """Work until stopped (or, with ``drain``, until no job is ready); return the exit code.
+
+        ``handle_signals`` (for a worker process, not a worker embedded in a test or notebook)
+        turns SIGTERM/SIGINT into a graceful stop.
+        """
+        if handle_signals:
+            self._install_signal_handling()
         log.info("worker %s for %s started", self.worker_id, self.settings.job_type)
         failures = 0
         while not self._stopping.is_set():
