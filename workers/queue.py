@@ -34,7 +34,7 @@ def queries() -> dict[str, str]:
 
 
 def _run(conn: psycopg.Connection, name: str, params: dict[str, Any]) -> psycopg.Cursor[Any]:
-    return conn.execute(queries()[name], params, prepare=True)  # type: ignore[arg-type]
+    return conn.execute(queries()[name], params, prepare=True)
 
 
 @dataclass(frozen=True)
@@ -89,7 +89,7 @@ def heartbeat(conn: psycopg.Connection, job: ClaimedJob, progress: float | None 
 
 def requeue_stale(conn: psycopg.Connection, lease_seconds: float) -> list[tuple[int, str]]:
     """Take back running jobs whose worker stopped sending heartbeats."""
-    return [tuple(r) for r in _run(conn, "requeue_stale", {"lease_seconds": lease_seconds})]  # type: ignore[misc]
+    return [tuple(r) for r in _run(conn, "requeue_stale", {"lease_seconds": lease_seconds})]
 
 
 def enqueue(
@@ -105,7 +105,7 @@ def enqueue(
 def get(conn: psycopg.Connection, job_id: int) -> dict[str, Any] | None:
     """One job row as a dict."""
     with conn.cursor(row_factory=dict_row) as cur:
-        return cur.execute(queries()["get_job"], {"id": job_id}).fetchone()  # type: ignore[arg-type]
+        return cur.execute(queries()["get_job"], {"id": job_id}).fetchone()
 
 
 def list_jobs(
@@ -114,7 +114,7 @@ def list_jobs(
     """Recent jobs, newest first."""
     with conn.cursor(row_factory=dict_row) as cur:
         params = {"status": status, "job_type": job_type, "limit": limit}
-        return cur.execute(queries()["list_jobs"], params).fetchall()  # type: ignore[arg-type]
+        return cur.execute(queries()["list_jobs"], params).fetchall()
 
 
 def cancel(conn: psycopg.Connection, job_id: int) -> bool:
