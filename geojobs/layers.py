@@ -313,14 +313,16 @@ def write_layer(
     conn.execute(q.CREATE_TABLE.format(table=ident, key=sql.Identifier(key),
                                        columns=sql.SQL(", ").join(column_defs)))
     ewkb = shapely.to_wkb(shapely.set_srid(geoms, int(srid)), include_srid=True)
-    columns = [_python_values(gdf[c], pg_types[c]) for c in attrs]
+    columns = [range(1, len(gdf) + 1), *(_python_values(gdf[c], pg_types[c]) for c in attrs)]
     columns.append(list(ewkb))
-    statement = q.COPY_IN.format(
-        table=ident, columns=sql.SQL(", ").join(map(sql.Identifier, [*attrs, geometry_name])))
+    statement = q.COPY_IN.format(table=ident, columns=sql.SQL(", ").join(
+        map(sql.Identifier, [key, *attrs, geometry_name])))
     with conn.cursor() as cur, cur.copy(statement) as copy:
-        copy.set_types([_COPY_TYPE[pg_types[c]] for c in attrs] + ["bytea"])
+        copy.set_types(["int8", *(_COPY_TYPE[pg_types[c]] for c in attrs), "bytea"])
         for row in zip(*columns, strict=True):
             copy.write_row(row)
+    conn.execute(q.ADD_PRIMARY_KEY.format(table=ident, key=sql.Identifier(key)))
+    conn.execute(q.SYNC_IDENTITY, {"table": ident.as_string(conn), "key": key, "n": len(gdf)})
     conn.execute(q.GIST_INDEX.format(name=sql.Identifier(f"{name[:55]}_geom_gix"), table=ident,
                                      geom=sql.Identifier(geometry_name)))
     conn.execute(q.ANALYZE.format(table=ident))
