@@ -8,6 +8,8 @@ the field. Features are named by the input table's primary key in ``result.islan
 
 from __future__ import annotations
 
+import logging
+import os
 from collections.abc import Callable
 from typing import Any, Literal
 
@@ -15,12 +17,13 @@ import geopandas as gpd
 import pandas as pd
 from pydantic import Field
 
+from analysis.jit import warm_up
 from analysis.local_input import DEFAULT_PERMUTATIONS, DEFAULT_SEED, MAX_PERMUTATIONS, LocalSummary
 from geojobs.layers import check_output_free, describe_layer, read_layer, write_layer
 from workers.context import JobContext
 from workers.params import ColumnName, InputTable, JobParams, OutputParams
 
-__all__ = ["WeightsParams", "GridParams", "LocalParams", "run_local"]
+__all__ = ["WeightsParams", "GridParams", "LocalParams", "run_local", "warm_up_worker"]
 
 
 class WeightsParams(JobParams):
@@ -99,3 +102,13 @@ def run_local(ctx: JobContext, params: LocalParams, analysis: Analysis, *,
     rows = write_layer(ctx.conn, out, output, srid=srid, overwrite=params.overwrite)
     ctx.progress(1.0)
     return {"output_table": output, "rows": rows, "srid": srid, **summary.to_dict()}
+
+
+def warm_up_worker(job_type: str) -> None:
+    """Compile esda's permutation kernels before claiming jobs, unless
+    ``GEOJOBS_JIT_WARMUP=0`` (e.g. a worker that will only see ``permutations: 0``)."""
+    if os.environ.get("GEOJOBS_JIT_WARMUP", "1") == "0":
+        return
+    seconds = warm_up(job_type)
+    logging.getLogger("geojobs.worker").info("%s: numba kernels ready in %.1f s", job_type,
+                                            seconds)

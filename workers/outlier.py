@@ -41,6 +41,8 @@ def run(ctx: JobContext, params: Params) -> dict[str, Any]:
 
 
 if __name__ == "__main__":
+    from workers.local_stats import warm_up_worker
     from workers.main import main
 
+    warm_up_worker(JOB_TYPE)
     raise SystemExit(main(JOB_TYPE))
