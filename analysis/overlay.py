@@ -15,7 +15,9 @@ touching no erase feature) is copied without running an overlay at all.
 
 from __future__ import annotations
 
+import os
 from collections import defaultdict
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
 from typing import Literal
 
@@ -108,25 +110,35 @@ def keep_dimension(geoms: Geoms, dims: NDArray[np.integer]) -> Geoms:
 
 
 def clip(
-    layer: gpd.GeoDataFrame, clip_layer: gpd.GeoDataFrame, *, field: str = "clip_table"
+    layer: gpd.GeoDataFrame,
+    clip_layer: gpd.GeoDataFrame,
+    *,
+    field: str = "clip_table",
+    threads: int | None = None,
 ) -> OverlayResult:
     """The part of each feature of ``layer`` inside the union of ``clip_layer``.
 
     ArcGIS *Clip*: attributes kept, geometry type kept, features wholly
     outside dropped.  ``clip_layer`` is reprojected to the CRS of ``layer``.
+    ``threads`` (default: the CPU count, at most 4) share the GEOS work.
     """
-    return _overlay(layer, clip_layer, "clip", field)
+    return _overlay(layer, clip_layer, "clip", field, threads)
 
 
 def erase(
-    layer: gpd.GeoDataFrame, erase_layer: gpd.GeoDataFrame, *, field: str = "erase_table"
+    layer: gpd.GeoDataFrame,
+    erase_layer: gpd.GeoDataFrame,
+    *,
+    field: str = "erase_table",
+    threads: int | None = None,
 ) -> OverlayResult:
     """The part of each feature of ``layer`` outside the union of ``erase_layer``.
 
     ArcGIS *Erase*: attributes kept, geometry type kept, features wholly
     erased dropped.  ``erase_layer`` is reprojected to the CRS of ``layer``.
+    ``threads`` (default: the CPU count, at most 4) share the GEOS work.
     """
-    return _overlay(layer, erase_layer, "erase", field)
+    return _overlay(layer, erase_layer, "erase", field, threads)
 
 
 def _clean(geoms: Geoms) -> tuple[Geoms, NDArray[np.integer], dict[str, int]]:
@@ -156,6 +168,7 @@ def _overlay(
     other: gpd.GeoDataFrame,
     how: Literal["clip", "erase"],
     field: str,
+    threads: int | None,
 ) -> OverlayResult:
     other = _to_crs_of(layer, other, field)
     geoms, dims, counts = _clean(np.asarray(layer.geometry.array, dtype=object))
@@ -171,11 +184,10 @@ def _overlay(
             field=field,
         )
 
-    tree = shapely.STRtree(geoms)
-    other_i, input_i = tree.query(ogeoms, predicate="intersects")
-    shapely.prepare(ogeoms)
+    workers = _threads(threads)
+    other_i, input_i, covers = _pairs(geoms, ogeoms, workers)
     covered = np.zeros(len(geoms), dtype=bool)
-    covered[input_i[shapely.covers(ogeoms[other_i], geoms[input_i])]] = True
+    covered[input_i[covers]] = True
     near = np.zeros(len(geoms), dtype=bool)
     near[input_i] = True
 
@@ -189,7 +201,10 @@ def _overlay(
     if len(todo_idx):
         masks = _neighbour_unions(todo_idx, input_i, other_i, ogeoms)
         op = shapely.intersection if how == "clip" else shapely.difference
-        out[todo_idx] = keep_dimension(op(geoms[todo_idx], masks), dims[todo_idx])
+        chunks = np.array_split(np.arange(len(todo_idx)), workers)
+        with ThreadPoolExecutor(workers) as pool:
+            parts = pool.map(lambda c: op(geoms[todo_idx[c]], masks[c]), chunks)
+            out[todo_idx] = keep_dimension(np.concatenate(list(parts)), dims[todo_idx])
 
     kept = ~shapely.is_missing(out)
     frame = layer.loc[kept].copy()
@@ -206,6 +221,43 @@ def _overlay(
         **counts,
     )
     return OverlayResult(frame, summary)
+
+
+def _pairs(
+    geoms: Geoms, ogeoms: Geoms, workers: int
+) -> tuple[NDArray[np.intp], NDArray[np.intp], NDArray[np.bool_]]:
+    """Pairs (overlay index, input index) that intersect, and whether the overlay covers the input.
+
+    An STRtree over the input gives candidate pairs by bounding box; the exact tests use
+    prepared overlay geometries.  Threads take disjoint runs of overlay features, so no
+    prepared geometry is shared between threads (GEOS builds its indexes lazily).
+    """
+    tree = shapely.STRtree(geoms)
+    other_i, input_i = tree.query(ogeoms)  # grouped by overlay feature, in order
+    shapely.prepare(ogeoms)
+    bounds = np.searchsorted(other_i, [len(ogeoms) * k // workers for k in range(workers + 1)])
+
+    def test(k: int) -> tuple[NDArray[np.bool_], NDArray[np.bool_]]:
+        o = ogeoms[other_i[bounds[k] : bounds[k + 1]]]
+        g = geoms[input_i[bounds[k] : bounds[k + 1]]]
+        covers = shapely.covers(o, g)
+        hits = covers.copy()
+        hits[~covers] = shapely.intersects(o[~covers], g[~covers])
+        return hits, covers
+
+    with ThreadPoolExecutor(workers) as pool:
+        results = list(pool.map(test, range(workers)))
+    hits = np.concatenate([r[0] for r in results])
+    covers = np.concatenate([r[1] for r in results])
+    return other_i[hits], input_i[hits], covers[hits]
+
+
+def _threads(threads: int | None) -> int:
+    if threads is None:
+        return max(1, min(os.cpu_count() or 1, 4))
+    if threads < 1:
+        raise AnalysisError("threads must be at least 1", field="threads")
+    return threads
 
 
 def _neighbour_unions(
