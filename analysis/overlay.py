@@ -17,7 +17,8 @@ from __future__ import annotations
 
 import os
 from collections import defaultdict
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import asdict, dataclass
 from typing import Literal
 
@@ -115,14 +116,16 @@ def clip(
     *,
     field: str = "clip_table",
     threads: int | None = None,
+    progress: Callable[[float], None] | None = None,
 ) -> OverlayResult:
     """The part of each feature of ``layer`` inside the union of ``clip_layer``.
 
     ArcGIS *Clip*: attributes kept, geometry type kept, features wholly
     outside dropped.  ``clip_layer`` is reprojected to the CRS of ``layer``.
-    ``threads`` (default: the CPU count, at most 4) share the GEOS work.
+    ``threads`` (default: the CPU count, at most 4) share the GEOS work;
+    ``progress`` is called with the fraction done.
     """
-    return _overlay(layer, clip_layer, "clip", field, threads)
+    return _overlay(layer, clip_layer, "clip", field, threads, progress)
 
 
 def erase(
@@ -131,14 +134,16 @@ def erase(
     *,
     field: str = "erase_table",
     threads: int | None = None,
+    progress: Callable[[float], None] | None = None,
 ) -> OverlayResult:
     """The part of each feature of ``layer`` outside the union of ``erase_layer``.
 
     ArcGIS *Erase*: attributes kept, geometry type kept, features wholly
     erased dropped.  ``erase_layer`` is reprojected to the CRS of ``layer``.
-    ``threads`` (default: the CPU count, at most 4) share the GEOS work.
+    ``threads`` (default: the CPU count, at most 4) share the GEOS work;
+    ``progress`` is called with the fraction done.
     """
-    return _overlay(layer, erase_layer, "erase", field, threads)
+    return _overlay(layer, erase_layer, "erase", field, threads, progress)
 
 
 def _clean(geoms: Geoms) -> tuple[Geoms, NDArray[np.integer], dict[str, int]]:
@@ -169,6 +174,7 @@ def _overlay(
     how: Literal["clip", "erase"],
     field: str,
     threads: int | None,
+    progress: Callable[[float], None] | None,
 ) -> OverlayResult:
     other = _to_crs_of(layer, other, field)
     geoms, dims, counts = _clean(np.asarray(layer.geometry.array, dtype=object))
@@ -185,7 +191,9 @@ def _overlay(
         )
 
     workers = _threads(threads)
+    report = progress or (lambda fraction: None)
     other_i, input_i, covers = _pairs(geoms, ogeoms, workers)
+    report(0.2)
     covered = np.zeros(len(geoms), dtype=bool)
     covered[input_i[covers]] = True
     near = np.zeros(len(geoms), dtype=bool)
@@ -201,10 +209,16 @@ def _overlay(
     if len(todo_idx):
         masks = _neighbour_unions(todo_idx, input_i, other_i, ogeoms)
         op = shapely.intersection if how == "clip" else shapely.difference
-        chunks = np.array_split(np.arange(len(todo_idx)), workers)
+        # Many small chunks, so progress moves and a cancelled job stops soon.
+        n_chunks = min(len(todo_idx), max(workers, len(todo_idx) // 2000))
+        chunks = np.array_split(np.arange(len(todo_idx)), n_chunks)
         with ThreadPoolExecutor(workers) as pool:
-            parts = pool.map(lambda c: op(geoms[todo_idx[c]], masks[c]), chunks)
-            out[todo_idx] = keep_dimension(np.concatenate(list(parts)), dims[todo_idx])
+            futures = {pool.submit(op, geoms[todo_idx[c]], masks[c]): c for c in chunks}
+            for done, future in enumerate(as_completed(futures), 1):
+                c = futures[future]
+                out[todo_idx[c]] = keep_dimension(future.result(), dims[todo_idx[c]])
+                report(0.2 + 0.8 * done / len(chunks))
+    report(1.0)
 
     kept = ~shapely.is_missing(out)
     frame = layer.loc[kept].copy()
@@ -287,9 +301,7 @@ def _to_crs_of(layer: gpd.GeoDataFrame, other: gpd.GeoDataFrame, field: str) -> 
     if layer.crs is None and other.crs is None:
         return other
     if other.crs is None:
-        raise AnalysisError(
-            "the overlay layer has no coordinate reference system; set its SRID", field=field
-        )
+        raise AnalysisError("the overlay layer has no coordinate reference system; set its SRID", field=field)
     if layer.crs is None:
         raise AnalysisError(
             "the input layer has no coordinate reference system; set its SRID",
