@@ -27,7 +27,7 @@ from analysis.overlay import OverlayResult, clip, erase
 
 pytestmark = pytest.mark.db
 
-UTM17N = 26917
+UTM16N = 26916  # G_utm.shp is in UTM zone 16N (its X/Y columns say so), not 17N
 # ST_CollectionExtract type and the measure compared, by geometry dimension.
 EXTRACT = {0: 1, 1: 2, 2: 3}
 MEASURE = {0: "ST_NumGeometries", 1: "ST_Length", 2: "ST_Area"}
@@ -54,9 +54,7 @@ def conn() -> Iterator[psycopg.Connection[Any]]:
             yield db
     finally:
         with _connect("postgres") as admin:
-            admin.execute(
-                sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name))
-            )
+            admin.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name)))
 
 
 def _bow_tie(x: float, y: float, r: float) -> Polygon:
@@ -65,8 +63,8 @@ def _bow_tie(x: float, y: float, r: float) -> Polygon:
 
 @pytest.fixture(scope="module")
 def counties() -> gpd.GeoDataFrame:
-    """Georgia's counties (UTM 17N) keyed by ``key``, one turned into a bow-tie, one null."""
-    g = gpd.read_file(libpysal.examples.get_path("G_utm.shp")).set_crs(UTM17N)
+    """Georgia's counties (UTM 16N) keyed by ``key``, one turned into a bow-tie, one null."""
+    g = gpd.read_file(libpysal.examples.get_path("G_utm.shp")).set_crs(UTM16N)
     g = g[["AreaKey", "TotPop90", "geometry"]].rename(columns={"AreaKey": "key"})
     c = g.geometry.iloc[10].centroid
     g.loc[10, "geometry"] = _bow_tie(c.x, c.y, 15_000)
@@ -87,7 +85,7 @@ def blobs(counties: gpd.GeoDataFrame) -> gpd.GeoDataFrame:
     assert shapely.union_all(shapes).area < sum(s.area for s in shapes)  # they overlap
     c = centres.iloc[0]
     shapes.append(_bow_tie(c.x + 30_000, c.y, 40_000))
-    frame = gpd.GeoDataFrame({"blob": range(len(shapes))}, geometry=shapes, crs=UTM17N)
+    frame = gpd.GeoDataFrame({"blob": range(len(shapes))}, geometry=shapes, crs=UTM16N)
     return frame.to_crs(4326)
 
 
@@ -106,7 +104,7 @@ def points(counties: gpd.GeoDataFrame) -> gpd.GeoDataFrame:
     xy = rng.uniform((xmin, ymin), (xmax, ymax), (520, 2))
     geoms = [Point(p) for p in xy[:400]] + [MultiPoint(xy[i : i + 3]) for i in range(400, 520, 3)]
     geoms.append(Point())
-    return gpd.GeoDataFrame({"key": range(len(geoms))}, geometry=geoms, crs=UTM17N)
+    return gpd.GeoDataFrame({"key": range(len(geoms))}, geometry=geoms, crs=UTM16N)
 
 
 def _load(conn: psycopg.Connection[Any], name: str, frame: gpd.GeoDataFrame) -> None:
@@ -121,9 +119,7 @@ def _load(conn: psycopg.Connection[Any], name: str, frame: gpd.GeoDataFrame) -> 
     wkb = shapely.to_wkb(np.asarray(frame.geometry.array, dtype=object))
     with conn.cursor() as cur:
         cur.executemany(
-            sql.SQL("INSERT INTO {} VALUES (%s, ST_GeomFromWKB(%s, %s))").format(
-                sql.Identifier(name)
-            ),
+            sql.SQL("INSERT INTO {} VALUES (%s, ST_GeomFromWKB(%s, %s))").format(sql.Identifier(name)),
             [(int(k), w, srid) for k, w in zip(keys, wkb, strict=True)],
         )
 
@@ -187,7 +183,7 @@ def test_polygons_match_postgis(conn, counties, blobs, how):
     assert result.summary.skipped_null == null == 1
     assert result.summary.overlay_repaired == 1
     assert set(result.frame.geom_type) <= {"Polygon", "MultiPolygon"}
-    assert result.frame.crs.to_epsg() == UTM17N
+    assert result.frame.crs.to_epsg() == UTM16N
 
 
 @pytest.mark.parametrize("how", ["clip", "erase"])

@@ -18,14 +18,14 @@ from shapely.geometry import GeometryCollection, LineString, Point, Polygon, box
 from analysis.errors import AnalysisError, GeometryTypeError
 from analysis.overlay import clip, erase, keep_dimension
 
-UTM17N = 26917
+UTM16N = 26916  # G_utm.shp is in UTM zone 16N (its X/Y columns say so), not 17N
 
 
 @pytest.fixture(scope="module")
 def georgia() -> gpd.GeoDataFrame:
-    """Georgia's 159 counties in UTM 17N, keyed by AreaKey."""
+    """Georgia's 159 counties in UTM 16N, keyed by AreaKey."""
     path = libpysal.examples.get_path("G_utm.shp")
-    return gpd.read_file(path).set_crs(UTM17N).set_index("AreaKey")
+    return gpd.read_file(path).set_crs(UTM16N).set_index("AreaKey")
 
 
 @pytest.fixture(scope="module")
@@ -39,7 +39,7 @@ def blobs(georgia: gpd.GeoDataFrame) -> gpd.GeoDataFrame:
         radii = rng.uniform(20_000, 70_000, 11)
         ring = np.c_[c.x + radii * np.cos(angles), c.y + radii * np.sin(angles)]
         shapes.append(Polygon(ring))
-    frame = gpd.GeoDataFrame({"blob": range(8)}, geometry=shapes, crs=UTM17N)
+    frame = gpd.GeoDataFrame({"blob": range(8)}, geometry=shapes, crs=UTM16N)
     assert frame.union_all().area < frame.area.sum()  # they do overlap
     return frame.to_crs(4326)
 
@@ -53,7 +53,7 @@ def _assert_same_measure(ours: gpd.GeoSeries, oracle: gpd.GeoSeries, measure: st
 
 def test_clip_polygons_matches_geopandas_clip(georgia, blobs):
     result = clip(georgia, blobs)
-    oracle = gpd.clip(georgia, blobs.to_crs(UTM17N).union_all(), keep_geom_type=True)
+    oracle = gpd.clip(georgia, blobs.to_crs(UTM16N).union_all(), keep_geom_type=True)
     oracle = oracle[~oracle.is_empty & (oracle.area > 0)]
     _assert_same_measure(result.frame.geometry, oracle.geometry, "area")
     assert result.frame.crs == georgia.crs
@@ -69,12 +69,12 @@ def test_clip_polygons_matches_geopandas_clip(georgia, blobs):
 def test_erase_polygons_matches_geopandas_difference(georgia, blobs):
     result = erase(georgia, blobs)
     oracle = gpd.overlay(
-        georgia.reset_index(), blobs.to_crs(UTM17N), how="difference", keep_geom_type=True
+        georgia.reset_index(), blobs.to_crs(UTM16N), how="difference", keep_geom_type=True
     ).set_index("AreaKey")
     oracle = oracle[~oracle.is_empty]
     _assert_same_measure(result.frame.geometry, oracle.geometry, "area")
     assert set(result.frame.geom_type) <= {"Polygon", "MultiPolygon"}
-    untouched = ~georgia.intersects(blobs.to_crs(UTM17N).union_all())
+    untouched = ~georgia.intersects(blobs.to_crs(UTM16N).union_all())
     assert result.summary.copied_whole == int(untouched.sum())
 
 
@@ -82,7 +82,7 @@ def test_clip_lines_matches_geopandas_clip(georgia, blobs):
     lines = georgia.copy()
     lines["geometry"] = georgia.boundary
     result = clip(lines, blobs)
-    oracle = gpd.clip(lines, blobs.to_crs(UTM17N).union_all(), keep_geom_type=True)
+    oracle = gpd.clip(lines, blobs.to_crs(UTM16N).union_all(), keep_geom_type=True)
     oracle = oracle[~oracle.is_empty & (oracle.length > 0)]
     _assert_same_measure(result.frame.geometry, oracle.geometry, "length")
     assert set(result.frame.geom_type) <= {"LineString", "MultiLineString"}
@@ -92,7 +92,7 @@ def test_erase_lines_matches_geopandas_difference(georgia, blobs):
     lines = georgia.reset_index()
     lines["geometry"] = lines.boundary
     result = erase(lines, blobs)
-    oracle = lines.geometry.difference(blobs.to_crs(UTM17N).union_all())
+    oracle = lines.geometry.difference(blobs.to_crs(UTM16N).union_all())
     oracle = oracle[~oracle.is_empty]
     _assert_same_measure(result.frame.geometry, oracle, "length")
 
@@ -116,9 +116,7 @@ def test_points_match_geopandas_clip():
     rng = np.random.default_rng(1)
     xs = rng.uniform(880, 970, 5)
     ys = rng.uniform(510, 575, 5)
-    circles = gpd.GeoDataFrame(
-        geometry=[Point(x, y).buffer(12) for x, y in zip(xs, ys, strict=True)]
-    )
+    circles = gpd.GeoDataFrame(geometry=[Point(x, y).buffer(12) for x, y in zip(xs, ys, strict=True)])
     result = clip(baltim, circles)
     oracle = gpd.clip(baltim, circles.union_all())
     assert set(result.frame.index) == set(oracle.index)
@@ -140,8 +138,8 @@ def test_polygon_touching_the_clip_edge_is_dropped_not_a_line():
 
 
 def test_empty_result_is_a_wellformed_empty_frame():
-    layer = gpd.GeoDataFrame({"a": [1]}, geometry=[box(0, 0, 1, 1)], crs=UTM17N)
-    far = gpd.GeoDataFrame(geometry=[box(10, 10, 11, 11)], crs=UTM17N)
+    layer = gpd.GeoDataFrame({"a": [1]}, geometry=[box(0, 0, 1, 1)], crs=UTM16N)
+    far = gpd.GeoDataFrame(geometry=[box(10, 10, 11, 11)], crs=UTM16N)
     result = clip(layer, far)
     assert len(result.frame) == 0
     assert list(result.frame.columns) == ["a", "geometry"]
@@ -184,7 +182,7 @@ def test_clip_layer_of_lower_dimension_is_refused():
 
 
 def test_missing_crs_on_one_side_names_it():
-    layer = gpd.GeoDataFrame(geometry=[box(0, 0, 1, 1)], crs=UTM17N)
+    layer = gpd.GeoDataFrame(geometry=[box(0, 0, 1, 1)], crs=UTM16N)
     other = gpd.GeoDataFrame(geometry=[box(0, 0, 1, 1)])
     with pytest.raises(AnalysisError) as err:
         erase(layer, other, field="erase_table")
