@@ -50,8 +50,8 @@ def output_geometry_type(layer: Layer, result: OverlayResult) -> str:
         types = {layer.geometry_type}
     if types == {"Point"} and layer.geometry_type in ("Point", "Geometry", None):
         return "Point"
-    dims = {_DIMENSION.get(t) for t in types}
-    return _FAMILY[dims.pop()] if len(dims) == 1 and None not in dims else "Geometry"
+    dims = {_DIMENSION.get(t, -1) for t in types}
+    return _FAMILY.get(dims.pop(), "Geometry") if len(dims) == 1 else "Geometry"
 
 
 def run_overlay(
