@@ -7,7 +7,6 @@ the test inserted; every composed clause is executed by PostgreSQL.
 from __future__ import annotations
 
 import datetime as dt
-import os
 import uuid
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -18,6 +17,7 @@ from psycopg import sql
 
 from analysis.errors import AnalysisError
 from geojobs.filters import FilterSpec, compose_where, parse_filter, table_columns
+from tests.conftest import _create, _drop
 
 pytestmark = pytest.mark.db
 
@@ -78,24 +78,13 @@ ROWS: list[dict[str, Any]] = [
 ]
 
 
-def _connect(dbname: str) -> psycopg.Connection[Any]:
-    return psycopg.connect(
-        host=os.environ.get("PGHOST", "127.0.0.1"),
-        user=os.environ.get("PGUSER", "root"),
-        dbname=dbname,
-        autocommit=True,
-    )
-
-
 @pytest.fixture(scope="module")
-def conn() -> Iterator[psycopg.Connection[Any]]:
-    """A throwaway PostGIS database holding the table ``places``."""
-    name = f"geojobs_filters_{uuid.uuid4().hex[:8]}"
-    with _connect("postgres") as admin:
-        admin.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
+def conn(template_db: str) -> Iterator[psycopg.Connection[Any]]:
+    """One fresh database for this module, holding the table ``places``."""
+    name = f"geojobs_test_filters_{uuid.uuid4().hex[:10]}"
+    url = _create(name, template=template_db)
     try:
-        with _connect(name) as db:
-            db.execute("CREATE EXTENSION postgis")
+        with psycopg.connect(url, autocommit=True) as db:
             db.execute(
                 sql.SQL(
                     "CREATE TABLE places (id integer PRIMARY KEY, name text, code varchar(4),"
@@ -128,10 +117,7 @@ def conn() -> Iterator[psycopg.Connection[Any]]:
                 )
             yield db
     finally:
-        with _connect("postgres") as admin:
-            admin.execute(
-                sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name))
-            )
+        _drop(name)
 
 
 @pytest.fixture(scope="module")
@@ -174,9 +160,7 @@ def test_table_columns_reads_the_catalog(columns):
         ([{"column": "flag", "op": "=", "value": True}], lambda r: r["flag"] is True),
         (
             [{"column": "day", "op": "between", "value": ["2020-01-01", "2021-12-31"]}],
-            lambda r: (
-                r["day"] is not None and dt.date(2020, 1, 1) <= r["day"] <= dt.date(2021, 12, 31)
-            ),
+            lambda r: r["day"] is not None and dt.date(2020, 1, 1) <= r["day"] <= dt.date(2021, 12, 31),
         ),
         (
             [{"column": "code", "op": "in", "value": ["A1", "A2", "ZZ"]}],

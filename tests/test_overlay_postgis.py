@@ -9,9 +9,6 @@ the same.
 
 from __future__ import annotations
 
-import os
-import uuid
-from collections.abc import Iterator
 from typing import Any
 
 import geopandas as gpd
@@ -31,30 +28,6 @@ UTM16N = 26916  # G_utm.shp is in UTM zone 16N (its X/Y columns say so), not 17N
 # ST_CollectionExtract type and the measure compared, by geometry dimension.
 EXTRACT = {0: 1, 1: 2, 2: 3}
 MEASURE = {0: "ST_NumGeometries", 1: "ST_Length", 2: "ST_Area"}
-
-
-def _connect(dbname: str) -> psycopg.Connection[Any]:
-    return psycopg.connect(
-        host=os.environ.get("PGHOST", "127.0.0.1"),
-        user=os.environ.get("PGUSER", "root"),
-        dbname=dbname,
-        autocommit=True,
-    )
-
-
-@pytest.fixture(scope="module")
-def conn() -> Iterator[psycopg.Connection[Any]]:
-    """A throwaway PostGIS database, dropped afterwards."""
-    name = f"geojobs_overlay_{uuid.uuid4().hex[:8]}"
-    with _connect("postgres") as admin:
-        admin.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
-    try:
-        with _connect(name) as db:
-            db.execute("CREATE EXTENSION postgis")
-            yield db
-    finally:
-        with _connect("postgres") as admin:
-            admin.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name)))
 
 
 def _bow_tie(x: float, y: float, r: float) -> Polygon:
