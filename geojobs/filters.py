@@ -37,8 +37,10 @@ from pydantic import (
 from analysis.errors import AnalysisError
 
 __all__ = [
+    "BBox",
     "Condition",
     "FilterSpec",
+    "check_bbox",
     "Op",
     "compose_where",
     "parse_filter",
@@ -72,6 +74,7 @@ def _json_value(value: Any) -> Any:
     raise ValueError("must be a string, a number, true/false, or a list of those")
 
 
+BBox = tuple[float, float, float, float]
 MAX_LIST = 1000
 MAX_TEXT = 10_000
 _INT_RANGE = {"smallint": 2**15, "integer": 2**31, "bigint": 2**63}
@@ -96,7 +99,7 @@ class FilterSpec(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     where: list[Condition] = Field(default_factory=list, max_length=100)
-    bbox: tuple[float, float, float, float] | None = None
+    bbox: BBox | None = None
     bbox_srid: int | None = Field(default=None, gt=0)
 
     @model_validator(mode="before")
@@ -106,17 +109,20 @@ class FilterSpec(BaseModel):
 
     @field_validator("bbox")
     @classmethod
-    def _ordered(
-        cls, bbox: tuple[float, float, float, float] | None
-    ) -> tuple[float, float, float, float] | None:
-        if bbox is None:
-            return None
-        if not all(math.isfinite(v) for v in bbox):
-            raise ValueError("bbox values must be finite numbers")
-        xmin, ymin, xmax, ymax = bbox
-        if xmin >= xmax or ymin >= ymax:
-            raise ValueError("bbox must be [xmin, ymin, xmax, ymax] with xmin < xmax, ymin < ymax")
-        return bbox
+    def _ordered(cls, bbox: BBox | None) -> BBox | None:
+        return check_bbox(bbox)
+
+
+def check_bbox(bbox: BBox | None) -> BBox | None:
+    """A bbox must be four finite numbers with xmin < xmax and ymin < ymax."""
+    if bbox is None:
+        return None
+    if not all(math.isfinite(v) for v in bbox):
+        raise ValueError("bbox values must be finite numbers")
+    xmin, ymin, xmax, ymax = bbox
+    if xmin >= xmax or ymin >= ymax:
+        raise ValueError("bbox must be [xmin, ymin, xmax, ymax] with xmin < xmax, ymin < ymax")
+    return bbox
 
 
 def parse_filter(raw: Any, *, field: str = "filter") -> FilterSpec:

@@ -18,6 +18,7 @@ JOB_TYPES: dict[str, str] = {
     "dissolve": "workers.dissolve",
     "clip": "workers.clip",
     "erase": "workers.erase",
+    "create_view": "workers.create_view",
 }
 
 
