@@ -214,9 +214,9 @@ def to_multi(geometries: Any) -> np.ndarray:
     type_ids = shapely.get_type_id(geoms)
     for single, make in ((0, shapely.multipoints), (1, shapely.multilinestrings),
                          (3, shapely.multipolygons)):
-        mask = type_ids == single
-        if mask.any():
-            out[mask] = [make([g]) for g in geoms[mask]]
+        idx = np.flatnonzero(type_ids == single)
+        if len(idx):
+            out[idx] = make(geoms[idx], indices=np.arange(len(idx)))  # one C call, not a loop
     return out
 
 

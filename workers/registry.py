@@ -18,6 +18,9 @@ JOB_TYPES: dict[str, str] = {
     "dissolve": "workers.dissolve",
     "hotspot": "workers.hotspot",
     "outlier": "workers.outlier",
+    "clip": "workers.clip",
+    "erase": "workers.erase",
+    "create_view": "workers.create_view",
 }
 
 
