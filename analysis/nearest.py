@@ -222,6 +222,16 @@ def _start_radius(a: NDArray[np.object_], b: NDArray[np.object_], k: int) -> tup
     return max(density, everything * 1e-9), everything
 
 
+def _tie_key(dist: FloatArray) -> FloatArray:
+    """Distances rounded to 11 significant digits, so that geometric ties computed with
+    different rounding (a boundary shared by two polygons, traversed in opposite
+    directions) still go to the near key."""
+    with np.errstate(divide="ignore"):
+        exponent = np.floor(np.log10(np.where(dist > 0, dist, 1.0)))
+    scale = 10.0 ** (exponent - 10)
+    return np.round(dist / scale) * scale
+
+
 def _top_k(
     left: IntArray,
     right: IntArray,
@@ -235,7 +245,7 @@ def _top_k(
         inside = np.flatnonzero(dist <= radius)
     else:
         inside = np.arange(len(left))
-    order = inside[np.lexsort((key_order[right[inside]], dist[inside], left[inside]))]
+    order = inside[np.lexsort((key_order[right[inside]], _tie_key(dist[inside]), left[inside]))]
     sl = left[order]
     first = np.searchsorted(sl, sl, side="left")
     rank = np.arange(len(sl)) - first

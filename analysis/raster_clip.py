@@ -14,7 +14,7 @@ from __future__ import annotations
 import math
 import os
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -66,6 +66,7 @@ def clip_raster(
     all_touched: bool = False,
     nodata: float | None = None,
     overwrite: bool = False,
+    progress: Callable[[float], None] | None = None,
 ) -> ClipResult:
     """Clip every band of ``source`` to the union of ``shapes`` into ``destination``.
 
@@ -73,7 +74,8 @@ def clip_raster(
     the output to the shapes' extent; ``all_touched`` keeps every pixel a shape
     touches, not only those whose centre it holds. ``nodata`` defaults to the
     source's, else NaN for floating point data, else the end of the data
-    type's range that the clipped data does not reach.
+    type's range that the clipped data does not reach. ``progress`` gets the
+    fraction of tiles done (and may raise to stop the clip).
     """
     destination = Path(destination)
     if destination.exists() and not overwrite:
@@ -98,7 +100,8 @@ def clip_raster(
         tiled = destination.with_name(stem + ".tiles.tif")
         cog = destination.with_name(stem + ".cog.tif")
         try:
-            valid = _write_tiles(src, window, geoms, tree, all_touched, nodata, tiled)
+            valid = _write_tiles(src, window, geoms, tree, all_touched, nodata, tiled,
+                                 progress or (lambda fraction: None))
             rasterio.shutil.copy(
                 tiled, cog, driver="COG", COMPRESS="DEFLATE", BLOCKSIZE=TILE,
                 OVERVIEW_RESAMPLING="NEAREST", BIGTIFF="IF_SAFER",
@@ -203,6 +206,7 @@ def _write_tiles(
     all_touched: bool,
     nodata: float,
     path: Path,
+    progress: Callable[[float], None],
 ) -> int:
     profile = {
         "driver": "GTiff", "width": int(window.width), "height": int(window.height),
@@ -211,8 +215,11 @@ def _write_tiles(
         "blockxsize": TILE, "blockysize": TILE, "sparse_ok": True, "bigtiff": "IF_SAFER",
     }
     valid = 0
+    total = math.ceil(window.height / TILE) * math.ceil(window.width / TILE)
     with rasterio.open(path, "w", **profile) as dst:
-        for out_window, src_window in _tiles(window):
+        for done, (out_window, src_window) in enumerate(_tiles(window)):
+            if done % 64 == 0:
+                progress(0.9 * done / total)
             inside = _inside(src, src_window, geoms, tree, all_touched)
             if inside is None or not inside.any():
                 continue  # a sparse tile reads back as nodata

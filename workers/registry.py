@@ -16,6 +16,8 @@ __all__ = ["JOB_TYPES", "load", "names"]
 JOB_TYPES: dict[str, str] = {
     "noop": "workers.noop",
     "dissolve": "workers.dissolve",
+    "nearest": "workers.nearest",
+    "raster_clip": "workers.raster_clip",
 }
 
 
