@@ -21,6 +21,8 @@ JOB_TYPES: dict[str, str] = {
     "clip": "workers.clip",
     "erase": "workers.erase",
     "create_view": "workers.create_view",
+    "nearest": "workers.nearest",
+    "raster_clip": "workers.raster_clip",
 }
 
 
