@@ -36,11 +36,11 @@ import numpy as np
 import numpy.typing as npt
 import pandas as pd
 
-from analysis._emerging_grid import grid_cells
-from analysis._emerging_weights import spatial_weights
 from analysis.emerging_categories import CATEGORY_CODES, CATEGORY_NAMES, classify
 from analysis.errors import AnalysisError, EmptyInput, GeometryTypeError, TooFewFeatures
+from analysis.grid import GridSpec, derive_cell_size, make_grid, point_coordinates
 from analysis.spacetime_gi import mann_kendall, significance_bins, spacetime_gistar
+from analysis.weights import WeightsSpec, build_weights, working_geometry
 
 __all__ = ["EmergingResult", "Panel", "emerging_hot_spots", "parse_time_step", "OUTPUT_COLUMNS"]
 
@@ -222,16 +222,7 @@ def _incident_panel(
 ) -> Panel:
     _require_columns(gdf, {"time_column": time_column})
     count, unit = parse_time_step(time_step)
-    if not isinstance(grid, Mapping):
-        raise AnalysisError(
-            'give {"shape": "square" | "hexagon", "cell_size": number}', field="grid"
-        )
-    shape = grid.get("shape", "square")
-    cell_size = grid.get("cell_size")
-    if cell_size is None or not float(cell_size) > 0:
-        raise AnalysisError(
-            "give a positive cell size in the units of the CRS", field="grid.cell_size"
-        )
+    spec = GridSpec.parse(grid)
     times = gdf[time_column]
     if not pd.api.types.is_datetime64_any_dtype(times.dtype):
         try:
@@ -243,42 +234,42 @@ def _incident_panel(
             ) from exc
     geoms = gdf.geometry
     usable = times.notna().to_numpy() & ~(geoms.isna() | geoms.is_empty).to_numpy()
-    types = set(geoms[usable].geom_type.unique())
-    if types - {"Point"}:
-        raise GeometryTypeError(
-            f"incidents must be points, not {', '.join(sorted(types - {'Point'}))}",
-            field="input_table",
+    if not usable.any():
+        raise EmptyInput("no incident has both a point and a time", field="input_table")
+    points, crs, warnings = working_geometry(geoms[usable])
+    try:
+        xy = point_coordinates(points)
+    except GeometryTypeError as exc:
+        raise GeometryTypeError(str(exc).split(": ", 1)[-1], field="input_table") from exc
+    step_index, starts = _step_indices(times[usable].reset_index(drop=True), count, unit)
+    n_steps = len(starts)
+    derived = spec.cell_size is None
+    cell_size = derive_cell_size(xy) if derived else float(spec.cell_size)  # type: ignore[arg-type]
+    bounds = (xy[:, 0].min(), xy[:, 1].min(), xy[:, 0].max(), xy[:, 1].max())
+    cells_grid = make_grid(bounds, cell_size, spec.shape, crs=points.crs)
+    if cells_grid.n_cells * n_steps > _MAX_CELLS_X_STEPS:
+        raise AnalysisError(
+            f"{cells_grid.n_cells} cells x {n_steps} steps is too large; use larger cells "
+            "or longer steps",
+            field="grid.cell_size",
         )
+    counts = cells_grid.count(xy, step_index, n_steps)
+    cells = cells_grid.cells[["cell_id", "geometry"]].copy()
+    cells.insert(1, "count", counts.sum(axis=1))
     info: dict[str, Any] = {
         "incidents": int(usable.sum()),
         "incidents_dropped": int((~usable).sum()),
+        "grid": {
+            "shape": spec.shape,
+            "cell_size": cell_size,
+            "cell_size_derived": derived,
+            "cells": cells_grid.n_cells,
+        },
+        "time_step": f"{count} {unit}",
+        "crs": crs,
     }
-    if not usable.any():
-        raise EmptyInput("no incident has both a point and a time", field="input_table")
-    points = geoms[usable]
-    if points.crs is not None and points.crs.is_geographic:
-        crs = points.estimate_utm_crs()
-        points = points.to_crs(crs)
-    step_index, starts = _step_indices(times[usable].reset_index(drop=True), count, unit)
-    n_steps = len(starts)
-    cells, cell_index = grid_cells(points, shape, float(cell_size))
-    if len(cells) * n_steps > _MAX_CELLS_X_STEPS:
-        raise AnalysisError(
-            f"{len(cells)} cells x {n_steps} steps is too large; use larger cells or steps",
-            field="grid.cell_size",
-        )
-    counts = np.bincount(cell_index * n_steps + step_index, minlength=len(cells) * n_steps).reshape(
-        len(cells), n_steps
-    )
-    cells["count"] = counts.sum(axis=1)
-    info.update(
-        {
-            "grid_shape": shape,
-            "cell_size": float(cell_size),
-            "cells": len(cells),
-            "time_step": f"{count} {unit}",
-        }
-    )
+    if warnings:
+        info["warnings"] = warnings
     return Panel(
         cells,
         counts.astype(np.float64),
@@ -356,8 +347,8 @@ def _check_parameters(
         raise AnalysisError("must be between 0 and 1, e.g. 0.05", field="alpha")
     if int(min_time_steps) < 3:
         raise AnalysisError("the trend test needs at least 3 steps", field="min_time_steps")
-    transform = (weights or {}).get("transform")
-    if transform not in (None, "B", "b"):
+    transform = WeightsSpec.parse(weights).transform
+    if transform is not None and str(transform).upper() != "B":
         raise AnalysisError(
             "the space-time Gi* uses binary weights; leave transform out or set it to 'B'",
             field="weights.transform",
@@ -422,17 +413,8 @@ def emerging_hot_spots(
             field="neighborhood_time_step",
         )
 
-    spec = dict(weights or {})
-    if panel.default_weights and not spec.get("type"):
-        spec["type"] = panel.default_weights
-    matrix, weights_used = spatial_weights(panel.locations, spec)
-    neighbours = np.diff(matrix.indptr)
-    if not neighbours.any():
-        raise AnalysisError(
-            "no location has a neighbour with these weights; use a larger threshold or k",
-            field="weights",
-        )
-    z, p = spacetime_gistar(panel.values, matrix, k)
+    built = build_weights(panel.locations, weights, default_type=panel.default_weights)
+    z, p = spacetime_gistar(panel.values, built.graph.sparse, k)
     bins = significance_bins(z, p, alpha=float(alpha), fdr=bool(fdr))
     tau, trend_p, trend = mann_kendall(z, alpha=float(alpha))
     codes = classify(bins, trend)
@@ -470,12 +452,15 @@ def emerging_hot_spots(
         "neighborhood_time_step": k,
         "alpha": float(alpha),
         "fdr": bool(fdr),
-        "weights": weights_used,
-        "islands": int((neighbours == 0).sum()),
+        "weights": built.describe(),
+        "islands": int(len(built.islands)),
         "constant_steps": int((panel.values.std(axis=0) == 0).sum()),
-        "crs": locations.crs.to_string() if locations.crs is not None else None,
+        "crs": built.crs,
         **panel.info,
     }
+    warnings = [*panel.info.get("warnings", []), *built.warnings]
     if n < 30:
-        summary["warning"] = f"only {n} locations: Gi* z-scores are unreliable below 30"
+        warnings.append(f"only {n} locations: Gi* z-scores are unreliable below 30")
+    if warnings:
+        summary["warnings"] = list(dict.fromkeys(warnings))
     return EmergingResult(locations, slices, summary)

@@ -39,6 +39,7 @@ from libpysal.weights import W
 from scipy import stats
 
 from analysis.errors import AnalysisError
+from analysis.fdr import significant as fdr_significant
 
 __all__ = ["spacetime_gistar", "significance_bins", "mann_kendall"]
 
@@ -111,15 +112,6 @@ def spacetime_gistar(
     return z, p
 
 
-def _bh_cutoff(pvalues: FloatArray, alpha: float) -> float:
-    """Benjamini-Hochberg (1995) cut-off: the largest p(i) <= (i / m) alpha, else -1."""
-    p = np.sort(pvalues[np.isfinite(pvalues)])
-    if p.size == 0:
-        return -1.0
-    below = p <= alpha * np.arange(1, p.size + 1) / p.size
-    return float(p[below].max()) if below.any() else -1.0
-
-
 def significance_bins(
     z: FloatArray, p: FloatArray, alpha: float = 0.05, fdr: bool = True
 ) -> npt.NDArray[np.int8]:
@@ -130,11 +122,7 @@ def significance_bins(
     """
     significant = np.zeros(z.shape, dtype=bool)
     for step in range(z.shape[1]):
-        column = p[:, step]
-        if fdr:
-            significant[:, step] = column <= _bh_cutoff(column, alpha)
-        else:
-            significant[:, step] = column < alpha
+        significant[:, step] = fdr_significant(p[:, step], alpha, fdr=fdr)
     significant &= np.isfinite(z)
     return (np.sign(np.nan_to_num(z)) * significant).astype(np.int8)
 

@@ -225,6 +225,17 @@ def test_weekly_steps_start_at_the_first_day() -> None:
     assert result.slices["time"].min() == first
 
 
+def test_cell_size_is_derived_when_missing() -> None:
+    incidents, _ = planted_incidents()
+    result = emerging_hot_spots(
+        incidents, time_column="reported_at", time_step="1 month", grid={"shape": "hexagon"}
+    )
+    grid = result.summary["grid"]
+    assert grid["cell_size_derived"] and grid["cell_size"] > 0
+    assert grid["cells"] == len(result.locations)
+    assert result.locations["count"].sum() == len(incidents)
+
+
 def test_null_times_and_geometries_are_dropped_and_counted() -> None:
     incidents, _ = planted_incidents()
     incidents.loc[:9, "reported_at"] = pd.NaT
@@ -301,7 +312,7 @@ def test_incident_errors(us_income) -> None:
     incidents, _ = planted_incidents()
     grid = {"shape": "square", "cell_size": 500}
     base = dict(time_column="reported_at", time_step="1 month", grid=grid)
-    assert field_of(incidents, **{**base, "grid": {"shape": "square"}}) == "grid.cell_size"
+    assert field_of(incidents, **{**base, "grid": {"cell_size": -5}}) == "grid.cell_size"
     assert field_of(incidents, **{**base, "grid": {"shape": "circle", "cell_size": 5}}) == (
         "grid.shape"
     )
