@@ -1,0 +1,77 @@
+"""Throwaway PostGIS databases for the tests: real PostgreSQL, never a mock.
+
+A template database (migrations applied, sample layers loaded) is made once per test run;
+each test that asks for ``db_url`` gets its own copy, dropped afterwards, so two runs (or two
+tests) never share state.
+"""
+
+from __future__ import annotations
+
+import os
+import uuid
+from collections.abc import Iterator
+from typing import Any
+
+import psycopg
+import pytest
+from psycopg import sql
+from psycopg.conninfo import make_conninfo
+
+from geojobs.config import DEFAULT_DATABASE_URL
+
+BASE_URL = os.environ.get("DATABASE_URL") or DEFAULT_DATABASE_URL
+
+
+def _admin() -> psycopg.Connection[Any]:
+    return psycopg.connect(make_conninfo(BASE_URL, dbname="postgres"), autocommit=True)
+
+
+def _create(name: str, template: str | None = None) -> str:
+    with _admin() as conn:
+        statement = sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name))
+        if template:
+            statement = sql.SQL("{} TEMPLATE {}").format(statement, sql.Identifier(template))
+        conn.execute(statement)
+    return make_conninfo(BASE_URL, dbname=name)
+
+
+def _drop(name: str) -> None:
+    with _admin() as conn:
+        conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name)))
+
+
+@pytest.fixture(scope="session")
+def template_db() -> Iterator[str]:
+    """A database with the schema and the sample layers, copied by every test."""
+    from geojobs import db
+    from geojobs.samples import SAMPLES, load_sample
+
+    name = f"geojobs_test_tpl_{uuid.uuid4().hex[:10]}"
+    url = _create(name)
+    try:
+        with psycopg.connect(url, autocommit=True) as conn:
+            db.upgrade(conn)
+            for sample in SAMPLES:
+                load_sample(conn, sample)
+        yield name
+    finally:
+        _drop(name)
+
+
+@pytest.fixture
+def db_url(template_db: str, monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
+    """A fresh database for one test; DATABASE_URL points at it for the test's processes."""
+    name = f"geojobs_test_{uuid.uuid4().hex[:12]}"
+    url = _create(name, template=template_db)
+    monkeypatch.setenv("DATABASE_URL", url)
+    try:
+        yield url
+    finally:
+        _drop(name)
+
+
+@pytest.fixture
+def conn(db_url: str) -> Iterator[psycopg.Connection[Any]]:
+    """An autocommit connection to the test's database."""
+    with psycopg.connect(db_url, autocommit=True) as connection:
+        yield connection

@@ -1,0 +1,100 @@
+"""The geojobs command, the schema migrations and the systemd units."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import psycopg
+import pytest
+from psycopg import sql
+from psycopg.conninfo import conninfo_to_dict, make_conninfo
+
+from geojobs import db
+from tests.support import ROOT, job_row, worker_env
+from workers import registry
+
+
+def geojobs(db_url: str, *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "geojobs.cli", *args], env=worker_env(db_url),
+                          cwd=ROOT, text=True, capture_output=True, timeout=120)
+
+
+@pytest.mark.db
+def test_upgrade_is_idempotent_and_complete(conn: psycopg.Connection[Any]) -> None:
+    assert db.upgrade(conn) == []  # the template already has every migration
+    columns = {r[0]: r[1] for r in conn.execute(
+        "SELECT column_name, data_type FROM information_schema.columns "
+        "WHERE table_name = 'background_jobs'")}
+    assert columns["id"] == "bigint" and columns["params"] == "jsonb"
+    assert columns["progress"] == "real" and columns["available_at"].startswith("timestamp")
+    assert conn.execute("SELECT count(*) FROM pg_namespace WHERE nspname = 'results'").fetchone() == (1,)
+
+
+@pytest.mark.db
+def test_db_upgrade_creates_a_missing_database(db_url: str) -> None:
+    info = conninfo_to_dict(db_url)
+    fresh_name = f"{info['dbname']}_fresh"
+    fresh = make_conninfo(db_url, dbname=fresh_name)
+    try:
+        result = geojobs(fresh, "db", "upgrade")
+        assert result.returncode == 0, result.stderr
+        assert "created the database" in result.stdout and "applied 0001_initial" in result.stdout
+        again = geojobs(fresh, "db", "upgrade")
+        assert again.returncode == 0 and "up to date" in again.stdout
+    finally:
+        with psycopg.connect(make_conninfo(db_url, dbname="postgres"), autocommit=True) as admin:
+            admin.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(
+                sql.Identifier(fresh_name)))
+
+
+def test_types_describe_every_job_type(tmp_path: Path) -> None:
+    result = subprocess.run([sys.executable, "-m", "geojobs.cli", "types", "--json"], cwd=ROOT,
+                            text=True, capture_output=True, timeout=60)
+    assert result.returncode == 0, result.stderr
+    described = {item["job_type"]: item for item in json.loads(result.stdout)}
+    assert set(described) == set(registry.names())
+    for name, item in described.items():
+        module = registry.load(name)
+        module.Params.model_validate(item["example"])  # every example is valid
+        assert item["params_schema"]["type"] == "object"
+
+
+@pytest.mark.db
+def test_enqueue_validates_and_wait_follows(db_url: str, conn: psycopg.Connection[Any]) -> None:
+    bad = geojobs(db_url, "enqueue", "dissolve", "--params", '{"by": ["x"]}')
+    assert bad.returncode == 2 and "params.input_table" in bad.stderr
+    assert conn.execute("SELECT count(*) FROM background_jobs").fetchone() == (0,)
+    ok = geojobs(db_url, "enqueue", "noop", "--params", '{"sleep_seconds": 0}')
+    job_id = int(ok.stdout.strip())
+    assert job_row(conn, job_id)["status"] == "queued"
+    listed = geojobs(db_url, "jobs", "list")
+    assert str(job_id) in listed.stdout and "queued" in listed.stdout
+    assert geojobs(db_url, "jobs", "cancel", str(job_id)).returncode == 0
+    assert job_row(conn, job_id)["status"] == "cancelled"
+    assert geojobs(db_url, "jobs", "retry", str(job_id)).returncode == 0
+    assert job_row(conn, job_id)["status"] == "queued"
+
+
+def test_every_job_type_has_a_unit() -> None:
+    units = {p.name for p in (ROOT / "systemd").glob("*_worker.service")}
+    assert units == {f"{name}_worker.service" for name in registry.names()}
+    for name in registry.names():
+        text = (ROOT / "systemd" / f"{name}_worker.service").read_text()
+        assert f"-m workers.{name}" in text and "Restart=always" in text
+
+
+@pytest.mark.skipif(shutil.which("systemd-analyze") is None, reason="systemd-analyze missing")
+def test_units_verify(tmp_path: Path) -> None:
+    """systemd-analyze verify passes on every unit, installed at this checkout's paths."""
+    for unit in (ROOT / "systemd").glob("*.service"):
+        text = unit.read_text().replace("/opt/geojobs/.venv/bin/python", sys.executable)
+        text = text.replace("/opt/geojobs", str(ROOT)).replace("EnvironmentFile=/", "EnvironmentFile=-/")
+        (tmp_path / unit.name).write_text(text)
+    result = subprocess.run(["systemd-analyze", "verify", *map(str, sorted(tmp_path.iterdir()))],
+                            text=True, capture_output=True, timeout=60)
+    assert result.returncode == 0 and result.stderr.strip() == "", result.stderr

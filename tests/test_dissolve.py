@@ -1,0 +1,152 @@
+"""dissolve as a job, checked against PostGIS ``ST_Union ... GROUP BY`` on real layers."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import psycopg
+import pytest
+
+from tests.support import job_row, run_worker
+from workers import queue
+
+pytestmark = pytest.mark.db
+
+
+def _run(db_url: str, conn: psycopg.Connection[Any], params: dict[str, Any]) -> dict[str, Any]:
+    job_id = queue.enqueue(conn, "dissolve", params)
+    result = run_worker(db_url, "dissolve")
+    assert result.returncode == 0, result.stderr
+    return job_row(conn, job_id)
+
+
+def test_dissolve_by_region_matches_postgis(db_url: str, conn: psycopg.Connection[Any]) -> None:
+    row = _run(db_url, conn, {
+        "input_table": "public.us_states", "by": ["sub_region"],
+        "aggregates": {"area": "sum", "perimeter": "max", "state_fips": "count",
+                       "state_name": "first"},
+        "output_table": "results.regions"})
+    assert row["status"] == "completed", row["error"]
+    assert row["result"]["rows"] == 9 and row["result"]["output_table"] == "results.regions"
+    ours = {r[0]: r[1:] for r in conn.execute(
+        "SELECT sub_region, ST_Area(geom), feature_count, sum_area, max_perimeter, "
+        "count_state_fips, first_state_name, ST_IsValid(geom), GeometryType(geom) "
+        "FROM results.regions")}
+    oracle = {r[0]: r[1:] for r in conn.execute(
+        "SELECT sub_region, ST_Area(ST_Union(geom)), count(*), sum(area), max(perimeter), "
+        "count(state_fips), (array_agg(state_name ORDER BY fid))[1] "
+        "FROM public.us_states GROUP BY sub_region")}
+    assert ours.keys() == oracle.keys()
+    for region, (area, count, s_area, m_per, n_fips, first, valid, gtype) in ours.items():
+        o_area, o_count, o_sum, o_max, o_n, o_first = oracle[region]
+        assert area == pytest.approx(o_area, rel=1e-9)
+        assert (count, n_fips, first, valid, gtype) == (o_count, o_n, o_first, True, "MULTIPOLYGON")
+        assert s_area == pytest.approx(o_sum, rel=1e-12) and m_per == pytest.approx(o_max)
+    # Same shapes, not only the same areas: the symmetric difference is negligible.
+    diff = conn.execute(
+        "SELECT max(ST_Area(ST_SymDifference(r.geom, o.geom)) / ST_Area(o.geom)) FROM "
+        "results.regions r JOIN (SELECT sub_region, ST_Union(geom) AS geom FROM public.us_states "
+        "GROUP BY sub_region) o USING (sub_region)").fetchone()
+    assert diff is not None and diff[0] < 1e-9
+
+
+def test_dissolve_all_counties_matches_postgis(db_url: str, conn: psycopg.Connection[Any]) -> None:
+    row = _run(db_url, conn, {"input_table": "georgia_counties",
+                              "aggregates": {"totpop90": "sum", "pctbach": "mean"}})
+    assert row["status"] == "completed", row["error"]
+    table = row["result"]["output_table"]
+    assert table == f"results.dissolve_{row['id']}"
+    ours = conn.execute(f"SELECT ST_Area(geom), feature_count, sum_totpop90, mean_pctbach "  # noqa: S608
+                        f"FROM {table}").fetchone()
+    oracle = conn.execute("SELECT ST_Area(ST_Union(geom)), count(*), sum(totpop90), "
+                          "avg(pctbach) FROM public.georgia_counties").fetchone()
+    assert ours is not None and oracle is not None
+    assert ours[0] == pytest.approx(oracle[0], rel=1e-9)
+    assert ours[1:3] == tuple(oracle[1:3]) and ours[3] == pytest.approx(float(oracle[3]))
+
+
+def test_result_table_is_ready_for_qgis(db_url: str, conn: psycopg.Connection[Any]) -> None:
+    row = _run(db_url, conn, {"input_table": "public.nc_counties", "output_table": "results.nc"})
+    assert row["status"] == "completed"
+    srid, gtype = conn.execute("SELECT srid, type FROM geometry_columns WHERE "
+                               "f_table_schema = 'results' AND f_table_name = 'nc'").fetchone()  # type: ignore[misc]
+    assert (srid, gtype) == (4267, "MULTIPOLYGON")
+    indexes = conn.execute("SELECT indexdef FROM pg_indexes WHERE schemaname = 'results' "
+                           "AND tablename = 'nc'").fetchall()
+    assert any("gist" in i[0] for i in indexes) and any("UNIQUE" in i[0] for i in indexes)
+
+
+def test_null_group_values_form_their_own_group(db_url: str, conn: psycopg.Connection[Any]) -> None:
+    conn.execute("UPDATE public.us_states SET sub_region = NULL WHERE state_name IN "
+                 "('Texas', 'Maine')")
+    row = _run(db_url, conn, {"input_table": "public.us_states", "by": ["sub_region"],
+                              "output_table": "results.r"})
+    assert row["result"]["rows"] == 10
+    nulls = conn.execute("SELECT feature_count FROM results.r WHERE sub_region IS NULL").fetchone()
+    assert nulls == (2,)
+
+
+@pytest.mark.parametrize(("params", "field"), [
+    ({}, "params.input_table"),
+    ({"input_table": "public.us_states", "group_by": ["x"]}, "params.group_by"),
+    ({"input_table": "public.nope"}, "input_table"),
+    ({"input_table": "public.us_states", "by": ["nope"]}, "by"),
+    ({"input_table": "public.us_states", "aggregates": {"state_name": "sum"}},
+     "aggregates.state_name"),
+    ({"input_table": "public.us_states", "aggregates": {"area": "median"}}, "params.aggregates"),
+    ({"input_table": "public.us_states", "output_table": "pg_catalog.x"}, "params.output_table"),
+    ({"input_table": "public.us_states", "output_table": "results.\"x; drop table y\""},
+     "params.output_table"),
+])
+def test_bad_params_fail_at_once_naming_the_field(db_url: str, conn: psycopg.Connection[Any],
+                                                  params: dict[str, Any], field: str) -> None:
+    before = conn.execute("SELECT count(*) FROM pg_class").fetchone()
+    row = _run(db_url, conn, params)
+    assert (row["status"], row["attempts"]) == ("failed", 1)
+    assert row["error"].startswith(field), row["error"]
+    assert conn.execute("SELECT count(*) FROM pg_class").fetchone() == before
+
+
+def test_existing_output_needs_overwrite(db_url: str, conn: psycopg.Connection[Any]) -> None:
+    params = {"input_table": "public.us_states", "output_table": "results.states_all"}
+    assert _run(db_url, conn, params)["status"] == "completed"
+    second = _run(db_url, conn, params)
+    assert second["status"] == "failed" and "overwrite" in second["error"]
+    assert conn.execute("SELECT count(*) FROM results.states_all").fetchone() == (1,)
+    third = _run(db_url, conn, {**params, "by": ["sub_region"], "overwrite": True})
+    assert third["status"] == "completed"
+    assert conn.execute("SELECT count(*) FROM results.states_all").fetchone() == (9,)
+
+
+def test_srid_zero_fails_naming_the_table(db_url: str, conn: psycopg.Connection[Any]) -> None:
+    conn.execute("CREATE TABLE public.nosrid AS SELECT fid, ST_SetSRID(geom, 0) AS geom "
+                 "FROM public.nc_counties")
+    row = _run(db_url, conn, {"input_table": "public.nosrid"})
+    assert row["status"] == "failed" and row["error"].startswith("input_table:")
+    assert "SRID" in row["error"]
+
+
+def test_a_job_that_cannot_complete_leaves_no_table(db_url: str,
+                                                    conn: psycopg.Connection[Any]) -> None:
+    """The result table and the completed status are one transaction."""
+    import workers.dissolve as dissolve_module
+    from workers.runner import Worker, WorkerSettings
+
+    job_id = queue.enqueue(conn, "dissolve", {"input_table": "public.nc_counties",
+                                              "output_table": "results.never"})
+    worker = Worker(WorkerSettings(job_type="dissolve", database_url=db_url))
+
+    class Cancelling:
+        Params = dissolve_module.Params
+
+        @staticmethod
+        def run(ctx: Any, params: Any) -> dict[str, Any]:
+            result = dissolve_module.run(ctx, params)  # the table is written...
+            with psycopg.connect(db_url, autocommit=True) as other:
+                queue.cancel(other, job_id)  # ...but the job is cancelled before it completes
+            return result
+
+    worker.module = Cancelling  # type: ignore[assignment]
+    worker.run(drain=True)
+    assert job_row(conn, job_id)["status"] == "cancelled"
+    assert conn.execute("SELECT to_regclass('results.never')").fetchone() == (None,)

@@ -1,0 +1,226 @@
+"""The queue and the worker runtime, with real worker processes against a real PostgreSQL."""
+
+from __future__ import annotations
+
+import collections
+import re
+import signal
+import time
+from datetime import timedelta
+from types import SimpleNamespace
+from typing import Any
+
+import psycopg
+import pytest
+
+from tests.support import job_row, run_worker, start_worker, wait_for
+from workers import queue
+from workers.runner import Worker, WorkerSettings
+
+pytestmark = pytest.mark.db
+
+
+def _started_jobs(stderr: str) -> list[int]:
+    return [int(m) for m in re.findall(r"job (\d+) noop attempt \d+/\d+ started", stderr)]
+
+
+def test_claim_order_and_lease(conn: psycopg.Connection[Any]) -> None:
+    low = queue.enqueue(conn, "noop", {}, priority=0)
+    high = queue.enqueue(conn, "noop", {}, priority=5)
+    later = queue.enqueue(conn, "noop", {})
+    conn.execute("UPDATE background_jobs SET available_at = now() + interval '1 hour' "
+                 "WHERE id = %s", (later,))
+    first = queue.claim(conn, "noop", "w1")
+    second = queue.claim(conn, "noop", "w2")
+    assert (first and first.id, second and second.id) == (high, low)
+    assert queue.claim(conn, "noop", "w3") is None  # the third is not available yet
+    assert queue.claim(conn, "dissolve", "w3") is None  # another type's worker sees nothing
+    row = job_row(conn, high)
+    assert (row["status"], row["attempts"], row["worker_id"]) == ("running", 1, "w1")
+    assert row["started_at"] is not None and row["heartbeat_at"] is not None
+
+
+def test_lost_lease_cannot_complete(conn: psycopg.Connection[Any]) -> None:
+    job_id = queue.enqueue(conn, "noop", {})
+    stale = queue.claim(conn, "noop", "w1")
+    assert stale is not None
+    conn.execute("UPDATE background_jobs SET heartbeat_at = now() - interval '2 minutes' "
+                 "WHERE id = %s", (job_id,))
+    assert queue.requeue_stale(conn, 60) == [(job_id, "queued")]
+    fresh = queue.claim(conn, "noop", "w2")
+    assert fresh is not None and fresh.attempt == 2
+    assert not queue.heartbeat(conn, stale)
+    assert not queue.complete(conn, stale, {"by": "w1"})
+    assert queue.fail(conn, stale, "late", retry=True, delay_seconds=1) is None
+    assert queue.complete(conn, fresh, {"by": "w2"})
+    row = job_row(conn, job_id)
+    assert (row["status"], row["worker_id"], row["result"]) == ("completed", "w2", {"by": "w2"})
+
+
+def test_stale_job_with_spent_attempts_fails(conn: psycopg.Connection[Any]) -> None:
+    job_id = queue.enqueue(conn, "noop", {}, max_attempts=1)
+    assert queue.claim(conn, "noop", "w1") is not None
+    conn.execute("UPDATE background_jobs SET heartbeat_at = now() - interval '2 minutes' "
+                 "WHERE id = %s", (job_id,))
+    assert queue.requeue_stale(conn, 60) == [(job_id, "failed")]
+    assert "stopped sending heartbeats" in job_row(conn, job_id)["error"]
+
+
+def test_three_workers_run_every_job_exactly_once(db_url: str, conn: psycopg.Connection[Any]) -> None:
+    ids = [queue.enqueue(conn, "noop", {"sleep_seconds": 0.002}) for _ in range(300)]
+    workers = [start_worker(db_url, "noop", "--drain") for _ in range(3)]
+    outputs = [w.communicate(timeout=120) for w in workers]
+    assert [w.returncode for w in workers] == [0, 0, 0], outputs
+    started = [job for _, err in outputs for job in _started_jobs(err)]
+    counts = collections.Counter(started)
+    assert sorted(counts) == ids and set(counts.values()) == {1}
+    rows = conn.execute("SELECT status, attempts, count(*) FROM background_jobs "
+                        "GROUP BY 1, 2").fetchall()
+    assert rows == [("completed", 1, 300)]
+    per_worker = conn.execute("SELECT count(DISTINCT worker_id) FROM background_jobs").fetchone()
+    assert per_worker is not None and per_worker[0] >= 2  # the work was shared
+
+
+def test_retry_schedule_then_failed(db_url: str, conn: psycopg.Connection[Any]) -> None:
+    job_id = queue.enqueue(conn, "noop", {"raise_error": "boom"})
+    expected = [timedelta(minutes=5), timedelta(minutes=15), timedelta(hours=1)]
+    for attempt, delay in enumerate(expected, start=1):
+        before = conn.execute("SELECT now()").fetchone()[0]  # type: ignore[index]
+        result = run_worker(db_url, "noop")
+        assert result.returncode == 0, result.stderr
+        row = job_row(conn, job_id)
+        assert (row["status"], row["attempts"]) == ("queued", attempt)
+        assert row["error"] == "RuntimeError: boom"
+        assert abs((row["available_at"] - before) - delay) < timedelta(seconds=10)
+        conn.execute("UPDATE background_jobs SET available_at = now() WHERE id = %s", (job_id,))
+    assert run_worker(db_url, "noop").returncode == 0
+    row = job_row(conn, job_id)
+    assert (row["status"], row["attempts"], row["finished_at"] is not None) == ("failed", 4, True)
+
+
+def test_failing_job_does_not_stop_the_worker(db_url: str, conn: psycopg.Connection[Any]) -> None:
+    bad = queue.enqueue(conn, "noop", {"raise_error": "first job breaks"}, priority=1)
+    good = queue.enqueue(conn, "noop", {})
+    result = run_worker(db_url, "noop")
+    assert result.returncode == 0
+    assert "Traceback" in result.stderr and "first job breaks" in result.stderr
+    assert job_row(conn, bad)["status"] == "queued"
+    assert job_row(conn, good)["status"] == "completed"
+
+
+@pytest.mark.parametrize("exc", [SystemExit(3), KeyboardInterrupt(), MemoryError(), ValueError("x")])
+def test_any_handler_exception_is_recorded(db_url: str, conn: psycopg.Connection[Any],
+                                           exc: BaseException) -> None:
+    job_id = queue.enqueue(conn, "noop", {})
+    worker = Worker(WorkerSettings(job_type="noop", database_url=db_url))
+
+    def explode(ctx: Any, params: Any) -> dict[str, Any]:
+        raise exc
+
+    worker.module = SimpleNamespace(Params=worker.module.Params, run=explode)  # type: ignore[assignment]
+    assert worker.run(drain=True) == 0
+    row = job_row(conn, job_id)
+    assert row["status"] == "queued" and row["attempts"] == 1
+    assert row["error"].startswith(type(exc).__name__)
+
+
+def test_sigkilled_worker_job_is_reclaimed(db_url: str, conn: psycopg.Connection[Any]) -> None:
+    job_id = queue.enqueue(conn, "noop", {"sleep_seconds": 2, "steps": 20})
+    victim = start_worker(db_url, "noop", GEOJOBS_LEASE_SECONDS="2")
+    wait_for(lambda: job_row(conn, job_id)["status"] == "running")
+    victim.send_signal(signal.SIGKILL)
+    victim.wait(timeout=10)
+    assert job_row(conn, job_id)["status"] == "running"  # nobody has noticed yet
+    rescuer = start_worker(db_url, "noop", GEOJOBS_LEASE_SECONDS="2")
+    try:
+        wait_for(lambda: job_row(conn, job_id)["status"] == "completed", timeout=30)
+    finally:
+        rescuer.terminate()
+        rescuer.communicate(timeout=30)
+    row = job_row(conn, job_id)
+    assert row["attempts"] == 2 and row["worker_id"] != "" and rescuer.returncode == 0
+
+
+def test_worker_that_lost_its_lease_does_not_complete(db_url: str,
+                                                      conn: psycopg.Connection[Any]) -> None:
+    job_id = queue.enqueue(conn, "noop", {"sleep_seconds": 1.5, "steps": 30})
+    worker = start_worker(db_url, "noop", "--once")
+    wait_for(lambda: job_row(conn, job_id)["status"] == "running")
+    # Another worker takes the job over, as if this one had been presumed dead.
+    conn.execute("UPDATE background_jobs SET worker_id = 'other', attempts = attempts + 1 "
+                 "WHERE id = %s", (job_id,))
+    _, err = worker.communicate(timeout=30)
+    assert worker.returncode == 0
+    row = job_row(conn, job_id)
+    assert (row["status"], row["worker_id"], row["result"]) == ("running", "other", None)
+    assert "lease was lost" in err
+
+
+def test_memory_cap_exits_cleanly(db_url: str, conn: psycopg.Connection[Any]) -> None:
+    big = queue.enqueue(conn, "noop", {"allocate_mb": 300}, priority=1)
+    small = queue.enqueue(conn, "noop", {})
+    worker = start_worker(db_url, "noop", "--memory-cap-mb", "200")
+    _, err = worker.communicate(timeout=60)
+    assert worker.returncode == 0
+    assert "over the cap" in err
+    assert job_row(conn, big)["status"] == "completed"
+    assert job_row(conn, small)["status"] == "queued"  # left for the restarted worker
+
+
+def test_sigterm_requeues_without_spending_an_attempt(db_url: str,
+                                                      conn: psycopg.Connection[Any]) -> None:
+    job_id = queue.enqueue(conn, "noop", {"sleep_seconds": 60, "steps": 600})
+    worker = start_worker(db_url, "noop", GEOJOBS_GRACE_SECONDS="1")
+    wait_for(lambda: job_row(conn, job_id)["status"] == "running")
+    started = time.monotonic()
+    worker.send_signal(signal.SIGTERM)
+    worker.communicate(timeout=20)
+    assert worker.returncode == 0 and time.monotonic() - started < 10
+    row = job_row(conn, job_id)
+    assert (row["status"], row["attempts"], row["worker_id"]) == ("queued", 0, None)
+
+
+def test_sigterm_lets_a_short_job_finish(db_url: str, conn: psycopg.Connection[Any]) -> None:
+    job_id = queue.enqueue(conn, "noop", {"sleep_seconds": 1, "steps": 10})
+    worker = start_worker(db_url, "noop", GEOJOBS_GRACE_SECONDS="20")
+    wait_for(lambda: job_row(conn, job_id)["status"] == "running")
+    worker.send_signal(signal.SIGTERM)
+    worker.communicate(timeout=20)
+    assert worker.returncode == 0
+    assert job_row(conn, job_id)["status"] == "completed"
+
+
+def test_idle_worker_exits_on_sigterm(db_url: str) -> None:
+    worker = start_worker(db_url, "noop", GEOJOBS_POLL_INTERVAL="30")
+    time.sleep(1.5)
+    worker.send_signal(signal.SIGTERM)
+    worker.communicate(timeout=10)
+    assert worker.returncode == 0
+
+
+def test_notify_wakes_an_idle_worker(db_url: str, conn: psycopg.Connection[Any]) -> None:
+    worker = start_worker(db_url, "noop", GEOJOBS_POLL_INTERVAL="60")
+    try:
+        time.sleep(1.5)  # let it fall asleep on LISTEN
+        job_id = queue.enqueue(conn, "noop", {})
+        wait_for(lambda: job_row(conn, job_id)["status"] == "completed", timeout=3)
+        row = job_row(conn, job_id)
+        assert row["started_at"] - row["created_at"] < timedelta(seconds=0.5)
+    finally:
+        worker.terminate()
+        worker.communicate(timeout=10)
+
+
+def test_cancel_queued_and_running(db_url: str, conn: psycopg.Connection[Any]) -> None:
+    queued = queue.enqueue(conn, "noop", {})
+    assert queue.cancel(conn, queued)
+    running = queue.enqueue(conn, "noop", {"sleep_seconds": 30, "steps": 300})
+    worker = start_worker(db_url, "noop", "--once")
+    wait_for(lambda: job_row(conn, running)["status"] == "running")
+    assert queue.cancel(conn, running)
+    worker.communicate(timeout=20)
+    assert worker.returncode == 0
+    assert job_row(conn, queued)["status"] == "cancelled"
+    row = job_row(conn, running)
+    assert row["status"] == "cancelled" and row["progress"] < 1
+    assert queue.retry(conn, running) and job_row(conn, running)["status"] == "queued"

@@ -1,0 +1,312 @@
+"""The worker loop: claim, run, record; heartbeats, signals, memory cap and reconnection.
+
+One process runs one job type, one job at a time. The runner alone writes job status:
+handlers return a result dict or raise. A handler's writes and the job's completion are one
+transaction, so a result table exists exactly when its job is completed.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import random
+import signal
+import socket
+import threading
+import time
+import traceback
+import uuid
+from dataclasses import dataclass, field
+from types import ModuleType
+from typing import Any
+
+import psutil
+import psycopg
+
+from analysis.errors import AnalysisError
+from geojobs.config import database_url
+from geojobs.db import connect
+from geojobs.errors import GeojobsError, JobInterrupted
+from workers import queue, registry
+from workers.context import JobContext
+from workers.params import validate_params
+
+__all__ = ["WorkerSettings", "Worker"]
+
+log = logging.getLogger("geojobs.worker")
+
+
+def _env_float(name: str, default: float) -> float:
+    raw = os.environ.get(name)
+    return float(raw) if raw else default
+
+
+def _env_delays() -> tuple[float, ...]:
+    raw = os.environ.get("GEOJOBS_RETRY_DELAYS")
+    return tuple(float(x) for x in raw.split(",")) if raw else (300.0, 900.0, 3600.0)
+
+
+@dataclass
+class WorkerSettings:
+    """How a worker behaves; every field has an environment variable (see docs/jobs.md)."""
+
+    job_type: str
+    database_url: str = field(default_factory=database_url)
+    poll_interval: float = field(default_factory=lambda: _env_float("GEOJOBS_POLL_INTERVAL", 5.0))
+    lease_seconds: float = field(default_factory=lambda: _env_float("GEOJOBS_LEASE_SECONDS", 60.0))
+    heartbeat_seconds: float = field(
+        default_factory=lambda: _env_float("GEOJOBS_HEARTBEAT_SECONDS", 10.0))
+    memory_cap_mb: float = field(default_factory=lambda: _env_float("GEOJOBS_MEMORY_CAP_MB", 1024.0))
+    grace_seconds: float = field(default_factory=lambda: _env_float("GEOJOBS_GRACE_SECONDS", 30.0))
+    retry_delays: tuple[float, ...] = field(default_factory=_env_delays)
+
+    def retry_delay(self, attempt: int) -> float:
+        """Seconds before retrying after failed attempt ``attempt`` (1-based)."""
+        return self.retry_delays[min(attempt, len(self.retry_delays)) - 1]
+
+
+class _Heartbeat:
+    """Renews one job's lease from its own connection and thread; relays progress."""
+
+    def __init__(self, settings: WorkerSettings, job: queue.ClaimedJob) -> None:
+        self._settings = settings
+        self._job = job
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self.lost = threading.Event()
+        self._conn: psycopg.Connection[Any] | None = None
+        self._last_progress_write = 0.0
+        self._thread = threading.Thread(target=self._loop, name=f"heartbeat-{job.id}", daemon=True)
+        self._thread.start()
+
+    def _beat(self, progress: float | None) -> None:
+        with self._lock:
+            try:
+                if self._conn is None or self._conn.closed:
+                    self._conn = connect(self._settings.database_url, connect_timeout=5)
+                if not queue.heartbeat(self._conn, self._job, progress):
+                    self.lost.set()
+            except psycopg.OperationalError as exc:
+                log.warning("job %s: heartbeat failed (%s); will retry", self._job.id, exc)
+                self._conn = None
+
+    def _loop(self) -> None:
+        while not self._stop.wait(self._settings.heartbeat_seconds):
+            self._beat(None)
+
+    def report(self, fraction: float) -> None:
+        """Record progress (at most every half second) and stop the job if it must stop."""
+        now = time.monotonic()
+        if now - self._last_progress_write >= 0.5 or fraction >= 1.0:
+            self._last_progress_write = now
+            self._beat(fraction)
+        if self.lost.is_set():
+            raise JobInterrupted(f"job {self._job.id} was cancelled or its lease was lost")
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join(timeout=5)
+        with self._lock:
+            if self._conn is not None:
+                self._conn.close()
+
+
+class Worker:
+    """A long-running worker for one job type."""
+
+    def __init__(self, settings: WorkerSettings) -> None:
+        self.settings = settings
+        self.worker_id = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
+        self.module: ModuleType = registry.load(settings.job_type)
+        self._control: psycopg.Connection[Any] | None = None
+        self._job_conn: psycopg.Connection[Any] | None = None
+        self._stopping = threading.Event()
+        self._current: queue.ClaimedJob | None = None
+        self._current_lock = threading.Lock()
+        self._last_stale_check = 0.0
+        self.jobs_run = 0
+
+    # -- connections ---------------------------------------------------------------------
+
+    def _connections(self) -> tuple[psycopg.Connection[Any], psycopg.Connection[Any]]:
+        if self._control is None or self._control.closed:
+            self._control = connect(self.settings.database_url, connect_timeout=10)
+            self._control.execute("LISTEN geojobs")
+        if self._job_conn is None or self._job_conn.closed:
+            self._job_conn = connect(self.settings.database_url, connect_timeout=10)
+        return self._control, self._job_conn
+
+    def _drop_connections(self) -> None:
+        for conn in (self._control, self._job_conn):
+            if conn is not None:
+                try:
+                    conn.close()
+                except Exception:  # noqa: BLE001 - closing a broken connection
+                    pass
+        self._control = self._job_conn = None
+
+    # -- signals -------------------------------------------------------------------------
+
+    def _install_signal_handling(self) -> None:
+        """SIGTERM/SIGINT are taken by a thread, so they act even while a job is in C code."""
+        if threading.current_thread() is not threading.main_thread():
+            return
+        signals = {signal.SIGTERM, signal.SIGINT}
+        signal.pthread_sigmask(signal.SIG_BLOCK, signals)
+        threading.Thread(target=self._signal_loop, args=(signals,), name="signals",
+                         daemon=True).start()
+
+    def _signal_loop(self, signals: set[signal.Signals]) -> None:
+        while True:
+            signum = signal.sigwait(signals)
+            with self._current_lock:
+                job = self._current
+            if self._stopping.is_set() and job is not None:
+                log.warning("second signal %s: giving job %s back now", signum, job.id)
+                self._abandon(job)
+            self._stopping.set()
+            if job is None:
+                log.info("signal %s: stopping (no job running)", signum)
+                continue
+            log.info("signal %s: job %s has %.0f s to finish", signum, job.id,
+                     self.settings.grace_seconds)
+            deadline = time.monotonic() + self.settings.grace_seconds
+            while time.monotonic() < deadline:
+                with self._current_lock:
+                    if self._current is not job:
+                        break
+                time.sleep(0.05)
+            else:
+                self._abandon(job)
+
+    def _abandon(self, job: queue.ClaimedJob) -> None:
+        """Past the grace period: give the job back unspent and exit at once."""
+        try:
+            if self._job_conn is not None:
+                self._job_conn.cancel()
+            with connect(self.settings.database_url, connect_timeout=5) as conn:
+                released = queue.release(conn, job)
+            log.warning("job %s %s: grace period over; %s", job.id, job.job_type,
+                        "put back in the queue" if released else "already finished elsewhere")
+        except Exception:  # noqa: BLE001 - the lease will expire and the job be taken back
+            log.exception("job %s: could not give it back; its lease will expire", job.id)
+        logging.shutdown()
+        os._exit(0)
+
+    # -- the loop ------------------------------------------------------------------------
+
+    def run(self, *, drain: bool = False, once: bool = False) -> int:
+        """Work until stopped (or, with ``drain``, until no job is ready); return the exit code."""
+        self._install_signal_handling()
+        log.info("worker %s for %s started", self.worker_id, self.settings.job_type)
+        failures = 0
+        while not self._stopping.is_set():
+            try:
+                control, _ = self._connections()
+                self._requeue_stale(control)
+                job = queue.claim(control, self.settings.job_type, self.worker_id)
+                failures = 0
+                if job is None:
+                    if drain or once:
+                        break
+                    self._wait(control)
+                    continue
+                self._run_job(job)
+                if once:
+                    break
+                rss_mb = psutil.Process().memory_info().rss / 2**20
+                if rss_mb > self.settings.memory_cap_mb:
+                    log.warning("resident memory %.0f MB is over the cap of %.0f MB: exiting so "
+                                "the service restarts with a clean heap", rss_mb,
+                                self.settings.memory_cap_mb)
+                    break
+            except psycopg.OperationalError as exc:
+                failures += 1
+                delay = min(30.0, 0.5 * 2 ** min(failures, 6)) * random.uniform(0.8, 1.2)
+                log.warning("database unavailable (%s); reconnecting in %.1f s",
+                            str(exc).strip().splitlines()[0] if str(exc) else exc, delay)
+                self._drop_connections()
+                self._stopping.wait(delay)
+        log.info("worker %s stopped after %d job(s)", self.worker_id, self.jobs_run)
+        self._drop_connections()
+        return 0
+
+    def _requeue_stale(self, control: psycopg.Connection[Any]) -> None:
+        now = time.monotonic()
+        if now - self._last_stale_check < min(self.settings.lease_seconds / 2, 30.0):
+            return
+        self._last_stale_check = now
+        for job_id, status in queue.requeue_stale(control, self.settings.lease_seconds):
+            log.warning("job %s: its worker stopped sending heartbeats; now %s", job_id, status)
+
+    def _wait(self, control: psycopg.Connection[Any]) -> None:
+        """Sleep until a job of this type is announced, the poll interval passes, or a stop."""
+        deadline = time.monotonic() + self.settings.poll_interval
+        while not self._stopping.is_set():
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                return
+            for note in control.notifies(timeout=min(remaining, 0.5), stop_after=1):
+                if note.payload == self.settings.job_type:
+                    return
+
+    # -- one job -------------------------------------------------------------------------
+
+    def _run_job(self, job: queue.ClaimedJob) -> None:
+        control, job_conn = self._connections()
+        with self._current_lock:
+            self._current = job
+        started = time.monotonic()
+        label = f"job {job.id} {job.job_type} attempt {job.attempt}/{job.max_attempts}"
+        log.info("%s started", label)
+        heartbeat = _Heartbeat(self.settings, job)
+        try:
+            result = self._execute(job, job_conn, heartbeat)
+            log.info("%s completed in %.2f s: %s", label, time.monotonic() - started,
+                     {k: result[k] for k in ("output_table", "rows") if k in result})
+        except JobInterrupted as exc:
+            log.warning("%s stopped after %.2f s: %s", label, time.monotonic() - started, exc)
+        except BaseException as exc:  # noqa: BLE001 - a job's failure never kills the worker
+            if isinstance(exc, psycopg.OperationalError) and (job_conn.broken or control.broken):
+                raise  # the database went away: reconnect; the lease brings the job back
+            self._record_failure(control, job, exc, label, time.monotonic() - started)
+        finally:
+            heartbeat.stop()
+            self.jobs_run += 1
+            with self._current_lock:
+                self._current = None
+
+    def _execute(
+        self, job: queue.ClaimedJob, job_conn: psycopg.Connection[Any], heartbeat: _Heartbeat
+    ) -> dict[str, Any]:
+        params = validate_params(self.module.Params, job.params)
+        ctx = JobContext(job_id=job.id, job_type=job.job_type, attempt=job.attempt,
+                         worker_id=job.worker_id, conn=job_conn, report=heartbeat.report)
+        with job_conn.transaction():
+            result = dict(self.module.run(ctx, params) or {})
+            result.setdefault("warnings", [])
+            if heartbeat.lost.is_set() or not queue.complete(job_conn, job, result):
+                raise JobInterrupted("the job was cancelled or taken back before it completed")
+        return result
+
+    def _record_failure(
+        self, control: psycopg.Connection[Any], job: queue.ClaimedJob, exc: BaseException,
+        label: str, elapsed: float,
+    ) -> None:
+        if isinstance(exc, GeojobsError | AnalysisError):
+            message = str(exc)
+            retry = getattr(exc, "retryable", False)
+        else:
+            message = f"{type(exc).__name__}: {exc}"
+            retry = True
+        delay = self.settings.retry_delay(job.attempt)
+        outcome = queue.fail(control, job, message, retry=retry, delay_seconds=delay)
+        tb = "".join(traceback.format_exception(exc)).rstrip()
+        if outcome is None:
+            log.warning("%s failed after %.2f s but was no longer ours: %s", label, elapsed, message)
+        elif outcome[0] == "queued":
+            log.error("%s failed after %.2f s, retry at %s: %s\n%s", label, elapsed,
+                      outcome[1].isoformat(timespec="seconds"), message, tb)
+        else:
+            log.error("%s failed after %.2f s: %s\n%s", label, elapsed, message,
+                      tb if retry else "")
