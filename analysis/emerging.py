@@ -27,7 +27,7 @@ Analysis works" (ArcGIS Pro); Parry, sfdep (2023).
 from __future__ import annotations
 
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -42,7 +42,14 @@ from analysis.grid import GridSpec, derive_cell_size, make_grid, point_coordinat
 from analysis.spacetime_gi import mann_kendall, significance_bins, spacetime_gistar
 from analysis.weights import WeightsSpec, build_weights, working_geometry
 
-__all__ = ["EmergingResult", "Panel", "emerging_hot_spots", "parse_time_step", "OUTPUT_COLUMNS"]
+__all__ = [
+    "EmergingResult",
+    "Panel",
+    "emerging_hot_spots",
+    "input_shape",
+    "parse_time_step",
+    "OUTPUT_COLUMNS",
+]
 
 #: Columns the analysis adds to each location.
 OUTPUT_COLUMNS = (
@@ -124,9 +131,7 @@ def _require_numeric(gdf: pd.DataFrame, column: str, field_name: str) -> None:
         )
 
 
-def _long_panel(
-    gdf: gpd.GeoDataFrame, location_column: str, time_column: str, value_column: str
-) -> Panel:
+def _long_panel(gdf: gpd.GeoDataFrame, location_column: str, time_column: str, value_column: str) -> Panel:
     _require_columns(
         gdf,
         {
@@ -196,9 +201,7 @@ def _wide_panel(gdf: gpd.GeoDataFrame, value_columns: Sequence[str]) -> Panel:
     return Panel(locations, values, pd.Index(columns, dtype=object), key="location_id")
 
 
-def _step_indices(
-    times: pd.Series, count: int, unit: str
-) -> tuple[npt.NDArray[np.int64], pd.DatetimeIndex]:
+def _step_indices(times: pd.Series, count: int, unit: str) -> tuple[npt.NDArray[np.int64], pd.DatetimeIndex]:
     """Step of each time, steps starting at the earliest time floored to the unit."""
     if unit in ("month", "year"):
         months = count * (12 if unit == "year" else 1)
@@ -249,8 +252,7 @@ def _incident_panel(
     cells_grid = make_grid(bounds, cell_size, spec.shape, crs=points.crs)
     if cells_grid.n_cells * n_steps > _MAX_CELLS_X_STEPS:
         raise AnalysisError(
-            f"{cells_grid.n_cells} cells x {n_steps} steps is too large; use larger cells "
-            "or longer steps",
+            f"{cells_grid.n_cells} cells x {n_steps} steps is too large; use larger cells or longer steps",
             field="grid.cell_size",
         )
     counts = cells_grid.count(xy, step_index, n_steps)
@@ -280,15 +282,20 @@ def _incident_panel(
     )
 
 
-def _build_panel(
-    gdf: gpd.GeoDataFrame,
-    location_column: str | None,
-    time_column: str | None,
-    value_column: str | None,
-    value_columns: Sequence[str] | None,
-    time_step: str | None,
-    grid: Mapping[str, Any] | None,
-) -> Panel:
+def input_shape(
+    *,
+    location_column: str | None = None,
+    time_column: str | None = None,
+    value_column: str | None = None,
+    value_columns: Sequence[str] | None = None,
+    time_step: str | None = None,
+    grid: Mapping[str, Any] | None = None,
+) -> str:
+    """Which input shape the parameters describe: ``"wide"``, ``"incidents"`` or ``"long"``.
+
+    Raises :class:`AnalysisError` naming the parameter that is missing or out of place, so a
+    worker can check the parameters before reading any row.
+    """
     if value_columns is not None:
         for name, given in (
             ("location_column", location_column),
@@ -298,21 +305,16 @@ def _build_panel(
             ("grid", grid),
         ):
             if given is not None:
-                raise AnalysisError("wide input (value_columns) takes no " + name, field=name)
-        return _wide_panel(gdf, value_columns)
+                raise AnalysisError(f"wide input (value_columns) takes no {name}", field=name)
+        return "wide"
     if grid is not None or time_step is not None:
         for name, given in (("location_column", location_column), ("value_column", value_column)):
             if given is not None:
-                raise AnalysisError(
-                    f"point incidents are counted, so they take no {name}", field=name
-                )
-        for name, given in (("time_column", time_column), ("time_step", time_step), ("grid", grid)):
+                raise AnalysisError(f"point incidents are counted, so they take no {name}", field=name)
+        for name, given in (("time_column", time_column), ("time_step", time_step)):
             if given is None:
-                raise AnalysisError(
-                    "point incidents need time_column, time_step and grid", field=name
-                )
-        assert time_column is not None and time_step is not None and grid is not None
-        return _incident_panel(gdf, time_column, time_step, grid)
+                raise AnalysisError("point incidents need time_column and time_step (and a grid)", field=name)
+        return "incidents"
     if location_column is None and time_column is None and value_column is None:
         raise AnalysisError(
             "say how time is laid out: value_columns (one column per step), "
@@ -326,9 +328,33 @@ def _build_panel(
         ("value_column", value_column),
     ):
         if given is None:
-            raise AnalysisError(
-                "long input needs location_column, time_column and value_column", field=name
-            )
+            raise AnalysisError("long input needs location_column, time_column and value_column", field=name)
+    return "long"
+
+
+def _build_panel(
+    gdf: gpd.GeoDataFrame,
+    location_column: str | None,
+    time_column: str | None,
+    value_column: str | None,
+    value_columns: Sequence[str] | None,
+    time_step: str | None,
+    grid: Mapping[str, Any] | None,
+) -> Panel:
+    shape = input_shape(
+        location_column=location_column,
+        time_column=time_column,
+        value_column=value_column,
+        value_columns=value_columns,
+        time_step=time_step,
+        grid=grid,
+    )
+    if shape == "wide":
+        assert value_columns is not None
+        return _wide_panel(gdf, value_columns)
+    if shape == "incidents":
+        assert time_column is not None and time_step is not None
+        return _incident_panel(gdf, time_column, time_step, grid or {})
     assert location_column and time_column and value_column
     return _long_panel(gdf, location_column, time_column, value_column)
 
@@ -340,9 +366,7 @@ def _check_parameters(
     weights: Mapping[str, Any] | None,
 ) -> None:
     if isinstance(neighborhood_time_step, bool) or int(neighborhood_time_step) < 0:
-        raise AnalysisError(
-            "must be a whole number of steps, 0 or more", field="neighborhood_time_step"
-        )
+        raise AnalysisError("must be a whole number of steps, 0 or more", field="neighborhood_time_step")
     if not 0 < float(alpha) < 1:
         raise AnalysisError("must be between 0 and 1, e.g. 0.05", field="alpha")
     if int(min_time_steps) < 3:
@@ -369,20 +393,20 @@ def emerging_hot_spots(
     alpha: float = 0.05,
     fdr: bool = True,
     min_time_steps: int = 10,
+    progress: Callable[[float], None] | None = None,
 ) -> EmergingResult:
     """Emerging hot spot categories of every location (see the module docstring).
 
     Give ``value_columns`` (wide), or ``location_column``, ``time_column`` and
     ``value_column`` (long), or ``time_column``, ``time_step`` and ``grid``
     (point incidents). Raises :class:`~analysis.errors.AnalysisError` naming
-    the parameter at fault.
+    the parameter at fault. ``progress`` is called with the fraction done (0 to 1).
     """
+    report = progress or (lambda fraction: None)
     _check_parameters(neighborhood_time_step, alpha, min_time_steps, weights)
     if len(gdf) == 0:
         raise EmptyInput("the input has no rows", field="input_table")
-    panel = _build_panel(
-        gdf, location_column, time_column, value_column, value_columns, time_step, grid
-    )
+    panel = _build_panel(gdf, location_column, time_column, value_column, value_columns, time_step, grid)
     n, n_steps = panel.values.shape
     time_field = (
         "value_columns"
@@ -414,9 +438,11 @@ def emerging_hot_spots(
         )
 
     built = build_weights(panel.locations, weights, default_type=panel.default_weights)
+    report(0.3)
     z, p = spacetime_gistar(panel.values, built.graph.sparse, k)
     bins = significance_bins(z, p, alpha=float(alpha), fdr=bool(fdr))
-    tau, trend_p, trend = mann_kendall(z, alpha=float(alpha))
+    report(0.4)
+    tau, trend_p, trend = mann_kendall(z, alpha=float(alpha), progress=lambda f: report(0.4 + 0.55 * f))
     codes = classify(bins, trend)
 
     locations = panel.locations.copy()
@@ -434,7 +460,7 @@ def emerging_hot_spots(
         {
             panel.key: np.repeat(locations[panel.key].to_numpy(), n_steps),
             "time_index": np.tile(np.arange(n_steps, dtype=np.int32), n),
-            "time": np.tile(panel.times.to_numpy(), n),
+            "time": panel.times.take(np.tile(np.arange(n_steps), n)).array,
             "value": panel.values.ravel(),
             "gi_zscore": z.ravel(),
             "gi_pvalue": p.ravel(),
@@ -463,4 +489,5 @@ def emerging_hot_spots(
         warnings.append(f"only {n} locations: Gi* z-scores are unreliable below 30")
     if warnings:
         summary["warnings"] = list(dict.fromkeys(warnings))
+    report(1.0)
     return EmergingResult(locations, slices, summary)

@@ -29,6 +29,7 @@ tau and the two-sided p-value (with the tie correction of the variance).
 from __future__ import annotations
 
 import warnings
+from collections.abc import Callable
 from typing import cast
 
 import numpy as np
@@ -81,9 +82,7 @@ def spacetime_gistar(
         raise AnalysisError("the values hold nulls or infinities", field="values")
     a = _binary_with_self(w)
     if a.shape != (n, n):
-        raise AnalysisError(
-            f"the weights cover {a.shape[0]} locations but the values {n}", field="weights"
-        )
+        raise AnalysisError(f"the weights cover {a.shape[0]} locations but the values {n}", field="weights")
 
     lag = np.asarray(a @ x)
     cumulative = np.cumsum(lag, axis=1)
@@ -128,12 +127,15 @@ def significance_bins(
 
 
 def mann_kendall(
-    series: npt.ArrayLike, alpha: float = 0.05
+    series: npt.ArrayLike,
+    alpha: float = 0.05,
+    progress: Callable[[float], None] | None = None,
 ) -> tuple[FloatArray, FloatArray, npt.NDArray[np.int8]]:
     """Mann-Kendall test of each row: tau, two-sided p-value, trend (+1, -1, 0).
 
     The trend is +1 (-1) where the p-value is below ``alpha`` and tau is
-    positive (negative). NaN steps are skipped, as pymannkendall does.
+    positive (negative). NaN steps are skipped, as pymannkendall does. ``progress``
+    receives the fraction of rows done every 1,000 rows.
     """
     rows = np.atleast_2d(np.asarray(series, dtype=np.float64))
     tau = np.full(rows.shape[0], np.nan)
@@ -141,6 +143,8 @@ def mann_kendall(
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", RuntimeWarning)
         for i, row in enumerate(rows):
+            if progress is not None and i % 1000 == 0:
+                progress(i / len(rows))
             if np.isfinite(row).sum() < 3:
                 continue
             result = pymannkendall.original_test(row, alpha=alpha)

@@ -116,7 +116,9 @@ def test_long_and_wide_layouts_agree(us_income, us_long) -> None:
 
 
 def test_output_columns_and_summary(us_income) -> None:
-    result = emerging_hot_spots(us_income, value_columns=YEARS)
+    seen: list[float] = []
+    result = emerging_hot_spots(us_income, value_columns=YEARS, progress=seen.append)
+    assert seen == sorted(seen) and seen[-1] == 1.0 and len(seen) >= 3
     out = result.locations
     assert len(out) == 48 and set(OUTPUT_COLUMNS) <= set(out.columns)
     assert set(out["category"]) <= set(CATEGORY_CODES)
@@ -317,6 +319,7 @@ def test_incident_errors(us_income) -> None:
         "grid.shape"
     )
     assert field_of(incidents, time_column="reported_at", grid=grid) == "time_step"
+    assert field_of(incidents, time_step="1 month", grid=grid) == "time_column"
     assert field_of(incidents, **{**base, "time_column": "when"}) == "time_column"
     assert field_of(incidents, **{**base, "time_step": "1 year"}) == "time_step"  # 2 steps
     polygons = us_income.assign(reported_at=pd.Timestamp("2020-01-01"))
