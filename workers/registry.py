@@ -16,6 +16,7 @@ __all__ = ["JOB_TYPES", "load", "names"]
 JOB_TYPES: dict[str, str] = {
     "noop": "workers.noop",
     "dissolve": "workers.dissolve",
+    "hotspot_timeseries": "workers.hotspot_timeseries",
 }
 
 
