@@ -1,0 +1,74 @@
+"""The benchmarks at a tiny size, so that they cannot rot; and their shared pieces."""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import numpy as np
+import psycopg
+import pytest
+import shapely
+
+from bench import data, jobs
+from bench.floor import copy_read, copy_write
+from bench.measure import growth_exponent, measure_job, time_sql
+
+
+def test_grids_are_exact_coverages_with_contiguous_groups() -> None:
+    for make, cell_area in ((data.square_grid, 100.0**2), (data.hex_grid, 6 * 50.0**2)):
+        gdf = make(1000, groups=7, seed=3)
+        geoms = gdf.geometry.to_numpy()
+        assert len(gdf) == 1000 and shapely.coverage_is_valid(geoms)
+        assert np.allclose(shapely.area(geoms), cell_area)
+        assert sorted(gdf["grp"].unique()) == list(range(7))
+        for _, group in gdf.groupby("grp"):  # blocks are contiguous: one polygon each
+            assert shapely.get_num_geometries(shapely.union_all(group.geometry.values)) == 1
+    assert data.square_grid(50, seed=1)["value"].equals(data.square_grid(50, seed=1)["value"])
+
+
+def test_voronoi_polygons_tile_the_square() -> None:
+    gdf = data.irregular_polygons(500, seed=2)
+    geoms = gdf.geometry.to_numpy()
+    side = 100.0 * math.sqrt(500)
+    assert not shapely.is_missing(geoms).any() and shapely.coverage_is_valid(geoms)
+    assert math.isclose(shapely.area(geoms).sum(), side * side, rel_tol=1e-9)
+    points = data.random_points(100, extent=10.0)
+    assert shapely.contains(shapely.box(0, 0, 10, 10), points.geometry.values).all()
+
+
+def test_parse_sizes_and_growth_exponent() -> None:
+    assert data.parse_sizes("10k,1M,2500") == [10_000, 1_000_000, 2_500]
+    with pytest.raises(ValueError):
+        data.parse_size("0.5")
+    sizes = [1e3, 1e4, 1e5]
+    assert math.isclose(growth_exponent(sizes, [3e-6 * s**1.3 for s in sizes]), 1.3)
+
+
+@pytest.mark.db
+def test_floor_round_trip_and_measured_job(db_url: str, conn: psycopg.Connection[Any]) -> None:
+    gdf = data.square_grid(200, groups=4)
+    data.load_layer(conn, gdf, "public.grid")
+    back = copy_read(conn, "public.grid", {"id": "int8", "grp": "int4"}).sort_values("id")
+    assert shapely.equals(back.geometry.values, gdf.geometry.values).all()
+    with conn.transaction():
+        copy_write(conn, back, "results.copy", {"id": "int8", "grp": "int4"},
+                   geometry_type="Polygon")
+    area = conn.execute("SELECT sum(ST_Area(geom)), count(*) FROM results.copy").fetchone()
+    assert area == (pytest.approx(200 * 100.0**2), 200)
+    idle = measure_job(db_url, "noop", {})
+    held = measure_job(db_url, "noop", {"allocate_mb": 64})
+    assert held.job_row["status"] == "completed" and held.wall_s >= held.job_s > 0
+    assert held.peak_rss_mb - idle.peak_rss_mb > 56  # the 64 MB the job held
+    t = time_sql(db_url, "SELECT count(*) FROM public.grid WHERE grp = %s", (1,), fetch=True)
+    assert t.value == [(int((gdf["grp"] == 1).sum()),)] and t.wall_s > 0
+
+
+@pytest.mark.db
+@pytest.mark.parametrize("job_type", jobs.job_benchmarks())
+def test_job_benchmark_smoke(db_url: str, job_type: str) -> None:
+    module = jobs.load(job_type)
+    rows = module.run(list(getattr(module, "SMOKE_SIZES", [200])), db_url)
+    assert rows and all(r["job_type"] == job_type for r in rows)
+    assert all(r["wall_s"] > 0 for r in rows)
+    assert any(r["case"] == "geojobs" for r in rows)
