@@ -27,6 +27,7 @@ Analysis works" (ArcGIS Pro); Parry, sfdep (2023).
 from __future__ import annotations
 
 import re
+import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -86,6 +87,19 @@ class Panel:
     key: str
     info: dict[str, Any] = field(default_factory=dict)
     default_weights: str | None = None
+
+
+class _Clock:
+    """Seconds spent in each stage, for the job's result and the benchmark."""
+
+    def __init__(self) -> None:
+        self.laps: dict[str, float] = {}
+        self._last = time.perf_counter()
+
+    def lap(self, name: str) -> None:
+        now = time.perf_counter()
+        self.laps[name] = round(now - self._last, 4)
+        self._last = now
 
 
 @dataclass
@@ -403,10 +417,12 @@ def emerging_hot_spots(
     the parameter at fault. ``progress`` is called with the fraction done (0 to 1).
     """
     report = progress or (lambda fraction: None)
+    clock = _Clock()
     _check_parameters(neighborhood_time_step, alpha, min_time_steps, weights)
     if len(gdf) == 0:
         raise EmptyInput("the input has no rows", field="input_table")
     panel = _build_panel(gdf, location_column, time_column, value_column, value_columns, time_step, grid)
+    clock.lap("panel")
     n, n_steps = panel.values.shape
     time_field = (
         "value_columns"
@@ -438,11 +454,16 @@ def emerging_hot_spots(
         )
 
     built = build_weights(panel.locations, weights, default_type=panel.default_weights)
+    clock.lap("weights")
     report(0.3)
     z, p = spacetime_gistar(panel.values, built.graph.sparse, k)
     bins = significance_bins(z, p, alpha=float(alpha), fdr=bool(fdr))
+    clock.lap("gistar")
     report(0.4)
-    tau, trend_p, trend = mann_kendall(z, alpha=float(alpha), progress=lambda f: report(0.4 + 0.55 * f))
+    tau, trend_p, trend = mann_kendall(
+        z, alpha=float(alpha), progress=lambda f: report(0.4 + 0.55 * f)
+    )
+    clock.lap("mann_kendall")
     codes = classify(bins, trend)
 
     locations = panel.locations.copy()
@@ -468,6 +489,7 @@ def emerging_hot_spots(
         }
     )
 
+    clock.lap("classify_and_assemble")
     counts = pd.Series(codes).map(CATEGORY_NAMES).value_counts()
     summary: dict[str, Any] = {
         "categories": {name: int(counts.get(name, 0)) for name in CATEGORY_CODES},
@@ -483,6 +505,7 @@ def emerging_hot_spots(
         "constant_steps": int((panel.values.std(axis=0) == 0).sum()),
         "crs": built.crs,
         **panel.info,
+        "timings_s": clock.laps,
     }
     warnings = [*panel.info.get("warnings", []), *built.warnings]
     if n < 30:
