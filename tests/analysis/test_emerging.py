@@ -227,6 +227,25 @@ def test_weekly_steps_start_at_the_first_day() -> None:
     assert result.slices["time"].min() == first
 
 
+def test_time_zones_bin_in_their_own_zone() -> None:
+    incidents, _ = planted_incidents()
+    params = dict(time_column="reported_at", time_step="1 month",
+                  grid={"shape": "square", "cell_size": 1000})  # fmt: skip
+    naive = emerging_hot_spots(incidents, **params).slices
+    # the same wall-clock times in Tokyo: the same months
+    tokyo = incidents.assign(reported_at=incidents["reported_at"].dt.tz_localize("Asia/Tokyo"))
+    aware = emerging_hot_spots(tokyo, **params).slices
+    np.testing.assert_array_equal(aware["value"].to_numpy(), naive["value"].to_numpy())
+    assert aware["time"].iloc[0] == pd.Timestamp("2023-01-01", tz="Asia/Tokyo")
+    # seen from UTC, incidents in the first 9 hours of a Tokyo month fall in the month before
+    utc = tokyo.assign(reported_at=tokyo["reported_at"].dt.tz_convert("UTC"))
+    shifted = emerging_hot_spots(utc, **params).slices
+    per_step = shifted.groupby("time_index")["value"].sum().to_numpy()
+    assert len(per_step) == 25  # December 2022 (UTC) appears
+    assert per_step.sum() == len(incidents)
+    assert not np.array_equal(per_step[1:], naive.groupby("time_index")["value"].sum())
+
+
 def test_cell_size_is_derived_when_missing() -> None:
     incidents, _ = planted_incidents()
     result = emerging_hot_spots(
