@@ -23,6 +23,7 @@ JOB_TYPES: dict[str, str] = {
     "create_view": "workers.create_view",
     "nearest": "workers.nearest",
     "raster_clip": "workers.raster_clip",
+    "hotspot_timeseries": "workers.hotspot_timeseries",
 }
 
 
