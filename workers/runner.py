@@ -296,6 +296,9 @@ class Worker:
         if isinstance(exc, GeojobsError | AnalysisError):
             message = str(exc)
             retry = getattr(exc, "retryable", False)
+        elif isinstance(exc, psycopg.errors.InsufficientPrivilege):
+            message = f"{type(exc).__name__}: {exc}"  # the worker role may not do this; a retry
+            retry = False                               # would be refused the same way
         else:
             message = f"{type(exc).__name__}: {exc}"
             retry = True
