@@ -96,6 +96,11 @@ def describe_layer(
         where = f"schema {schema!r}" if schema else "the search path"
         raise InputLayerMissing(f"table {table!r} does not exist in {where}", field=field)
     schema, name = row[0], row[1]
+    if not row[3]:
+        raise InvalidInput(
+            f"table {schema}.{name} exists but this worker's role may not read it: "
+            f"GRANT USAGE ON SCHEMA {schema} and SELECT ON {schema}.{name} to the worker role",
+            field=field)
     rows = conn.execute(q.RELATION_COLUMNS, {"schema": schema, "name": name}).fetchall()
     columns = {r[0]: r[2] for r in rows}
     type_names = {r[0]: r[1] for r in rows}
