@@ -81,9 +81,12 @@ class _Heartbeat:
         self._started = 0.0
         self._last_write = 0.0
         self.lost = threading.Event()
-        threading.Thread(target=self._loop, name="heartbeat", daemon=True).start()
+        self._thread: threading.Thread | None = None
 
     def begin(self, job: queue.ClaimedJob) -> None:
+        if self._thread is None:  # started here, after the runner has blocked signals
+            self._thread = threading.Thread(target=self._loop, name="heartbeat", daemon=True)
+            self._thread.start()
         with self._lock:
             self._job = job
             self.lost.clear()
