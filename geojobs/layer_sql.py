@@ -8,9 +8,11 @@ from __future__ import annotations
 
 from psycopg import sql
 
-# Find a relation by schema and name, or by name along the search path (schema NULL).
+# Find a relation by schema and name, or by name along the search path (schema NULL), and
+# whether the current role may read it.
 FIND_RELATION = """
-SELECT n.nspname, c.relname, c.relkind
+SELECT n.nspname, c.relname, c.relkind,
+       has_schema_privilege(n.oid, 'USAGE') AND has_table_privilege(c.oid, 'SELECT') AS readable
 FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
 WHERE c.relname = %(name)s
   AND c.relkind IN ('r', 'v', 'm', 'p', 'f')

@@ -27,7 +27,7 @@ from analysis.errors import AnalysisError
 from geojobs.config import database_url
 from geojobs.db import connect
 from geojobs.errors import GeojobsError, JobInterrupted
-from workers import queue, registry
+from workers import queue, registry, sdnotify
 from workers.context import JobContext
 from workers.params import validate_params
 
@@ -81,9 +81,12 @@ class _Heartbeat:
         self._started = 0.0
         self._last_write = 0.0
         self.lost = threading.Event()
-        threading.Thread(target=self._loop, name="heartbeat", daemon=True).start()
+        self._thread: threading.Thread | None = None
 
     def begin(self, job: queue.ClaimedJob) -> None:
+        if self._thread is None:  # started here, after the runner has blocked signals
+            self._thread = threading.Thread(target=self._loop, name="heartbeat", daemon=True)
+            self._thread.start()
         with self._lock:
             self._job = job
             self.lost.clear()
@@ -111,6 +114,8 @@ class _Heartbeat:
             while True:
                 self._wake.wait(self._settings.heartbeat_seconds)
                 job = self._job
+                if job is not None:
+                    sdnotify.watchdog()  # during a job; the main loop pets between jobs
                 if job is not None and time.monotonic() - self._last_write >= (
                         self._settings.heartbeat_seconds * 0.9):
                     self._beat(job, None)
@@ -192,6 +197,7 @@ class Worker:
                 log.warning("second signal %s: giving job %s back now", signum, job.id)
                 self._abandon(job)
             self._stopping.set()
+            sdnotify.notify("STOPPING=1")
             if job is None:
                 log.info("signal %s: stopping (no job running)", signum)
                 continue
@@ -222,12 +228,19 @@ class Worker:
 
     # -- the loop ------------------------------------------------------------------------
 
-    def run(self, *, drain: bool = False, once: bool = False) -> int:
-        """Work until stopped (or, with ``drain``, until no job is ready); return the exit code."""
-        self._install_signal_handling()
+    def run(self, *, drain: bool = False, once: bool = False, handle_signals: bool = False) -> int:
+        """Work until stopped (or, with ``drain``, until no job is ready); return the exit code.
+
+        ``handle_signals`` (for a worker process, not a worker embedded in a test or notebook)
+        turns SIGTERM/SIGINT into a graceful stop.
+        """
+        if handle_signals:
+            self._install_signal_handling()
         log.info("worker %s for %s started", self.worker_id, self.settings.job_type)
+        sdnotify.notify("READY=1", f"STATUS=worker for {self.settings.job_type}")
         failures = 0
         while not self._stopping.is_set():
+            sdnotify.watchdog()
             try:
                 control, _ = self._connections()
                 self._requeue_stale(control)
@@ -255,6 +268,7 @@ class Worker:
                 self._drop_connections()
                 self._stopping.wait(delay)
         log.info("worker %s stopped after %d job(s)", self.worker_id, self.jobs_run)
+        sdnotify.notify("STOPPING=1")
         self._drop_connections()
         return 0
 
@@ -273,6 +287,7 @@ class Worker:
             remaining = deadline - time.monotonic()
             if remaining <= 0:
                 return
+            sdnotify.watchdog()
             for note in control.notifies(timeout=min(remaining, 0.5), stop_after=1):
                 if note.payload == self.settings.job_type:
                     return
@@ -324,6 +339,9 @@ class Worker:
         if isinstance(exc, GeojobsError | AnalysisError):
             message = str(exc)
             retry = getattr(exc, "retryable", False)
+        elif isinstance(exc, psycopg.errors.InsufficientPrivilege):
+            message = f"{type(exc).__name__}: {exc}"  # the worker role may not do this; a retry
+            retry = False                               # would be refused the same way
         else:
             message = f"{type(exc).__name__}: {exc}"
             retry = True
