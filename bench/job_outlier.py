@@ -8,10 +8,11 @@ completion, ``wall_s`` adds interpreter start and compiling esda's kernels befor
 
 from __future__ import annotations
 
+from functools import partial
 from typing import Any
 
 from bench.data import load_layer, square_grid
-from bench.local_stats import esda_numba_rows, floor_polygons, warm
+from bench.local_stats import best_of, esda_numba_rows, floor_polygons, repeat, warm
 from bench.measure import measure_job
 
 __all__ = ["SIZES", "SMOKE_SIZES", "COLUMNS", "run"]
@@ -32,11 +33,12 @@ def run(sizes: list[int], database_url: str) -> list[dict[str, Any]]:
         polygons["rate"] = polygons["value"] + 10.0
         table = f"public.bench_outlier_{n}"
         load_layer(database_url, polygons, table)
-        job = measure_job(database_url, "outlier", {
-            "input_table": table, "value_column": "rate",
-            "output_table": f"results.bench_outlier_{n}", "overwrite": True})
-        floor_s, floor_mb = floor_polygons(database_url, table, f"results.bench_lm_floor_{n}",
-                                           "lisa")
+        job, floor_s, floor_mb = best_of(
+            partial(measure_job, database_url, "outlier", {
+                "input_table": table, "value_column": "rate",
+                "output_table": f"results.bench_outlier_{n}", "overwrite": True}),
+            partial(floor_polygons, database_url, table, f"results.bench_lm_floor_{n}", "lisa"),
+            repeat(n))
         base = {"job_type": "outlier", "input": f"{n:,} polygons", "size": n}
         rows.append({**base, "case": "geojobs", "wall_s": job.wall_s, "job_s": job.job_s,
                      "peak_rss_mb": job.peak_rss_mb, "ratio_to_floor": job.job_s / floor_s,
