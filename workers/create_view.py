@@ -83,11 +83,14 @@ EXAMPLE: dict[str, Any] = {
     "materialized": True,
 }
 
+# Views pin the tables they read: a demo view of a sample table would stop the next
+# `make demo` from reloading that sample. The job table is never reloaded.
 DEMO: list[dict[str, Any]] = [
     {
-        "input_table": "public.us_states",
-        "view_name": "results.demo_south_atlantic",
-        "filter": [{"column": "sub_region", "op": "=", "value": "S Atl"}],
+        "input_table": "public.background_jobs",
+        "view_name": "results.demo_finished_jobs",
+        "columns": ["id", "job_type", "status", "attempts", "finished_at", "error"],
+        "filter": [{"column": "status", "op": "in", "value": ["completed", "failed"]}],
         "replace": True,
     },
 ]
