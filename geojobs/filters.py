@@ -90,13 +90,25 @@ class Condition(BaseModel):
     value: Annotated[Any, BeforeValidator(_json_value)] = None
 
 
+def _list_or_object(schema: dict[str, Any]) -> None:
+    """JSON Schema of FilterSpec: the object form, or a bare list of conditions."""
+    as_object = dict(schema)
+    where = as_object["properties"]["where"]
+    schema.clear()
+    schema.update(
+        title=as_object.pop("title"),
+        description=as_object.pop("description"),
+        anyOf=[{"type": "array", "items": where["items"], "maxItems": where["maxItems"]}, as_object],
+    )
+
+
 class FilterSpec(BaseModel):
     """Conditions joined by AND, and an optional bounding box.
 
     A bare list of conditions is accepted as ``{"where": [...]}``.
     """
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, json_schema_extra=_list_or_object)
 
     where: list[Condition] = Field(default_factory=list, max_length=100)
     bbox: BBox | None = None
