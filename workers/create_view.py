@@ -101,7 +101,8 @@ def run(ctx: JobContext, params: Params) -> dict[str, Any]:
     if params.refresh:
         return _refresh(ctx.conn, params.view_name)
     assert params.input_table is not None
-    layer = describe_layer(ctx.conn, params.input_table, require_geometry=False)
+    layer = describe_layer(ctx.conn, params.input_table)
+    _require_features(ctx.conn, layer)
     columns = _columns(layer, params.columns)
     spec = FilterSpec(where=params.filter, bbox=params.bbox, bbox_srid=params.bbox_srid)
     where = compose_where(
@@ -164,6 +165,26 @@ def run(ctx: JobContext, params: Params) -> dict[str, Any]:
         "srid": layer.srid if geometry_column else None,
         "warnings": warnings,
     }
+
+
+def _require_features(conn: psycopg.Connection[Any], layer: Layer) -> None:
+    """A view of nothing, or of broken coordinates, helps nobody: fail naming input_table."""
+    assert layer.geometry_column is not None
+    row = conn.execute(
+        q.GEOMETRY_HEALTH.format(geom=sql.Identifier(layer.geometry_column), table=layer.identifier)
+    ).fetchone()
+    usable, broken = row if row else (0, 0)
+    if broken:
+        raise InvalidInput(
+            f"{broken} feature(s) of {layer.qualified_name} have NaN or infinite coordinates; "
+            "fix them (or filter them out in a table of their own) first",
+            field="input_table",
+        )
+    if not usable:
+        raise InvalidInput(
+            f"{layer.qualified_name} has no feature with a geometry: the view would be empty",
+            field="input_table",
+        )
 
 
 def _columns(layer: Layer, requested: list[str] | None) -> list[str]:
