@@ -44,6 +44,7 @@ __all__ = [
     "Op",
     "compose_where",
     "parse_filter",
+    "require_srid",
     "table_columns",
 ]
 
@@ -364,3 +365,14 @@ def table_columns(conn: psycopg.Connection[Any], schema: str, table: str) -> dic
         (schema, table),
     ).fetchall()
     return {name: pgtype for name, pgtype in rows}
+
+
+def require_srid(conn: psycopg.Connection[Any], srid: int | None, *, field: str) -> None:
+    """Fail naming ``field`` when ``srid`` (a bbox's) is not in ``spatial_ref_sys``.
+
+    Checked before reading, so an unknown SRID is a parameter error, not a failed query.
+    """
+    if srid is None:
+        return
+    if conn.execute("SELECT 1 FROM spatial_ref_sys WHERE srid = %s", (srid,)).fetchone() is None:
+        raise AnalysisError(f"SRID {srid} is not in spatial_ref_sys", field=field)

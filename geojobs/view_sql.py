@@ -45,8 +45,6 @@ GEOMETRY_HEALTH = sql.SQL(
     " FROM {table} WHERE {geom} IS NOT NULL AND NOT ST_IsEmpty({geom})"
 )
 
-SRID_EXISTS = "SELECT 1 FROM spatial_ref_sys WHERE srid = %s"
-
 # Whether a relation has a unique index without a predicate (REFRESH ... CONCURRENTLY needs one).
 HAS_UNIQUE_INDEX = """
 SELECT EXISTS (

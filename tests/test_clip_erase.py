@@ -319,6 +319,15 @@ def test_an_empty_result_is_a_completed_job_with_an_empty_table(db_url, conn):
 
 
 BAD_PARAMS = [
+    (
+        "clip",
+        {
+            "input_table": "public.georgia_counties",
+            "clip_table": "public.us_states",
+            "clip_filter": {"bbox": [0, 0, 1, 1], "bbox_srid": 999999},
+        },
+        "clip_filter.bbox_srid",
+    ),
     ("clip", {"input_table": "public.georgia_counties"}, "params.clip_table"),
     ("clip", {"input_table": "public.georgia_counties", "clip_table": "public.nope"}, "clip_table"),
     ("erase", {"input_table": "public.nope", "erase_table": "public.us_states"}, "input_table"),

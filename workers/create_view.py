@@ -14,11 +14,10 @@ import psycopg
 from psycopg import sql
 from pydantic import AfterValidator, Field, model_validator
 
-from analysis.errors import AnalysisError
 from geojobs import layer_sql
 from geojobs import view_sql as q
 from geojobs.errors import InvalidInput, OutputExists
-from geojobs.filters import BBox, Condition, FilterSpec, check_bbox, compose_where
+from geojobs.filters import BBox, Condition, FilterSpec, check_bbox, compose_where, require_srid
 from geojobs.layers import Layer, describe_layer, split_name
 from workers.context import JobContext
 from workers.params import ColumnName, InputTable, JobParams, OutputTable
@@ -113,8 +112,7 @@ def run(ctx: JobContext, params: Params) -> dict[str, Any]:
         field="filter",
         bbox_field="bbox",
     )
-    if params.bbox_srid and ctx.conn.execute(q.SRID_EXISTS, (params.bbox_srid,)).fetchone() is None:
-        raise AnalysisError(f"SRID {params.bbox_srid} is not in spatial_ref_sys", field="bbox_srid")
+    require_srid(ctx.conn, params.bbox_srid, field="bbox_srid")
     warnings: list[str] = []
     key = layer.key
     if params.materialized and key is not None and key not in columns:
