@@ -37,7 +37,7 @@ __all__ = ["SIZES", "SMOKE_SIZES", "COLUMNS", "run", "make_raster"]
 
 SIZES = "20000"
 SMOKE_SIZES = [1200]
-COLUMNS = ["job_type", "case", "size", "wall_s", "job_s", "peak_rss_mb", "ratio_to_geojobs",
+COLUMNS = ["job_type", "case", "size", "wall_s", "job_s", "peak_rss_mb", "wall_vs_geojobs",
            "output_px", "note"]
 SRID = 3857
 PIXEL = 10.0
@@ -114,7 +114,7 @@ def run(sizes: list[int], database_url: str) -> list[dict[str, Any]]:
             result = job.job_row["result"]
             base = {"job_type": "raster_clip", "size": n}
             rows.append({**base, "case": "geojobs", "wall_s": job.wall_s, "job_s": job.job_s,
-                         "peak_rss_mb": job.peak_rss_mb, "ratio_to_geojobs": 1.0,
+                         "peak_rss_mb": job.peak_rss_mb, "wall_vs_geojobs": 1.0,
                          "output_px": result["width"] * result["height"],
                          "note": "tiles under the polygon only; COG with overviews; wall_s "
                                  "includes interpreter start"})
@@ -124,7 +124,7 @@ def run(sizes: list[int], database_url: str) -> list[dict[str, Any]]:
                 with rasterio.open(Path(out) / f"{case}.tif") as written:
                     px = written.width * written.height
                 rows.append({**base, "case": case, "wall_s": wall, "job_s": wall,
-                             "peak_rss_mb": peak, "ratio_to_geojobs": wall / job.job_s,
+                             "peak_rss_mb": peak, "wall_vs_geojobs": wall / job.wall_s,
                              "output_px": px,
                              "note": f"rasterio.mask(crop={crop}) + one tiled DEFLATE write, "
                                      "child process"})
