@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 import uuid
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import psycopg
@@ -41,7 +42,14 @@ def _drop(name: str) -> None:
 
 
 @pytest.fixture(scope="session")
-def template_db() -> Iterator[str]:
+def _dropper() -> Iterator[ThreadPoolExecutor]:
+    """Drops test databases in the background: DROP DATABASE takes about a second here."""
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="dropdb") as pool:
+        yield pool
+
+
+@pytest.fixture(scope="session")
+def template_db(_dropper: ThreadPoolExecutor) -> Iterator[str]:
     """A database with the schema and the sample layers, copied by every test."""
     from geojobs import db
     from geojobs.samples import SAMPLES, load_sample
@@ -55,11 +63,12 @@ def template_db() -> Iterator[str]:
                 load_sample(conn, sample)
         yield name
     finally:
-        _drop(name)
+        _dropper.submit(_drop, name)
 
 
 @pytest.fixture
-def db_url(template_db: str, monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
+def db_url(template_db: str, _dropper: ThreadPoolExecutor,
+           monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
     """A fresh database for one test; DATABASE_URL points at it for the test's processes."""
     name = f"geojobs_test_{uuid.uuid4().hex[:12]}"
     url = _create(name, template=template_db)
@@ -67,7 +76,7 @@ def db_url(template_db: str, monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
     try:
         yield url
     finally:
-        _drop(name)
+        _dropper.submit(_drop, name)
 
 
 @pytest.fixture

@@ -30,7 +30,7 @@ def run_worker(job_type: str, args: argparse.Namespace) -> int:
         settings.memory_cap_mb = args.memory_cap_mb
     if args.poll_interval is not None:
         settings.poll_interval = args.poll_interval
-    return Worker(settings).run(drain=args.drain, once=args.once)
+    return Worker(settings).run(drain=args.drain, once=args.once, handle_signals=True)
 
 
 def main(job_type: str, argv: list[str] | None = None) -> int:

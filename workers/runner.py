@@ -27,7 +27,7 @@ from analysis.errors import AnalysisError
 from geojobs.config import database_url
 from geojobs.db import connect
 from geojobs.errors import GeojobsError, JobInterrupted
-from workers import queue, registry
+from workers import queue, registry, sdnotify
 from workers.context import JobContext
 from workers.params import validate_params
 
@@ -66,49 +66,74 @@ class WorkerSettings:
 
 
 class _Heartbeat:
-    """Renews one job's lease from its own connection and thread; relays progress."""
+    """Renews the current job's lease from its own thread and connection; relays progress.
 
-    def __init__(self, settings: WorkerSettings, job: queue.ClaimedJob) -> None:
+    One per worker, kept across jobs: the connection opens on the first beat a job needs, so a
+    job shorter than the heartbeat interval costs no extra round trip.
+    """
+
+    def __init__(self, settings: WorkerSettings) -> None:
         self._settings = settings
-        self._job = job
         self._lock = threading.Lock()
-        self._stop = threading.Event()
-        self.lost = threading.Event()
+        self._wake = threading.Condition(self._lock)
+        self._job: queue.ClaimedJob | None = None
         self._conn: psycopg.Connection[Any] | None = None
-        self._last_progress_write = 0.0
-        self._thread = threading.Thread(target=self._loop, name=f"heartbeat-{job.id}", daemon=True)
-        self._thread.start()
+        self._started = 0.0
+        self._last_write = 0.0
+        self.lost = threading.Event()
+        self._thread: threading.Thread | None = None
 
-    def _beat(self, progress: float | None) -> None:
+    def begin(self, job: queue.ClaimedJob) -> None:
+        if self._thread is None:  # started here, after the runner has blocked signals
+            self._thread = threading.Thread(target=self._loop, name="heartbeat", daemon=True)
+            self._thread.start()
         with self._lock:
-            try:
-                if self._conn is None or self._conn.closed:
-                    self._conn = connect(self._settings.database_url, connect_timeout=5)
-                if not queue.heartbeat(self._conn, self._job, progress):
-                    self.lost.set()
-            except psycopg.OperationalError as exc:
-                log.warning("job %s: heartbeat failed (%s); will retry", self._job.id, exc)
-                self._conn = None
+            self._job = job
+            self.lost.clear()
+            self._started = self._last_write = time.monotonic()
+
+    def end(self) -> None:
+        with self._lock:
+            self._job = None
+            self._wake.notify()
+
+    def _beat(self, job: queue.ClaimedJob, progress: float | None) -> None:
+        """Renew the lease; the caller holds the lock."""
+        try:
+            if self._conn is None or self._conn.closed:
+                self._conn = connect(self._settings.database_url, connect_timeout=5)
+            if not queue.heartbeat(self._conn, job, progress):
+                self.lost.set()
+        except psycopg.OperationalError as exc:
+            log.warning("job %s: heartbeat failed (%s); will retry", job.id, exc)
+            self._conn = None
+        self._last_write = time.monotonic()
 
     def _loop(self) -> None:
-        while not self._stop.wait(self._settings.heartbeat_seconds):
-            self._beat(None)
+        with self._lock:
+            while True:
+                self._wake.wait(self._settings.heartbeat_seconds)
+                job = self._job
+                if job is not None:
+                    sdnotify.watchdog()  # during a job; the main loop pets between jobs
+                if job is not None and time.monotonic() - self._last_write >= (
+                        self._settings.heartbeat_seconds * 0.9):
+                    self._beat(job, None)
 
     def report(self, fraction: float) -> None:
         """Record progress (at most every half second) and stop the job if it must stop."""
-        now = time.monotonic()
-        if now - self._last_progress_write >= 0.5 or fraction >= 1.0:
-            self._last_progress_write = now
-            self._beat(fraction)
+        with self._lock:
+            job = self._job
+            if job is not None and time.monotonic() - self._last_write >= 0.5:
+                self._beat(job, fraction)
         if self.lost.is_set():
-            raise JobInterrupted(f"job {self._job.id} was cancelled or its lease was lost")
+            raise JobInterrupted("the job was cancelled or its lease was lost")
 
-    def stop(self) -> None:
-        self._stop.set()
-        self._thread.join(timeout=5)
+    def close(self) -> None:
         with self._lock:
             if self._conn is not None:
                 self._conn.close()
+                self._conn = None
 
 
 class Worker:
@@ -124,13 +149,19 @@ class Worker:
         self._current: queue.ClaimedJob | None = None
         self._current_lock = threading.Lock()
         self._last_stale_check = 0.0
+        self._heartbeat = _Heartbeat(settings)
         self.jobs_run = 0
+        self._process = psutil.Process()
 
     # -- connections ---------------------------------------------------------------------
 
     def _connections(self) -> tuple[psycopg.Connection[Any], psycopg.Connection[Any]]:
         if self._control is None or self._control.closed:
             self._control = connect(self.settings.database_url, connect_timeout=10)
+            # Claims, failures and stale requeues need not wait for the WAL flush: a crash
+            # that loses one also aborts the job's own transaction, so the job is simply
+            # queued again. Completions stay durable: they commit on the job connection.
+            self._control.execute("SET synchronous_commit = off")
             self._control.execute("LISTEN geojobs")
         if self._job_conn is None or self._job_conn.closed:
             self._job_conn = connect(self.settings.database_url, connect_timeout=10)
@@ -144,6 +175,7 @@ class Worker:
                 except Exception:  # noqa: BLE001 - closing a broken connection
                     pass
         self._control = self._job_conn = None
+        self._heartbeat.close()
 
     # -- signals -------------------------------------------------------------------------
 
@@ -165,6 +197,7 @@ class Worker:
                 log.warning("second signal %s: giving job %s back now", signum, job.id)
                 self._abandon(job)
             self._stopping.set()
+            sdnotify.notify("STOPPING=1")
             if job is None:
                 log.info("signal %s: stopping (no job running)", signum)
                 continue
@@ -195,12 +228,19 @@ class Worker:
 
     # -- the loop ------------------------------------------------------------------------
 
-    def run(self, *, drain: bool = False, once: bool = False) -> int:
-        """Work until stopped (or, with ``drain``, until no job is ready); return the exit code."""
-        self._install_signal_handling()
+    def run(self, *, drain: bool = False, once: bool = False, handle_signals: bool = False) -> int:
+        """Work until stopped (or, with ``drain``, until no job is ready); return the exit code.
+
+        ``handle_signals`` (for a worker process, not a worker embedded in a test or notebook)
+        turns SIGTERM/SIGINT into a graceful stop.
+        """
+        if handle_signals:
+            self._install_signal_handling()
         log.info("worker %s for %s started", self.worker_id, self.settings.job_type)
+        sdnotify.notify("READY=1", f"STATUS=worker for {self.settings.job_type}")
         failures = 0
         while not self._stopping.is_set():
+            sdnotify.watchdog()
             try:
                 control, _ = self._connections()
                 self._requeue_stale(control)
@@ -214,7 +254,7 @@ class Worker:
                 self._run_job(job)
                 if once:
                     break
-                rss_mb = psutil.Process().memory_info().rss / 2**20
+                rss_mb = self._process.memory_info().rss / 2**20
                 if rss_mb > self.settings.memory_cap_mb:
                     log.warning("resident memory %.0f MB is over the cap of %.0f MB: exiting so "
                                 "the service restarts with a clean heap", rss_mb,
@@ -228,6 +268,7 @@ class Worker:
                 self._drop_connections()
                 self._stopping.wait(delay)
         log.info("worker %s stopped after %d job(s)", self.worker_id, self.jobs_run)
+        sdnotify.notify("STOPPING=1")
         self._drop_connections()
         return 0
 
@@ -246,6 +287,7 @@ class Worker:
             remaining = deadline - time.monotonic()
             if remaining <= 0:
                 return
+            sdnotify.watchdog()
             for note in control.notifies(timeout=min(remaining, 0.5), stop_after=1):
                 if note.payload == self.settings.job_type:
                     return
@@ -259,7 +301,8 @@ class Worker:
         started = time.monotonic()
         label = f"job {job.id} {job.job_type} attempt {job.attempt}/{job.max_attempts}"
         log.info("%s started", label)
-        heartbeat = _Heartbeat(self.settings, job)
+        heartbeat = self._heartbeat
+        heartbeat.begin(job)
         try:
             result = self._execute(job, job_conn, heartbeat)
             log.info("%s completed in %.2f s: %s", label, time.monotonic() - started,
@@ -271,7 +314,7 @@ class Worker:
                 raise  # the database went away: reconnect; the lease brings the job back
             self._record_failure(control, job, exc, label, time.monotonic() - started)
         finally:
-            heartbeat.stop()
+            heartbeat.end()
             self.jobs_run += 1
             with self._current_lock:
                 self._current = None
@@ -296,6 +339,9 @@ class Worker:
         if isinstance(exc, GeojobsError | AnalysisError):
             message = str(exc)
             retry = getattr(exc, "retryable", False)
+        elif isinstance(exc, psycopg.errors.InsufficientPrivilege):
+            message = f"{type(exc).__name__}: {exc}"  # the worker role may not do this; a retry
+            retry = False                               # would be refused the same way
         else:
             message = f"{type(exc).__name__}: {exc}"
             retry = True
