@@ -18,6 +18,7 @@ import numpy as np
 import pandas as pd
 
 from analysis.errors import AnalysisError, EmptyInput, TooFewFeatures
+from analysis.jit import enable_esda_cache
 from analysis.weights import SpatialWeights, WeightsSpec, build_weights
 
 __all__ = [
@@ -44,6 +45,7 @@ MAX_PERMUTATIONS = 99_999
 
 Progress = Callable[[float], None]
 log = logging.getLogger("geojobs.analysis")
+enable_esda_cache()
 
 
 @dataclass

@@ -52,6 +52,7 @@ class Layer:
     geometry_type: str | None
     key: str | None  # single-column primary key, if any
     geometry_columns: tuple[str, ...] = field(default=())
+    source_field: str = "input_table"  # the parameter that named this layer, for errors
 
     @property
     def identifier(self) -> sql.Identifier:
@@ -96,6 +97,11 @@ def describe_layer(
         where = f"schema {schema!r}" if schema else "the search path"
         raise InputLayerMissing(f"table {table!r} does not exist in {where}", field=field)
     schema, name = row[0], row[1]
+    if not row[3]:
+        raise InvalidInput(
+            f"table {schema}.{name} exists but this worker's role may not read it: "
+            f"GRANT USAGE ON SCHEMA {schema} and SELECT ON {schema}.{name} to the worker role",
+            field=field)
     rows = conn.execute(q.RELATION_COLUMNS, {"schema": schema, "name": name}).fetchall()
     columns = {r[0]: r[2] for r in rows}
     type_names = {r[0]: r[1] for r in rows}
@@ -112,7 +118,7 @@ def describe_layer(
     elif require_geometry:
         raise InvalidInput(f"table {table!r} has no geometry column", field=field)
     else:
-        return Layer(schema, name, columns, type_names, None, 0, None, key, geoms)
+        return Layer(schema, name, columns, type_names, None, 0, None, key, geoms, field)
     info = next(r for r in rows if r[0] == geom)
     srid, gtype = info[3] or 0, info[4]
     if not srid:
@@ -125,7 +131,7 @@ def describe_layer(
             f"table {table!r} has no SRID (0) on {geom!r}: set one with "
             "UpdateGeometrySRID or ST_SetSRID before queueing the job", field=field)
     return Layer(schema, name, columns, type_names, geom, int(srid),
-                 _normalise_type(gtype), key, geoms)
+                 _normalise_type(gtype), key, geoms, field)
 
 
 def _normalise_type(gtype: str | None) -> str | None:
@@ -173,9 +179,29 @@ def read_layer(
         rows = list(copy.rows())
     values = list(zip(*rows, strict=True)) if rows else [()] * len(types)
     data = {name: _column(vals, typ) for name, vals, typ in zip(names, values, types, strict=False)}
-    geometry = shapely.from_wkb(np.array(values[-1], dtype=object))
+    try:
+        geometry = shapely.from_wkb(np.array(values[-1], dtype=object))
+    except shapely.errors.GEOSException as exc:  # e.g. a ring left unclosed by NaN coordinates
+        raise InvalidInput(f"a geometry of {layer.qualified_name} cannot be read ({exc}); find it "
+                           "with ST_IsValidReason and fix or remove it", field=layer.source_field
+                           ) from None
+    _require_finite(layer, geometry, data)
     return gpd.GeoDataFrame(data, geometry=gpd.GeoSeries(geometry, crs=layer.srid),
                             crs=layer.srid)
+
+
+def _require_finite(layer: Layer, geometry: np.ndarray, data: dict[str, Any]) -> None:
+    """Fail naming the parameter when a geometry has NaN or infinite coordinates (GEOS cannot
+    compute with them, and would fail the same way on every retry)."""
+    if np.isfinite(shapely.get_coordinates(geometry)).all():
+        return
+    coords, index = shapely.get_coordinates(geometry, return_index=True)
+    bad = np.unique(index[~np.isfinite(coords).all(axis=1)])
+    first = (f"; the first has {layer.key} = {data[layer.key][bad[0]]!r}"
+             if layer.key in data else "")
+    raise InvalidInput(
+        f"{len(bad)} feature(s) of {layer.qualified_name} have NaN or infinite coordinates"
+        f"{first}; fix or remove them before queueing the job", field=layer.source_field)
 
 
 def _column(values: Sequence[Any], pg_type: str) -> Any:
@@ -214,10 +240,16 @@ def to_multi(geometries: Any) -> np.ndarray:
     type_ids = shapely.get_type_id(geoms)
     for single, make in ((0, shapely.multipoints), (1, shapely.multilinestrings),
                          (3, shapely.multipolygons)):
-        mask = type_ids == single
-        if mask.any():
-            out[mask] = [make([g]) for g in geoms[mask]]
+        idx = np.flatnonzero(type_ids == single)
+        if len(idx):
+            out[idx] = make(geoms[idx], indices=np.arange(len(idx)))  # one C call, not a loop
     return out
+
+
+def _typed(geometries: Any) -> str:
+    """The column type of an extra geometry column (only one kind, else Geometry)."""
+    kinds = {_TYPE_NAMES[k] for k in shapely.get_type_id(geometries).tolist() if k >= 0}
+    return kinds.pop() if len(kinds) == 1 else "Geometry"
 
 
 def output_exists(conn: psycopg.Connection[Any], table: str) -> bool:
@@ -236,6 +268,8 @@ def check_output_free(conn: psycopg.Connection[Any], table: str, *, overwrite: b
 
 def _pg_type(series: pd.Series) -> str:
     dtype = series.dtype
+    if isinstance(dtype, gpd.array.GeometryDtype):
+        return "geometry"
     if pd.api.types.is_bool_dtype(dtype):
         return "boolean"
     if pd.api.types.is_integer_dtype(dtype):
@@ -261,13 +295,16 @@ def _pg_type(series: pd.Series) -> str:
 
 _COPY_TYPE = {"boolean": "bool", "smallint": "int2", "integer": "int4", "bigint": "int8",
               "real": "float4", "double precision": "float8", "timestamptz": "timestamptz",
-              "timestamp": "timestamp", "date": "date", "numeric": "numeric", "text": "text"}
+              "timestamp": "timestamp", "date": "date", "numeric": "numeric", "text": "text",
+              "geometry": "bytea"}
 
 
-def _python_values(series: pd.Series, pg_type: str) -> list[Any]:
+def _python_values(series: pd.Series, pg_type: str, srid: int = 0) -> list[Any]:
     """Column values as Python objects for COPY: missing values (NaN, NA, NaT) become None."""
     missing = series.isna().to_numpy()
-    if pg_type in {"timestamp", "timestamptz"}:
+    if pg_type == "geometry":  # a second geometry column (e.g. nearest's near_line), as EWKB
+        values = list(shapely.to_wkb(shapely.set_srid(series.to_numpy(), srid), include_srid=True))
+    elif pg_type in {"timestamp", "timestamptz"}:
         values = [v.to_pydatetime() if hasattr(v, "to_pydatetime") else v for v in series]
     elif pg_type == "text":
         values = [v if isinstance(v, str) else str(v) for v in series.astype(object)]
@@ -307,20 +344,26 @@ def write_layer(
     if gtype.startswith("Multi"):
         geoms = to_multi(geoms)
     pg_types = {c: _pg_type(gdf[c]) for c in attrs}
-    column_defs = [sql.SQL("{} {}").format(sql.Identifier(c), sql.SQL(pg_types[c])) for c in attrs]
+    column_defs = [sql.SQL("{} {}").format(sql.Identifier(c), sql.SQL(pg_types[c]))
+                   if pg_types[c] != "geometry" else sql.SQL("{} geometry({}, {})").format(
+                       sql.Identifier(c), sql.SQL(_typed(gdf[c].to_numpy())), sql.Literal(int(srid)))
+                   for c in attrs]
     column_defs.append(sql.SQL("{} geometry({}, {})").format(
         sql.Identifier(geometry_name), sql.SQL(gtype), sql.Literal(int(srid))))
     conn.execute(q.CREATE_TABLE.format(table=ident, key=sql.Identifier(key),
                                        columns=sql.SQL(", ").join(column_defs)))
     ewkb = shapely.to_wkb(shapely.set_srid(geoms, int(srid)), include_srid=True)
-    columns = [_python_values(gdf[c], pg_types[c]) for c in attrs]
+    columns = [range(1, len(gdf) + 1),
+               *(_python_values(gdf[c], pg_types[c], int(srid)) for c in attrs)]
     columns.append(list(ewkb))
-    statement = q.COPY_IN.format(
-        table=ident, columns=sql.SQL(", ").join(map(sql.Identifier, [*attrs, geometry_name])))
+    statement = q.COPY_IN.format(table=ident, columns=sql.SQL(", ").join(
+        map(sql.Identifier, [key, *attrs, geometry_name])))
     with conn.cursor() as cur, cur.copy(statement) as copy:
-        copy.set_types([_COPY_TYPE[pg_types[c]] for c in attrs] + ["bytea"])
+        copy.set_types(["int8", *(_COPY_TYPE[pg_types[c]] for c in attrs), "bytea"])
         for row in zip(*columns, strict=True):
             copy.write_row(row)
+    conn.execute(q.ADD_PRIMARY_KEY.format(table=ident, key=sql.Identifier(key)))
+    conn.execute(q.SYNC_IDENTITY, {"table": ident.as_string(conn), "key": key, "n": len(gdf)})
     conn.execute(q.GIST_INDEX.format(name=sql.Identifier(f"{name[:55]}_geom_gix"), table=ident,
                                      geom=sql.Identifier(geometry_name)))
     conn.execute(q.ANALYZE.format(table=ident))

@@ -31,8 +31,8 @@ class Sample:
 SAMPLES: dict[str, Sample] = {
     "us_states": Sample("us48.shp", 4326, "public.us_states",
                         "48 US states with their census sub-region (libpysal us_income)"),
-    "georgia": Sample("G_utm.shp", 26917, "public.georgia_counties",
-                      "159 Georgia counties, UTM 17N, with 1990 census rates (libpysal georgia)"),
+    "georgia": Sample("G_utm.shp", 26916, "public.georgia_counties",
+                      "159 Georgia counties, UTM 16N, with 1990 census rates (libpysal georgia)"),
     "nc_sids": Sample("sids2.shp", 4267, "public.nc_counties",
                       "100 North Carolina counties with SIDS rates 1974-84 (libpysal sids2)"),
     "us_income": Sample("us48.shp", 4326, "public.us_income",

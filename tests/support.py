@@ -10,8 +10,18 @@ from pathlib import Path
 from typing import Any
 
 import psycopg
+from psycopg.conninfo import make_conninfo
 
 ROOT = Path(__file__).resolve().parents[1]
+
+
+WORKER_ROLE = "geojobs_worker"
+FRONTEND_ROLE = "geojobs_frontend"
+
+
+def as_role(db_url: str, role: str = WORKER_ROLE) -> str:
+    """The same database, logged in as ``role`` (the roles of sql/migrations/0002_roles.sql)."""
+    return make_conninfo(db_url, user=role)
 
 
 def worker_env(db_url: str, **settings: str) -> dict[str, str]:

@@ -62,9 +62,9 @@ ColumnName = Annotated[str, AfterValidator(_check_column)]
 
 
 class JobParams(BaseModel):
-    """Base of every job type's parameters: strict, immutable, no unknown fields."""
+    """Base of every job type's parameters: strict, immutable, no unknown fields, finite numbers."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
 
 P = TypeVar("P", bound=JobParams)

@@ -27,7 +27,7 @@ from analysis.errors import AnalysisError
 from geojobs.config import database_url
 from geojobs.db import connect
 from geojobs.errors import GeojobsError, JobInterrupted
-from workers import queue, registry
+from workers import queue, registry, sdnotify
 from workers.context import JobContext
 from workers.params import validate_params
 
@@ -114,6 +114,8 @@ class _Heartbeat:
             while True:
                 self._wake.wait(self._settings.heartbeat_seconds)
                 job = self._job
+                if job is not None:
+                    sdnotify.watchdog()  # during a job; the main loop pets between jobs
                 if job is not None and time.monotonic() - self._last_write >= (
                         self._settings.heartbeat_seconds * 0.9):
                     self._beat(job, None)
@@ -149,12 +151,17 @@ class Worker:
         self._last_stale_check = 0.0
         self._heartbeat = _Heartbeat(settings)
         self.jobs_run = 0
+        self._process = psutil.Process()
 
     # -- connections ---------------------------------------------------------------------
 
     def _connections(self) -> tuple[psycopg.Connection[Any], psycopg.Connection[Any]]:
         if self._control is None or self._control.closed:
             self._control = connect(self.settings.database_url, connect_timeout=10)
+            # Claims, failures and stale requeues need not wait for the WAL flush: a crash
+            # that loses one also aborts the job's own transaction, so the job is simply
+            # queued again. Completions stay durable: they commit on the job connection.
+            self._control.execute("SET synchronous_commit = off")
             self._control.execute("LISTEN geojobs")
         if self._job_conn is None or self._job_conn.closed:
             self._job_conn = connect(self.settings.database_url, connect_timeout=10)
@@ -190,6 +197,7 @@ class Worker:
                 log.warning("second signal %s: giving job %s back now", signum, job.id)
                 self._abandon(job)
             self._stopping.set()
+            sdnotify.notify("STOPPING=1")
             if job is None:
                 log.info("signal %s: stopping (no job running)", signum)
                 continue
@@ -229,8 +237,10 @@ class Worker:
         if handle_signals:
             self._install_signal_handling()
         log.info("worker %s for %s started", self.worker_id, self.settings.job_type)
+        sdnotify.notify("READY=1", f"STATUS=worker for {self.settings.job_type}")
         failures = 0
         while not self._stopping.is_set():
+            sdnotify.watchdog()
             try:
                 control, _ = self._connections()
                 self._requeue_stale(control)
@@ -244,7 +254,7 @@ class Worker:
                 self._run_job(job)
                 if once:
                     break
-                rss_mb = psutil.Process().memory_info().rss / 2**20
+                rss_mb = self._process.memory_info().rss / 2**20
                 if rss_mb > self.settings.memory_cap_mb:
                     log.warning("resident memory %.0f MB is over the cap of %.0f MB: exiting so "
                                 "the service restarts with a clean heap", rss_mb,
@@ -258,6 +268,7 @@ class Worker:
                 self._drop_connections()
                 self._stopping.wait(delay)
         log.info("worker %s stopped after %d job(s)", self.worker_id, self.jobs_run)
+        sdnotify.notify("STOPPING=1")
         self._drop_connections()
         return 0
 
@@ -276,6 +287,7 @@ class Worker:
             remaining = deadline - time.monotonic()
             if remaining <= 0:
                 return
+            sdnotify.watchdog()
             for note in control.notifies(timeout=min(remaining, 0.5), stop_after=1):
                 if note.payload == self.settings.job_type:
                     return
@@ -327,6 +339,9 @@ class Worker:
         if isinstance(exc, GeojobsError | AnalysisError):
             message = str(exc)
             retry = getattr(exc, "retryable", False)
+        elif isinstance(exc, psycopg.errors.InsufficientPrivilege):
+            message = f"{type(exc).__name__}: {exc}"  # the worker role may not do this; a retry
+            retry = False                               # would be refused the same way
         else:
             message = f"{type(exc).__name__}: {exc}"
             retry = True

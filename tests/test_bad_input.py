@@ -1,0 +1,135 @@
+"""Bad input (issue 9): every case fails its job at once, names the field, changes nothing.
+
+Each job type gets one database (a copy of the template plus the awkward tables of
+``tests/bad_inputs.py``) and one worker logged in as ``geojobs_worker``. For each case: a
+snapshot of the catalog, every table's content and the output and raster directories; the job
+queued and run by the worker (the real runner, in this process); then the job must be
+``failed`` after one attempt with an error that starts with the field, and the snapshot must
+be unchanged.
+"""
+
+from __future__ import annotations
+
+import re
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from types import SimpleNamespace
+
+import psycopg
+import pytest
+from psycopg import sql
+
+from tests.bad_inputs import CANARY, FIXTURE_SQL, Case, all_cases, cases, derived_tables_sql
+from tests.conftest import _create, _drop
+from tests.snapshot import diff, snapshot
+from tests.support import as_role, job_row
+from workers import queue, registry
+from workers.runner import Worker, WorkerSettings
+
+pytestmark = pytest.mark.db
+
+ALL = all_cases()
+# One feature of the copy gets NaN or infinite coordinates.
+_SPOIL = sql.SQL("UPDATE {table} SET geom = ST_Translate(geom, %s::float8, 0) "
+                 "WHERE ctid = (SELECT min(ctid) FROM {table})")
+_CANARY_ROWS = sql.SQL("SELECT count(*) FROM {}").format(sql.Identifier(*CANARY.split(".")))
+
+
+class _Databases:
+    """One prepared database and worker per job type, made on first use."""
+
+    def __init__(self, template: str, root: Path) -> None:
+        self.template = template
+        self.root = root
+        self.made: dict[str, SimpleNamespace] = {}
+
+    def get(self, job_type: str) -> SimpleNamespace:
+        if job_type not in self.made:
+            self.made[job_type] = self._make(job_type)
+        return self.made[job_type]
+
+    def _make(self, job_type: str) -> SimpleNamespace:
+        name = f"geojobs_test_{uuid.uuid4().hex[:12]}"
+        url = _create(name, template=self.template)
+        admin = psycopg.connect(url, autocommit=True)
+        statements = list(FIXTURE_SQL)
+        example = registry.load(job_type).EXAMPLE
+        if isinstance(example.get("input_table"), str):
+            statements += derived_tables_sql(example["input_table"])
+        with admin.transaction():
+            for statement in statements:
+                admin.execute(statement)
+            for table, value in (("nan_coords", "NaN"), ("inf_coords", "Infinity")):
+                if admin.execute("SELECT to_regclass(%s)", (f"public.{table}",)).fetchone() != (None,):
+                    admin.execute(_SPOIL.format(table=sql.Identifier("public", table)), (value,))
+        worker = Worker(WorkerSettings(job_type=job_type, database_url=as_role(url)))
+        return SimpleNamespace(name=name, url=url, admin=admin, worker=worker)
+
+    def close(self) -> None:
+        for made in self.made.values():
+            made.admin.close()
+            _drop(made.name)
+
+
+@pytest.fixture(scope="module")
+def databases(template_db: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[_Databases]:
+    root = tmp_path_factory.mktemp("bad_input")
+    with pytest.MonkeyPatch.context() as patch:
+        for variable, sub in (("GEOJOBS_OUTPUT_DIR", "outputs"), ("GEOJOBS_RASTER_DIR", "rasters")):
+            (root / sub).mkdir()
+            patch.setenv(variable, str(root / sub))
+        made = _Databases(template_db, root)
+        try:
+            yield made
+        finally:
+            made.close()
+
+
+def _names_field(error: str, field: str) -> bool:
+    return re.match(rf"(params\.)?{re.escape(field)}([.:\s\[]|$)", error) is not None
+
+
+@pytest.mark.parametrize("case", ALL, ids=[c.id for c in ALL])
+def test_bad_input_fails_at_once_and_changes_nothing(databases: _Databases, case: Case) -> None:
+    env = databases.get(case.job_type)
+    for statement in case.setup:
+        env.admin.execute(statement)
+    before = snapshot(env.admin, [databases.root])
+    job_id = queue.enqueue(env.admin, case.job_type, case.params)
+    assert env.worker.run(drain=True) == 0
+    row = job_row(env.admin, job_id)
+    assert (row["status"], row["attempts"]) == ("failed", 1), row["error"]
+    assert _names_field(row["error"], case.field), row["error"]
+    assert re.search(case.says, row["error"], re.IGNORECASE), row["error"]
+    assert row["result"] is None
+    assert diff(before, snapshot(env.admin, [databases.root])) == {}
+    assert env.admin.execute(_CANARY_ROWS).fetchone() == (1,)
+
+
+def test_there_are_at_least_forty_cases() -> None:
+    assert len(ALL) >= 40
+    for name in registry.names():
+        assert len(cases(name)) >= 4, name  # every registered type gets the generic ones
+
+
+def test_the_snapshot_sees_every_kind_of_change(databases: _Databases) -> None:
+    """The 'nothing changed' check above can fail: each kind of change shows in the diff."""
+    env = databases.get("noop")
+    before = snapshot(env.admin, [databases.root])
+    changes = {
+        "relations": "CREATE TABLE results.new_table (a int)",
+        "views": "CREATE VIEW results.new_view AS SELECT 1 AS a",
+        "functions": "CREATE FUNCTION results.f() RETURNS int LANGUAGE sql AS 'SELECT 1'",
+        "namespaces": "CREATE SCHEMA new_schema",
+        "contents": "UPDATE public.us_states SET area = area + 1 WHERE fid = 1",
+    }
+    with pytest.raises(psycopg.errors.QueryCanceled), env.admin.transaction():
+        for part, statement in changes.items():
+            env.admin.execute(statement)
+            assert part in diff(before, snapshot(env.admin, [databases.root])), part
+        (databases.root / "outputs" / "stray.tif").write_bytes(b"x")
+        assert set(diff(before, snapshot(env.admin, [databases.root]))) == {*changes, "files"}
+        (databases.root / "outputs" / "stray.tif").unlink()
+        raise psycopg.errors.QueryCanceled("roll the changes back")
+    assert diff(before, snapshot(env.admin, [databases.root])) == {}
