@@ -10,6 +10,7 @@ import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
+from urllib.parse import quote, urlencode
 
 import psycopg
 from psycopg import sql
@@ -18,7 +19,23 @@ from psycopg.conninfo import conninfo_to_dict, make_conninfo
 from geojobs import db
 from geojobs.config import database_url
 
-__all__ = ["bench_database", "connect", "server_versions"]
+__all__ = ["bench_database", "connect", "server_versions", "as_uri"]
+
+
+def as_uri(conninfo: str) -> str:
+    """A ``postgresql://`` URI for any libpq conninfo (asyncpg takes only URIs)."""
+    if conninfo.startswith(("postgresql://", "postgres://")):
+        return conninfo
+    info = conninfo_to_dict(conninfo)
+    user = quote(str(info.pop("user", "")), safe="")
+    password = info.pop("password", None)
+    auth = f"{user}:{quote(str(password), safe='')}@" if password else (f"{user}@" if user else "")
+    host = str(info.pop("host", "")) or "localhost"
+    port = info.pop("port", None)
+    dbname = quote(str(info.pop("dbname", "")), safe="")
+    query = urlencode({k: str(v) for k, v in info.items()})
+    return (f"postgresql://{auth}{host}{':' + str(port) if port else ''}/{dbname}"
+            + (f"?{query}" if query else ""))
 
 
 def _admin(base_url: str) -> psycopg.Connection[Any]:
@@ -37,7 +54,7 @@ def bench_database(base_url: str | None = None, *, prefix: str = "geojobs_bench"
     name = f"{prefix}_{uuid.uuid4().hex[:10]}"
     with _admin(base) as conn:
         conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
-    url = make_conninfo(base, dbname=name)
+    url = as_uri(make_conninfo(base, dbname=name))
     try:
         with psycopg.connect(url, autocommit=True) as conn:
             conn.execute("CREATE EXTENSION IF NOT EXISTS postgis")

@@ -240,10 +240,16 @@ def to_multi(geometries: Any) -> np.ndarray:
     type_ids = shapely.get_type_id(geoms)
     for single, make in ((0, shapely.multipoints), (1, shapely.multilinestrings),
                          (3, shapely.multipolygons)):
-        mask = type_ids == single
-        if mask.any():
-            out[mask] = [make([g]) for g in geoms[mask]]
+        idx = np.flatnonzero(type_ids == single)
+        if len(idx):
+            out[idx] = make(geoms[idx], indices=np.arange(len(idx)))  # one C call, not a loop
     return out
+
+
+def _typed(geometries: Any) -> str:
+    """The column type of an extra geometry column (only one kind, else Geometry)."""
+    kinds = {_TYPE_NAMES[k] for k in shapely.get_type_id(geometries).tolist() if k >= 0}
+    return kinds.pop() if len(kinds) == 1 else "Geometry"
 
 
 def output_exists(conn: psycopg.Connection[Any], table: str) -> bool:
@@ -262,6 +268,8 @@ def check_output_free(conn: psycopg.Connection[Any], table: str, *, overwrite: b
 
 def _pg_type(series: pd.Series) -> str:
     dtype = series.dtype
+    if isinstance(dtype, gpd.array.GeometryDtype):
+        return "geometry"
     if pd.api.types.is_bool_dtype(dtype):
         return "boolean"
     if pd.api.types.is_integer_dtype(dtype):
@@ -287,13 +295,16 @@ def _pg_type(series: pd.Series) -> str:
 
 _COPY_TYPE = {"boolean": "bool", "smallint": "int2", "integer": "int4", "bigint": "int8",
               "real": "float4", "double precision": "float8", "timestamptz": "timestamptz",
-              "timestamp": "timestamp", "date": "date", "numeric": "numeric", "text": "text"}
+              "timestamp": "timestamp", "date": "date", "numeric": "numeric", "text": "text",
+              "geometry": "bytea"}
 
 
-def _python_values(series: pd.Series, pg_type: str) -> list[Any]:
+def _python_values(series: pd.Series, pg_type: str, srid: int = 0) -> list[Any]:
     """Column values as Python objects for COPY: missing values (NaN, NA, NaT) become None."""
     missing = series.isna().to_numpy()
-    if pg_type in {"timestamp", "timestamptz"}:
+    if pg_type == "geometry":  # a second geometry column (e.g. nearest's near_line), as EWKB
+        values = list(shapely.to_wkb(shapely.set_srid(series.to_numpy(), srid), include_srid=True))
+    elif pg_type in {"timestamp", "timestamptz"}:
         values = [v.to_pydatetime() if hasattr(v, "to_pydatetime") else v for v in series]
     elif pg_type == "text":
         values = [v if isinstance(v, str) else str(v) for v in series.astype(object)]
@@ -333,20 +344,26 @@ def write_layer(
     if gtype.startswith("Multi"):
         geoms = to_multi(geoms)
     pg_types = {c: _pg_type(gdf[c]) for c in attrs}
-    column_defs = [sql.SQL("{} {}").format(sql.Identifier(c), sql.SQL(pg_types[c])) for c in attrs]
+    column_defs = [sql.SQL("{} {}").format(sql.Identifier(c), sql.SQL(pg_types[c]))
+                   if pg_types[c] != "geometry" else sql.SQL("{} geometry({}, {})").format(
+                       sql.Identifier(c), sql.SQL(_typed(gdf[c].to_numpy())), sql.Literal(int(srid)))
+                   for c in attrs]
     column_defs.append(sql.SQL("{} geometry({}, {})").format(
         sql.Identifier(geometry_name), sql.SQL(gtype), sql.Literal(int(srid))))
     conn.execute(q.CREATE_TABLE.format(table=ident, key=sql.Identifier(key),
                                        columns=sql.SQL(", ").join(column_defs)))
     ewkb = shapely.to_wkb(shapely.set_srid(geoms, int(srid)), include_srid=True)
-    columns = [_python_values(gdf[c], pg_types[c]) for c in attrs]
+    columns = [range(1, len(gdf) + 1),
+               *(_python_values(gdf[c], pg_types[c], int(srid)) for c in attrs)]
     columns.append(list(ewkb))
-    statement = q.COPY_IN.format(
-        table=ident, columns=sql.SQL(", ").join(map(sql.Identifier, [*attrs, geometry_name])))
+    statement = q.COPY_IN.format(table=ident, columns=sql.SQL(", ").join(
+        map(sql.Identifier, [key, *attrs, geometry_name])))
     with conn.cursor() as cur, cur.copy(statement) as copy:
-        copy.set_types([_COPY_TYPE[pg_types[c]] for c in attrs] + ["bytea"])
+        copy.set_types(["int8", *(_COPY_TYPE[pg_types[c]] for c in attrs), "bytea"])
         for row in zip(*columns, strict=True):
             copy.write_row(row)
+    conn.execute(q.ADD_PRIMARY_KEY.format(table=ident, key=sql.Identifier(key)))
+    conn.execute(q.SYNC_IDENTITY, {"table": ident.as_string(conn), "key": key, "n": len(gdf)})
     conn.execute(q.GIST_INDEX.format(name=sql.Identifier(f"{name[:55]}_geom_gix"), table=ident,
                                      geom=sql.Identifier(geometry_name)))
     conn.execute(q.ANALYZE.format(table=ident))

@@ -25,15 +25,19 @@ class Sample:
     srid: int
     table: str
     description: str
+    panel_csv: str | None = None  # libpysal CSV joined on state_fips, one column per year
 
 
 SAMPLES: dict[str, Sample] = {
     "us_states": Sample("us48.shp", 4326, "public.us_states",
                         "48 US states with their census sub-region (libpysal us_income)"),
-    "georgia": Sample("G_utm.shp", 26917, "public.georgia_counties",
-                      "159 Georgia counties, UTM 17N, with 1990 census rates (libpysal georgia)"),
+    "georgia": Sample("G_utm.shp", 26916, "public.georgia_counties",
+                      "159 Georgia counties, UTM 16N, with 1990 census rates (libpysal georgia)"),
     "nc_sids": Sample("sids2.shp", 4267, "public.nc_counties",
                       "100 North Carolina counties with SIDS rates 1974-84 (libpysal sids2)"),
+    "us_income": Sample("us48.shp", 4326, "public.us_income",
+                        "48 US states with per capita income 1929-2009, columns y1929..y2009 "
+                        "(libpysal us_income)", panel_csv="usjoin.csv"),
 }
 
 
@@ -44,6 +48,12 @@ def read_sample(name: str) -> gpd.GeoDataFrame:
     sample = SAMPLES[name]
     gdf = gpd.read_file(examples.get_path(sample.file))
     gdf.columns = [c.lower() if c != gdf.geometry.name else c for c in gdf.columns]
+    if sample.panel_csv:
+        import pandas as pd
+
+        panel = pd.read_csv(examples.get_path(sample.panel_csv)).drop(columns="Name")
+        panel.columns = ["state_fips", *(f"y{c}" for c in panel.columns[1:])]
+        gdf = gdf.astype({"state_fips": int}).merge(panel, on="state_fips")
     return gdf.set_crs(sample.srid, allow_override=True)
 
 

@@ -36,7 +36,8 @@ _held: list[bytearray] = []  # allocations kept on purpose until the worker exit
 def run(ctx: JobContext, params: Params) -> dict[str, Any]:
     """Sleep in steps (reporting progress), then fail or allocate as asked."""
     for step in range(params.steps):
-        time.sleep(params.sleep_seconds / params.steps)
+        if params.sleep_seconds:
+            time.sleep(params.sleep_seconds / params.steps)
         ctx.progress((step + 1) / params.steps)
     if params.allocate_mb:
         block = bytearray(params.allocate_mb * 2**20)

@@ -16,6 +16,14 @@ __all__ = ["JOB_TYPES", "load", "names"]
 JOB_TYPES: dict[str, str] = {
     "noop": "workers.noop",
     "dissolve": "workers.dissolve",
+    "hotspot": "workers.hotspot",
+    "outlier": "workers.outlier",
+    "clip": "workers.clip",
+    "erase": "workers.erase",
+    "create_view": "workers.create_view",
+    "nearest": "workers.nearest",
+    "raster_clip": "workers.raster_clip",
+    "hotspot_timeseries": "workers.hotspot_timeseries",
 }
 
 

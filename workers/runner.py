@@ -151,12 +151,17 @@ class Worker:
         self._last_stale_check = 0.0
         self._heartbeat = _Heartbeat(settings)
         self.jobs_run = 0
+        self._process = psutil.Process()
 
     # -- connections ---------------------------------------------------------------------
 
     def _connections(self) -> tuple[psycopg.Connection[Any], psycopg.Connection[Any]]:
         if self._control is None or self._control.closed:
             self._control = connect(self.settings.database_url, connect_timeout=10)
+            # Claims, failures and stale requeues need not wait for the WAL flush: a crash
+            # that loses one also aborts the job's own transaction, so the job is simply
+            # queued again. Completions stay durable: they commit on the job connection.
+            self._control.execute("SET synchronous_commit = off")
             self._control.execute("LISTEN geojobs")
         if self._job_conn is None or self._job_conn.closed:
             self._job_conn = connect(self.settings.database_url, connect_timeout=10)
@@ -262,7 +267,7 @@ class Worker:
                 self._run_job(job)
                 if once:
                     break
-                rss_mb = psutil.Process().memory_info().rss / 2**20
+                rss_mb = self._process.memory_info().rss / 2**20
                 if rss_mb > self.settings.memory_cap_mb:
                     log.warning("resident memory %.0f MB is over the cap of %.0f MB: exiting so "
                                 "the service restarts with a clean heap", rss_mb,

@@ -1,0 +1,60 @@
+"""esda's numba kernels: cached on disk and compiled before the first job.
+
+esda compiles its conditional-permutation kernels (``esda.crand``) with numba on first use,
+which takes 10 to 30 s per process; they are not marked ``cache=True``. Turning numba's
+on-disk cache on for them (``Dispatcher.enable_caching``, numba's public API) lets a new
+worker process load most of the machine code instead, and :func:`warm_up` compiles what
+remains before a worker claims its first job, so no job pays for compilation.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+
+import esda.crand
+import esda.getisord
+import esda.moran
+import esda.significance
+import geopandas as gpd
+import numpy as np
+
+__all__ = ["enable_esda_cache", "warm_up"]
+
+log = logging.getLogger("geojobs.analysis")
+_MODULES = (esda.crand, esda.getisord, esda.moran, esda.significance)
+_enabled = False
+
+
+def enable_esda_cache() -> int:
+    """Cache esda's numba kernels on disk (``NUMBA_CACHE_DIR`` or next to esda); returns how
+    many kernels. Idempotent; a kernel that numba cannot cache is left as it is."""
+    global _enabled
+    count = 0
+    for module in _MODULES:
+        for obj in vars(module).values():
+            enable = getattr(obj, "enable_caching", None)
+            if callable(enable) and hasattr(obj, "py_func"):
+                if not _enabled:
+                    try:
+                        enable()
+                    except Exception as exc:  # noqa: BLE001 - caching is an optimisation only
+                        log.debug("numba cannot cache %s: %s", obj, exc)
+                        continue
+                count += 1
+    _enabled = True
+    return count
+
+
+def warm_up(statistic: str) -> float:
+    """Compile the permutation kernels of ``"hotspot"`` or ``"outlier"`` on a tiny input;
+    returns the seconds it took."""
+    from analysis.hotspot import hotspot
+    from analysis.outlier import outlier
+
+    started = time.perf_counter()
+    points = gpd.GeoSeries(gpd.points_from_xy(np.arange(6.0), np.zeros(6)))
+    tiny = gpd.GeoDataFrame({"v": [1.0, 2.0, 3.0, 5.0, 8.0, 13.0]}, geometry=points)
+    run = hotspot if statistic == "hotspot" else outlier
+    run(tiny, "v", permutations=9, weights={"type": "knn", "k": 2})
+    return time.perf_counter() - started

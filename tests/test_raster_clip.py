@@ -1,0 +1,159 @@
+"""raster_clip as a job: rasterio.mask on the polygons PostGIS holds, and the path rules."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import psycopg
+import pytest
+import rasterio
+import shapely
+from rasterio.mask import mask
+from rasterio.transform import from_origin
+
+from tests.support import job_row, run_worker
+from workers import queue
+
+pytestmark = pytest.mark.db
+
+
+@pytest.fixture
+def dirs(tmp_path: Path) -> dict[str, Path]:
+    paths = {name: tmp_path / name for name in ("rasters", "outputs", "outside")}
+    for path in paths.values():
+        path.mkdir()
+    return paths
+
+
+@pytest.fixture
+def source(dirs: dict[str, Path], conn: psycopg.Connection[Any]) -> Path:
+    """A 2-band int16 raster over most of Georgia (UTM 17N), nodata -32768, from a seeded field."""
+    x0, y0, x1, y1 = conn.execute(
+        "SELECT ST_XMin(e), ST_YMin(e), ST_XMax(e), ST_YMax(e) FROM "
+        "(SELECT ST_Extent(geom)::geometry AS e FROM public.georgia_counties) s").fetchone()
+    res = 1500.0
+    width, height = int((x1 - x0) / res * 0.8), int((y1 - y0) / res * 0.8)
+    rng = np.random.default_rng(3)
+    cols, rows = np.meshgrid(np.arange(width), np.arange(height))
+    data = np.stack([(cols * 3 + rows).astype("int16"),
+                     rng.integers(-500, 500, (height, width)).astype("int16")])
+    data[:, rng.random((height, width)) < 0.02] = -32768
+    path = dirs["rasters"] / "ga" / "field.tif"
+    path.parent.mkdir()
+    with rasterio.open(path, "w", driver="GTiff", width=width, height=height, count=2,
+                       dtype="int16", crs="EPSG:26917", nodata=-32768,
+                       transform=from_origin(x0 + 40_000, y1 - 30_000, res, res)) as dst:
+        dst.write(data)
+    return path
+
+
+def _run(db_url: str, conn: psycopg.Connection[Any], dirs: dict[str, Path],
+         params: dict[str, Any]) -> dict[str, Any]:
+    job_id = queue.enqueue(conn, "raster_clip", params)
+    result = run_worker(db_url, "raster_clip", GEOJOBS_RASTER_DIR=str(dirs["rasters"]),
+                        GEOJOBS_OUTPUT_DIR=str(dirs["outputs"]))
+    assert result.returncode == 0, result.stderr
+    return job_row(conn, job_id)
+
+
+def _oracle(source: Path, conn: psycopg.Connection[Any], query: str, **options: Any) -> tuple:
+    shapes = [shapely.from_wkb(r[0]) for r in conn.execute(query)]
+    with rasterio.open(source) as src:
+        return mask(src, shapes, **options)
+
+
+@pytest.mark.parametrize(("crop", "all_touched"), [(True, False), (False, True)])
+def test_clip_matches_rasterio_mask(db_url: str, conn: psycopg.Connection[Any],
+                                    dirs: dict[str, Path], source: Path, crop: bool,
+                                    all_touched: bool) -> None:
+    conn.execute("CREATE TABLE public.some_counties AS SELECT * FROM public.georgia_counties "
+                 "WHERE fid % 6 = 0")
+    row = _run(db_url, conn, dirs, {"raster": "ga/field.tif", "clip_table": "some_counties",
+                                    "output_raster": "clips/some.tif", "crop": crop,
+                                    "all_touched": all_touched})
+    assert row["status"] == "completed", row["error"]
+    expected, transform = _oracle(source, conn, "SELECT ST_AsBinary(geom) FROM "
+                                  "public.some_counties", crop=crop, all_touched=all_touched)
+    out = dirs["outputs"] / "clips" / "some.tif"
+    with rasterio.open(out) as got:
+        np.testing.assert_array_equal(got.read(), expected)
+        assert got.transform == transform and got.crs.to_epsg() == 26917
+        assert got.nodata == -32768 and got.dtypes == ("int16", "int16")
+    result = row["result"]
+    assert result["output_raster"] == "clips/some.tif"
+    assert (result["height"], result["width"], result["bands"]) == expected.shape[1:] + (2,)
+    assert result["valid_pixels"] == int((expected != -32768).any(axis=0).sum())
+    assert result["crs"] == "EPSG:26917" and result["nodata"] == -32768
+    assert [p.name for p in out.parent.iterdir()] == ["some.tif"]
+
+
+def test_clip_layer_in_another_srid(db_url: str, conn: psycopg.Connection[Any],
+                                    dirs: dict[str, Path], source: Path) -> None:
+    conn.execute("CREATE TABLE public.ll_counties AS SELECT fid, ST_Transform(geom, 4326) "
+                 "AS geom FROM public.georgia_counties WHERE fid % 5 = 0")
+    row = _run(db_url, conn, dirs, {"raster": "ga/field.tif", "clip_table": "ll_counties"})
+    assert row["status"] == "completed", row["error"]
+    assert row["result"]["output_raster"] == f"raster_clip_{row['id']}.tif"
+    expected, transform = _oracle(source, conn, "SELECT ST_AsBinary(ST_Transform(geom, 26917)) "
+                                  "FROM public.ll_counties", crop=True)
+    with rasterio.open(dirs["outputs"] / row["result"]["output_raster"]) as got:
+        np.testing.assert_array_equal(got.read(), expected)
+        assert got.transform == transform
+
+
+def test_clip_layer_missing_the_raster(db_url: str, conn: psycopg.Connection[Any],
+                                       dirs: dict[str, Path], source: Path) -> None:
+    conn.execute("CREATE TABLE public.west AS SELECT * FROM public.us_states "
+                 "WHERE state_name IN ('Washington', 'Oregon')")
+    row = _run(db_url, conn, dirs, {"raster": "ga/field.tif", "clip_table": "west"})
+    assert (row["status"], row["attempts"]) == ("failed", 1)
+    assert row["error"].startswith("clip_table:") and "do not overlap" in row["error"]
+    assert list(dirs["outputs"].iterdir()) == []
+
+
+@pytest.mark.parametrize(("params", "field"), [
+    ({"raster": "/etc/passwd"}, "raster"),
+    ({"raster": "../outside/x.tif"}, "raster"),
+    ({"raster": "ga/../../outside/x.tif"}, "raster"),
+    ({"raster": "link_out/x.tif"}, "raster"),
+    ({"raster": "ga/none.tif"}, "raster"),
+    ({"output_raster": "/tmp/evil.tif"}, "output_raster"),
+    ({"output_raster": "../outside/evil.tif"}, "output_raster"),
+    ({"output_raster": "link_out/evil.tif"}, "output_raster"),
+    ({"output_raster": "evil.sh"}, "output_raster"),
+    ({"nodata": 1e9}, "nodata"),
+    ({"clip_table": "public.nope"}, "clip_table"),
+    ({"crop": "sometimes"}, "params.crop"),
+])
+def test_unsafe_or_bad_params_fail_at_once(db_url: str, conn: psycopg.Connection[Any],
+                                           dirs: dict[str, Path], source: Path,
+                                           params: dict[str, Any], field: str) -> None:
+    (dirs["outside"] / "x.tif").write_bytes(source.read_bytes())
+    os.symlink(dirs["outside"], dirs["rasters"] / "link_out")
+    os.symlink(dirs["outside"], dirs["outputs"] / "link_out")
+    before = sorted(p.name for p in dirs["outside"].iterdir())
+    base = {"raster": "ga/field.tif", "clip_table": "public.georgia_counties"}
+    row = _run(db_url, conn, dirs, {**base, **params})
+    assert (row["status"], row["attempts"]) == ("failed", 1)
+    assert row["error"].startswith(field), row["error"]
+    assert sorted(p.name for p in dirs["outside"].iterdir()) == before
+    assert sorted(p.name for p in dirs["outputs"].iterdir()) == ["link_out"]
+    assert not Path("/tmp/evil.tif").exists()
+
+
+def test_existing_output_needs_overwrite(db_url: str, conn: psycopg.Connection[Any],
+                                         dirs: dict[str, Path], source: Path) -> None:
+    params = {"raster": "ga/field.tif", "clip_table": "public.georgia_counties",
+              "output_raster": "all.tif"}
+    assert _run(db_url, conn, dirs, params)["status"] == "completed"
+    first = (dirs["outputs"] / "all.tif").stat().st_mtime_ns
+    second = _run(db_url, conn, dirs, params)
+    assert second["status"] == "failed" and second["error"].startswith("output_raster")
+    assert (dirs["outputs"] / "all.tif").stat().st_mtime_ns == first
+    third = _run(db_url, conn, dirs, {**params, "overwrite": True, "crop": False})
+    assert third["status"] == "completed", third["error"]
+    with rasterio.open(dirs["outputs"] / "all.tif") as out, rasterio.open(source) as src:
+        assert (out.width, out.height) == (src.width, src.height)
