@@ -401,10 +401,12 @@ def _check(url: str, report: SoakReport, ids: dict[int, str], procs: list[_Proc]
         report.memory_exits += capped and proc.code == 0
         report.sigkills += proc.sent == "SIGKILL"
         report.sigterms += proc.sent == "SIGTERM"
-        starting = " started" not in text  # stopped before its signal handling was in place
+        # SIGTERM before the worker's signal handling is in place (start-up) or after its loop
+        # has ended (interpreter shutdown) kills it by default; it holds no job either way.
+        idle = " started" not in text or "stopped after" in text
         expected_exit = (proc.sent in ("SIGKILL", "SIGKILL(end)") and proc.code in (0, -9)) or (
             proc.sent in ("SIGTERM", "SIGTERM(end)") and (proc.code == 0 or (
-                starting and proc.code == -15))) or (
+                idle and proc.code == -15))) or (
             proc.sent is None and capped and proc.code == 0)
         if not expected_exit:
             tail = " | ".join(text.strip().splitlines()[-3:])
