@@ -10,6 +10,7 @@ be unchanged.
 
 from __future__ import annotations
 
+import math
 import re
 import uuid
 from collections.abc import Iterator
@@ -165,3 +166,17 @@ def test_the_snapshot_sees_every_kind_of_change(databases: _Databases) -> None:
         (databases.root / "outputs" / "stray.tif").unlink()
         raise psycopg.errors.QueryCanceled("roll the changes back")
     assert diff(before, snapshot(env.admin, [databases.root])) == {}
+
+
+def test_non_finite_numbers_are_refused_except_where_meaningful() -> None:
+    """Params refuse NaN/Infinity (JobParams), but NaN stays a valid raster nodata."""
+    from geojobs.errors import InvalidParams
+    from workers.params import validate_params
+
+    raster_clip = registry.load("raster_clip")
+    base = {"raster": "a.tif", "clip_table": "public.georgia_counties"}
+    assert math.isnan(validate_params(raster_clip.Params, {**base, "nodata": "NaN"}).nodata)
+    with pytest.raises(InvalidParams, match="params.nodata"):
+        validate_params(raster_clip.Params, {**base, "nodata": "-Infinity"})
+    with pytest.raises(InvalidParams, match="params.sleep_seconds: Input should be a finite number"):
+        validate_params(registry.load("noop").Params, {"sleep_seconds": "NaN"})
