@@ -30,7 +30,7 @@ def dirs(tmp_path: Path) -> dict[str, Path]:
 
 @pytest.fixture
 def source(dirs: dict[str, Path], conn: psycopg.Connection[Any]) -> Path:
-    """A 2-band int16 raster over most of Georgia (UTM 17N), nodata -32768, from a seeded field."""
+    """A 2-band int16 raster over most of Georgia (UTM 16N), nodata -32768, from a seeded field."""
     x0, y0, x1, y1 = conn.execute(
         "SELECT ST_XMin(e), ST_YMin(e), ST_XMax(e), ST_YMax(e) FROM "
         "(SELECT ST_Extent(geom)::geometry AS e FROM public.georgia_counties) s").fetchone()
@@ -44,7 +44,7 @@ def source(dirs: dict[str, Path], conn: psycopg.Connection[Any]) -> Path:
     path = dirs["rasters"] / "ga" / "field.tif"
     path.parent.mkdir()
     with rasterio.open(path, "w", driver="GTiff", width=width, height=height, count=2,
-                       dtype="int16", crs="EPSG:26917", nodata=-32768,
+                       dtype="int16", crs="EPSG:26916", nodata=-32768,
                        transform=from_origin(x0 + 40_000, y1 - 30_000, res, res)) as dst:
         dst.write(data)
     return path
@@ -80,13 +80,13 @@ def test_clip_matches_rasterio_mask(db_url: str, conn: psycopg.Connection[Any],
     out = dirs["outputs"] / "clips" / "some.tif"
     with rasterio.open(out) as got:
         np.testing.assert_array_equal(got.read(), expected)
-        assert got.transform == transform and got.crs.to_epsg() == 26917
+        assert got.transform == transform and got.crs.to_epsg() == 26916
         assert got.nodata == -32768 and got.dtypes == ("int16", "int16")
     result = row["result"]
     assert result["output_raster"] == "clips/some.tif"
     assert (result["height"], result["width"], result["bands"]) == expected.shape[1:] + (2,)
     assert result["valid_pixels"] == int((expected != -32768).any(axis=0).sum())
-    assert result["crs"] == "EPSG:26917" and result["nodata"] == -32768
+    assert result["crs"] == "EPSG:26916" and result["nodata"] == -32768
     assert [p.name for p in out.parent.iterdir()] == ["some.tif"]
 
 
@@ -97,7 +97,7 @@ def test_clip_layer_in_another_srid(db_url: str, conn: psycopg.Connection[Any],
     row = _run(db_url, conn, dirs, {"raster": "ga/field.tif", "clip_table": "ll_counties"})
     assert row["status"] == "completed", row["error"]
     assert row["result"]["output_raster"] == f"raster_clip_{row['id']}.tif"
-    expected, transform = _oracle(source, conn, "SELECT ST_AsBinary(ST_Transform(geom, 26917)) "
+    expected, transform = _oracle(source, conn, "SELECT ST_AsBinary(ST_Transform(geom, 26916)) "
                                   "FROM public.ll_counties", crop=True)
     with rasterio.open(dirs["outputs"] / row["result"]["output_raster"]) as got:
         np.testing.assert_array_equal(got.read(), expected)
