@@ -64,7 +64,7 @@ def test_queen_hotspots_match_postgis(db_url: str, conn: psycopg.Connection[Any]
     assert row["status"] == "completed", row["error"]
     result = row["result"]
     assert result["rows"] == 159 and result["n_analysed"] == 159
-    assert result["weights"]["type"] == "queen" and result["crs"] == "EPSG:26917"
+    assert result["weights"]["type"] == "queen" and result["crs"] == "EPSG:26916"
     oracle = _oracle(conn, "public.georgia_counties", "pctpov", QUEEN_PAIRS)
     ours = conn.execute("SELECT fid, gi_zscore, n_neighbors, gi_pvalue, gi_bin, gi_psim, "
                         "pctpov, areakey FROM results.gi ORDER BY fid").fetchall()
