@@ -45,5 +45,10 @@ bench: install
 	$(VENV)/bin/pip install -q -e '.[dev,bench]'
 	$(VENV)/bin/python -m bench
 
+# The full chaos soak: 2,000 jobs, worker kills, and a real PostgreSQL restart (everyone using
+# this server sees it restart). Figures go in docs/reliability.md. The short soak runs in `make test`.
+soak: install
+	$(VENV)/bin/python -m bench.soak --full
+
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

@@ -24,7 +24,7 @@ import numpy as np
 import rasterio
 import rasterio.shutil
 import shapely
-from rasterio.errors import WindowError
+from rasterio.errors import RasterioIOError, WindowError
 from rasterio.features import geometry_mask, geometry_window
 from rasterio.windows import Window
 
@@ -57,6 +57,15 @@ class ClipResult:
         return out
 
 
+def _open_source(source: str | os.PathLike[str]) -> Any:
+    """Open the input raster; a file GDAL cannot read fails naming ``raster`` (no retry)."""
+    try:
+        return rasterio.open(source)
+    except RasterioIOError:
+        raise AnalysisError(f"{Path(source).name} is not a raster GDAL can read",
+                            field="raster") from None
+
+
 def clip_raster(
     source: str | os.PathLike[str],
     shapes: gpd.GeoSeries | gpd.GeoDataFrame,
@@ -84,7 +93,7 @@ def clip_raster(
             field="output_raster",
         )
     geoms = _clip_geometries(shapes)
-    with rasterio.Env(GDAL_CACHEMAX=GDAL_CACHE_MB * 1024 * 1024), rasterio.open(source) as src:
+    with rasterio.Env(GDAL_CACHEMAX=GDAL_CACHE_MB * 1024 * 1024), _open_source(source) as src:
         if src.crs is None:
             raise AnalysisError("the raster has no coordinate reference system", field="raster")
         if shapes.crs is not None and shapes.crs != src.crs:

@@ -8,6 +8,7 @@ under its name in ``SPECIFIC``. ``FIXTURE_SQL`` makes the awkward tables the cas
 from __future__ import annotations
 
 import copy
+import dataclasses
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -51,6 +52,14 @@ FIXTURE_SQL = [
     "CREATE SCHEMA private",
     "CREATE TABLE private.states AS SELECT * FROM public.us_states",
     "CREATE TABLE results.taken AS SELECT 1 AS a",
+    "CREATE VIEW results.taken_view AS SELECT 1 AS a",
+    "CREATE TABLE public.lines_layer AS SELECT fid, areakey, "
+    "ST_Multi(ST_Boundary(geom))::geometry(MultiLineString, 26916) AS geom "
+    "FROM public.georgia_counties",
+    "CREATE TABLE public.inf_values AS SELECT * FROM public.georgia_counties",
+    "UPDATE public.inf_values SET pctpov = 'Infinity' WHERE fid = (SELECT min(fid) FROM public.inf_values)",
+    "CREATE TABLE public.nc_inf AS SELECT * FROM public.nc_counties",
+    "UPDATE public.nc_inf SET sid79 = '-Infinity' WHERE fid = (SELECT min(fid) FROM public.nc_inf)",
 ]
 
 
@@ -121,6 +130,50 @@ def _input_cases(job_type: str, example: dict[str, Any]) -> list[Case]:
     ]
 
 
+# The generic cases that only exercise shared validators (OutputTable, InputTable,
+# validate_params) run for these job types only; every job type gets the rest.
+FULL_GENERIC = {"noop", "dissolve"}
+_VALIDATOR_ONLY = {"params-string", "params-number", "output_table-information_schema",
+                   "output_table-pg_toast", "output_table-quoted_injection",
+                   "output_table-three_parts", "output_table-unicode", "output_table-too_long",
+                   "output_table-upper_case", "output_table-not_a_string",
+                   "overwrite-not_a_bool", "input_table-unknown_schema",
+                   "input_table-quoted_injection", "input_table-schema_injection",
+                   "input_table-unicode", "input_table-too_long", "input_table-empty_string",
+                   "input_table-four_parts", "geometry_column-attribute"}
+# Generic cases that do not apply to a job type, and why.
+SKIP: dict[str, dict[str, str]] = {
+    "clip": {"input_table-empty": "clipping an empty layer gives an empty result, by design"},
+    "erase": {"input_table-empty": "erasing from an empty layer gives an empty result, by design"},
+    "create_view": {name: "a view reads no geometry: an empty or geometry-less table is fine"
+                    for name in ("input_table-no_geometry", "input_table-empty",
+                                 "input_table-nan_coordinates", "input_table-infinite_coordinates",
+                                 "input_table-srid_zero")},
+}
+# Where a job type's error for a generic case names another field than the generic one.
+FIELD: dict[tuple[str, str], str] = {
+    ("hotspot", "input_table-empty"): "input_table|value_column",
+    ("outlier", "input_table-empty"): "input_table|value_column",
+}
+
+
+# Valid params on the sample tables where neither DEMO nor EXAMPLE gives them.
+BASE: dict[str, dict[str, Any]] = {
+    "raster_clip": {"raster": "georgia_dem.tif", "clip_table": "public.georgia_counties",
+                    "clip_filter": [{"column": "areakey", "op": "=", "value": 13121}]},
+}
+
+
+def base_params(job_type: str) -> dict[str, Any]:
+    """Valid params on the sample tables: the first DEMO job (else EXAMPLE), output fields off."""
+    if job_type in BASE:
+        return copy.deepcopy(BASE[job_type])
+    module = registry.load(job_type)
+    demo = getattr(module, "DEMO", None) or [module.EXAMPLE]
+    return {k: v for k, v in copy.deepcopy(demo[0]).items()
+            if k not in ("output_table", "overwrite", "replace", "output_raster")}
+
+
 def _required(fields: dict[str, FieldInfo]) -> list[str]:
     return [name for name, info in fields.items() if info.is_required()]
 
@@ -128,7 +181,7 @@ def _required(fields: dict[str, FieldInfo]) -> list[str]:
 def generic_cases(job_type: str) -> list[Case]:
     """The cases every job type must pass, from its Params model and EXAMPLE."""
     module = registry.load(job_type)
-    example: dict[str, Any] = copy.deepcopy(module.EXAMPLE)
+    example = base_params(job_type)
     fields: dict[str, FieldInfo] = module.Params.model_fields
     found = [
         Case(job_type, "params-list", [example], "params", "must be a JSON object"),
@@ -153,8 +206,16 @@ def generic_cases(job_type: str) -> list[Case]:
             Case(job_type, "geometry_column-attribute", {**example, "geometry_column": "fid"},
                  "geometry_column", "no geometry column 'fid'"),
         ]
-    return found
+    skip = SKIP.get(job_type, {})
+    if job_type not in FULL_GENERIC:
+        skip = {**skip, **dict.fromkeys(_VALIDATOR_ONLY, "shared validator")}
+    return [dataclasses.replace(c, field=FIELD.get((job_type, c.name), c.field))
+            for c in found if c.name not in skip]
 
+
+_YEARS = [f"y{year}" for year in range(1990, 2010)]
+_INCOME = {"input_table": "public.us_income", "value_columns": _YEARS,
+           "output_table": "results.income_trends"}
 
 # Cases that need knowledge of one job type. Keep every job type's list here.
 SPECIFIC: dict[str, list[Case]] = {
@@ -207,7 +268,241 @@ SPECIFIC: dict[str, list[Case]] = {
              {"input_table": "public.mixed_geoms", "by": ["sub_region"]}, "input_table",
              "mixes points, lines and polygons"),
     ],
+    "hotspot_timeseries": [
+        Case("hotspot_timeseries", "value_columns-unknown",
+             {**_INCOME, "value_columns": [*_YEARS, "y2010"]}, "value_columns",
+             "column 'y2010' does not exist"),
+        Case("hotspot_timeseries", "value_columns-injection",
+             {**_INCOME, "value_columns": [*_YEARS, f'y2009"{_DROP}']}, "value_columns",
+             "does not exist"),
+        Case("hotspot_timeseries", "value_columns-text",
+             {**_INCOME, "value_columns": [*_YEARS, "state_name"]}, "value_columns",
+             "not a number"),
+        Case("hotspot_timeseries", "value_columns-too_few_steps",
+             {**_INCOME, "value_columns": _YEARS[:6]}, "value_columns", "only 6 time steps"),
+        Case("hotspot_timeseries", "value_columns-empty", {**_INCOME, "value_columns": []},
+             "value_columns", "at least 1 item"),
+        Case("hotspot_timeseries", "time_step-with_wide_input",
+             {**_INCOME, "time_step": "1 month"}, "time_step", "takes no time_step"),
+        Case("hotspot_timeseries", "time_column-not_a_time",
+             {"input_table": "public.us_income", "time_column": "y1990", "time_step": "1 month"},
+             "time_column", "not a date or timestamp"),
+        Case("hotspot_timeseries", "shape-missing", {"input_table": "public.us_income"},
+             "value_column", "say how time is laid out"),
+        Case("hotspot_timeseries", "weights-row_standardised",
+             {**_INCOME, "weights": {"transform": "R"}}, "weights.transform", "'B'"),
+        Case("hotspot_timeseries", "neighborhood_time_step-too_large",
+             {**_INCOME, "neighborhood_time_step": 20}, "neighborhood_time_step",
+             "smaller than the number of time steps"),
+        Case("hotspot_timeseries", "alpha-out_of_range", {**_INCOME, "alpha": 1.5}, "alpha",
+             "less than 1"),
+        Case("hotspot_timeseries", "slices_table-same_as_output",
+             {**_INCOME, "slices_table": _INCOME["output_table"]}, "slices_table",
+             "must differ from output_table"),
+        Case("hotspot_timeseries", "slices_table-exists",
+             {**_INCOME, "slices_table": "results.taken"}, "slices_table", "already exists"),
+    ],
 }
+
+_GA = {"input_table": "public.georgia_counties", "value_column": "pctpov"}
+_NC = {"input_table": "public.nc_counties", "value_column": "sid79"}
+
+
+def _local(job_type: str, base: dict[str, Any], text: dict[str, str]) -> list[Case]:
+    """hotspot and outlier: the value column, weights, permutations (a NaN value is missing, as
+    NULL is, and left out by design; an infinite one fails)."""
+    def c(name: str, change: dict[str, Any], field: str, says: str) -> Case:
+        return Case(job_type, name, {**base, **change}, field, says)
+
+    return [
+        c("value_column-text", text, "value_column", "not a number"),
+        c("value_column-unknown", {"value_column": "income"}, "value_column", "does not exist"),
+        c("value_column-sql_injection", {"value_column": f'pctpov"{_DROP}'}, "value_column",
+          "does not exist"),
+        c("permutations-huge", {"permutations": 10**6}, "permutations", "less than or equal"),
+        c("permutations-negative", {"permutations": -1}, "permutations", "greater than or equal"),
+        c("weights-unknown_type", {"weights": {"type": "gabriel"}}, "weights.type",
+          "'queen', 'rook'"),
+        c("weights-knn_k_huge", {"weights": {"type": "knn", "k": 10**6}}, "weights.k",
+          "less than or equal"),
+        c("weights-negative_threshold", {"weights": {"type": "distance_band", "threshold": -5}},
+          "weights.threshold", "greater than 0"),
+        c("weights-infinite_threshold",
+          {"weights": {"type": "distance_band", "threshold": "Infinity"}}, "weights.threshold",
+          "finite"),
+        c("weights-not_an_object", {"weights": "queen"}, "weights", "valid dictionary|object"),
+        c("seed-negative", {"seed": -1}, "seed", "greater than or equal"),
+    ]
+
+
+def _overlay(how: str, base: dict[str, Any], column: str) -> list[Case]:
+    """clip and erase: the other table, its filter (identifiers and values)."""
+    table, filt = f"{how}_table", f"{how}_filter"
+
+    def c(name: str, change: dict[str, Any], field: str, says: str) -> Case:
+        return Case(how, name, {**base, **change}, field, says)
+
+    return [
+        c(f"{table}-unknown", {table: "public.nowhere"}, table, "does not exist"),
+        c(f"{table}-sql_injection", {table: f"us_states{_DROP}"}, table, "does not exist"),
+        c(f"{table}-no_geometry", {table: "public.no_geom"}, table, "no geometry column"),
+        c(f"{table}-srid_zero", {table: "public.srid_zero"}, table, "no SRID"),
+        c(f"{filt}-unknown_column", {filt: [{"column": "nope", "op": "=", "value": 1}]}, filt,
+          "nope"),
+        c(f"{filt}-column_injection",
+          {filt: [{"column": f'{column}"{_DROP}', "op": "=", "value": 1}]}, filt, "does not exist|column"),
+        c(f"{filt}-op_injection",
+          {filt: [{"column": column, "op": "= 1; DROP TABLE public.canary; --", "value": 1}]},
+          filt, "'='"),
+        c(f"{filt}-value_injection_on_number",
+          {filt: [{"column": "area", "op": ">", "value": f"0{_DROP}"}]}, filt, "number|numeric"),
+        c(f"{filt}-bbox_nan", {filt: {"bbox": ["NaN", 0, 1, 1]}}, filt, "finite|number"),
+        c(f"{filt}-bbox_reversed", {filt: {"bbox": [10, 10, 0, 0]}}, filt, "xmin|min|order"),
+    ]
+
+
+SPECIFIC.update({
+    "hotspot": _local("hotspot", _GA, {"input_table": "public.nc_counties", "value_column": "name"}) + [
+        Case("hotspot", "value_column-infinite", {**_GA, "input_table": "public.inf_values"},
+             "value_column|input_table", "infinite"),
+        Case("hotspot", "grid-negative_cell_size", {**_GA, "value_column": None,
+                                                    "grid": {"cell_size": -1}},
+             "grid.cell_size", "greater than 0"),
+        Case("hotspot", "grid-on_polygons", {**_GA, "value_column": None,
+                                             "grid": {"cell_size": 1000}},
+             "grid|input_table", "point"),
+    ],
+    "outlier": _local("outlier", _NC, {"value_column": "name"}) + [
+        Case("outlier", "value_column-infinite", {**_NC, "input_table": "public.nc_inf"},
+             "value_column|input_table", "infinite"),
+        Case("outlier", "weights-unknown_transform", {**_NC, "weights": {"transform": "X"}},
+             "weights.transform", "'B'"),
+    ],
+    "clip": _overlay("clip", base_params("clip") if "clip" in registry.JOB_TYPES else {}, "state_name"),
+    "erase": _overlay("erase", base_params("erase") if "erase" in registry.JOB_TYPES else {}, "totpop90"),
+    "create_view": [
+        Case("create_view", f"view_name-{name}",
+             {"input_table": "public.us_states", "view_name": view}, "view_name", says)
+        for name, view, says in [
+            ("pg_catalog", "pg_catalog.evil", "not an output schema"),
+            ("information_schema", "information_schema.evil", "not an output schema"),
+            ("queue_schema", "public.evil", "not an output schema"),
+            ("sql_injection", f"results.v{_DROP}", "must be 'name' or 'schema.name'"),
+            ("unicode", "results.vüe", "must be 'name' or 'schema.name'"),
+            ("too_long", "results." + "v" * 64, "must be 'name' or 'schema.name'"),
+            ("exists_without_replace", "results.taken_view", "already exists"),
+            ("is_a_table", "results.taken", "already exists|not a view|table"),
+        ]
+    ] + [
+        Case("create_view", name, {"input_table": "public.us_states", "view_name": "results.v",
+                                   **change}, field, says)
+        for name, change, field, says in [
+            ("filter-unknown_column", {"filter": [{"column": "nope", "op": "=", "value": 1}]},
+             "filter", "nope"),
+            ("filter-column_injection",
+             {"filter": [{"column": f'sub_region"{_DROP}', "op": "=", "value": 1}]}, "filter",
+             "does not exist|column"),
+            ("filter-op_injection", {"filter": [{"column": "area", "op": "> 0 OR true",
+                                                  "value": 1}]}, "filter", "'='"),
+            ("filter-value_injection_on_number",
+             {"filter": [{"column": "area", "op": ">", "value": f"0{_DROP}"}]}, "filter",
+             "number|numeric"),
+            ("columns-unknown", {"columns": ["fid", "population"]}, "columns", "population"),
+            ("columns-sql_injection", {"columns": [f'fid"{_DROP}']}, "columns", "does not exist"),
+            ("bbox-nan", {"bbox": ["NaN", 0, 1, 1]}, "bbox", "finite"),
+            ("bbox-reversed", {"bbox": [10, 10, 0, 0]}, "bbox", "xmin|min|order"),
+            ("bbox_srid-negative", {"bbox": [0, 0, 1, 1], "bbox_srid": -4326}, "bbox_srid",
+             "greater than 0"),
+            ("refresh-with_input", {"refresh": True}, "params", "refresh takes only view_name"),
+            ("input_table-missing", {"input_table": None}, "params",
+             "input_table is required"),
+            ("input_table-unknown", {"input_table": "public.nowhere"}, "input_table",
+             "does not exist"),
+            ("input_table-sql_injection", {"input_table": f"us_states{_DROP}"}, "input_table",
+             "does not exist"),
+            ("input_table-not_readable", {"input_table": "private.states"}, "input_table",
+             "may not read"),
+        ]
+    ],
+    "nearest": [
+        Case("nearest", name, {**base, **change}, field, says)
+        for base in [{"input_table": "public.georgia_counties",
+                      "near_table": "public.georgia_counties", "k": 3}]
+        for name, change, field, says in [
+            ("k-huge", {"k": 10**6}, "k", "less than or equal to 1000"),
+            ("k-zero", {"k": 0}, "k", "greater than or equal to 1"),
+            ("search_radius-negative", {"search_radius": -1}, "search_radius",
+             "greater than or equal to 0"),
+            ("search_radius-infinite", {"search_radius": "Infinity"}, "search_radius", "finite"),
+            ("search_radius-nan", {"search_radius": "NaN"}, "search_radius", "finite"),
+            ("method-unknown", {"method": "manhattan"}, "method", "'planar'"),
+            ("near_table-unknown", {"near_table": "public.nowhere"}, "near_table",
+             "does not exist"),
+            ("near_table-sql_injection", {"near_table": f"georgia_counties{_DROP}"}, "near_table",
+             "does not exist"),
+            ("near_table-srid_zero", {"near_table": "public.srid_zero"}, "near_table", "no SRID"),
+            ("near_key-unknown", {"near_key": "nope"}, "near_key", "does not exist"),
+            ("near_key-sql_injection", {"near_key": f'fid"{_DROP}'}, "near_key", "does not exist"),
+            ("near_filter-value_injection_on_number",
+             {"near_filter": [{"column": "area", "op": ">", "value": f"0{_DROP}"}]},
+             "near_filter", "number|numeric"),
+        ]
+    ],
+    "raster_clip": [
+        Case("raster_clip", name, {**BASE["raster_clip"], **change}, field, says)
+        for name, change, field, says in [
+            ("raster-path_traversal", {"raster": "../../../../etc/passwd"}, "raster",
+             r"outside|escape|within|under|\.\."),
+            ("raster-absolute_path", {"raster": "/etc/passwd"}, "raster",
+             "absolute|outside|relative"),
+            ("raster-unknown", {"raster": "nowhere.tif"}, "raster", "no file"),
+            ("raster-not_a_raster", {"raster": "notes.txt"}, "raster", "raster|read|format"),
+            ("raster-empty_name", {"raster": ""}, "raster", "."),
+            ("output_raster-path_traversal", {"output_raster": "../escaped.tif"}, "output_raster",
+             r"outside|escape|within|under|\.\."),
+            ("output_raster-absolute_path", {"output_raster": "/tmp/evil.tif"}, "output_raster",
+             "absolute|outside|relative"),
+            ("output_raster-exists_without_overwrite", {"output_raster": "taken.tif"},
+             "output_raster", "exists"),
+            ("clip_table-lines", {"clip_table": "public.lines_layer"}, "clip_table", "polygon"),
+            ("clip_table-unknown", {"clip_table": "public.nowhere"}, "clip_table",
+             "does not exist"),
+            ("clip_table-sql_injection", {"clip_table": f"georgia_counties{_DROP}"}, "clip_table",
+             "does not exist"),
+            ("clip_filter-value_injection_on_number",
+             {"clip_filter": [{"column": "areakey", "op": "=", "value": f"1{_DROP}"}]},
+             "clip_filter", "number|numeric|integer"),
+            ("nodata-infinite", {"nodata": "Infinity"}, "nodata", "finite"),
+        ]
+    ],
+    "hotspot_timeseries": [
+        Case("hotspot_timeseries", name, {**base_params("hotspot_timeseries"), **change}
+             if "hotspot_timeseries" in registry.JOB_TYPES else change, field, says)
+        for name, change, field, says in [
+            ("value_columns-unknown", {"value_columns": ["y1929", "y3000", "y1931"]},
+             "value_columns", "y3000"),
+            ("value_columns-sql_injection", {"value_columns": ["y1929", f'y1930"{_DROP}']},
+             "value_columns", "does not exist"),
+            ("value_columns-text", {"value_columns": ["state_name"] * 12}, "value_columns",
+             "not a number|numeric"),
+            ("value_columns-too_few_steps", {"value_columns": ["y1929", "y1930", "y1931"]},
+             "value_columns|min_time_steps", "time steps"),
+            ("min_time_steps-too_small", {"min_time_steps": 2}, "min_time_steps",
+             "greater than or equal to 3"),
+            ("neighborhood_time_step-huge", {"neighborhood_time_step": 10**6},
+             "neighborhood_time_step", "less than or equal to 100"),
+            ("alpha-out_of_range", {"alpha": 1.5}, "alpha", "less than 1"),
+            ("alpha-nan", {"alpha": "NaN"}, "alpha", "finite"),
+            ("weights-unknown_type", {"weights": {"type": "gabriel"}}, "weights.type", "'queen'"),
+            ("slices_table-pg_catalog", {"slices_table": "pg_catalog.evil"}, "slices_table",
+             "not an output schema"),
+            ("slices_table-sql_injection", {"slices_table": f"results.s{_DROP}"}, "slices_table",
+             "must be 'name' or 'schema.name'"),
+            ("grid-negative_cell_size", {"grid": {"cell_size": -5}}, "grid.cell_size",
+             "greater than 0"),
+        ]
+    ],
+})
 
 
 def cases(job_type: str) -> list[Case]:

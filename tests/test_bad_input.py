@@ -10,6 +10,7 @@ be unchanged.
 
 from __future__ import annotations
 
+import math
 import re
 import uuid
 from collections.abc import Iterator
@@ -20,7 +21,15 @@ import psycopg
 import pytest
 from psycopg import sql
 
-from tests.bad_inputs import CANARY, FIXTURE_SQL, Case, all_cases, cases, derived_tables_sql
+from tests.bad_inputs import (
+    CANARY,
+    FIXTURE_SQL,
+    Case,
+    all_cases,
+    base_params,
+    cases,
+    derived_tables_sql,
+)
 from tests.conftest import _create, _drop
 from tests.snapshot import diff, snapshot
 from tests.support import as_role, job_row
@@ -46,6 +55,7 @@ class _Databases:
 
     def get(self, job_type: str) -> SimpleNamespace:
         if job_type not in self.made:
+            self.close()  # cases come grouped by job type: one database open at a time
             self.made[job_type] = self._make(job_type)
         return self.made[job_type]
 
@@ -54,15 +64,19 @@ class _Databases:
         url = _create(name, template=self.template)
         admin = psycopg.connect(url, autocommit=True)
         statements = list(FIXTURE_SQL)
-        example = registry.load(job_type).EXAMPLE
-        if isinstance(example.get("input_table"), str):
-            statements += derived_tables_sql(example["input_table"])
+        base = base_params(job_type)
+        if isinstance(base.get("input_table"), str):
+            statements += derived_tables_sql(base["input_table"])
         with admin.transaction():
             for statement in statements:
                 admin.execute(statement)
             for table, value in (("nan_coords", "NaN"), ("inf_coords", "Infinity")):
                 if admin.execute("SELECT to_regclass(%s)", (f"public.{table}",)).fetchone() != (None,):
                     admin.execute(_SPOIL.format(table=sql.Identifier("public", table)), (value,))
+            extent = admin.execute("SELECT ST_XMin(e), ST_YMin(e), ST_XMax(e), ST_YMax(e) FROM "
+                                   "(SELECT ST_Extent(geom) AS e FROM public.georgia_counties) s"
+                                   ).fetchone()
+        _write_dem(self.root / "rasters" / "georgia_dem.tif", extent)
         worker = Worker(WorkerSettings(job_type=job_type, database_url=as_role(url)))
         return SimpleNamespace(name=name, url=url, admin=admin, worker=worker)
 
@@ -70,6 +84,21 @@ class _Databases:
         for made in self.made.values():
             made.admin.close()
             _drop(made.name)
+        self.made.clear()
+
+
+def _write_dem(path: Path, extent: tuple[float, float, float, float]) -> None:
+    """A small elevation-like raster over Georgia (UTM 16N, the sample's SRID)."""
+    import numpy as np
+    import rasterio
+    from rasterio.transform import from_bounds
+
+    if path.exists():
+        return
+    data = np.arange(64 * 64, dtype="float32").reshape(64, 64)
+    with rasterio.open(path, "w", driver="GTiff", width=64, height=64, count=1, dtype="float32",
+                       crs="EPSG:26916", transform=from_bounds(*extent, 64, 64)) as dst:
+        dst.write(data, 1)
 
 
 @pytest.fixture(scope="module")
@@ -79,6 +108,8 @@ def databases(template_db: str, tmp_path_factory: pytest.TempPathFactory) -> Ite
         for variable, sub in (("GEOJOBS_OUTPUT_DIR", "outputs"), ("GEOJOBS_RASTER_DIR", "rasters")):
             (root / sub).mkdir()
             patch.setenv(variable, str(root / sub))
+        (root / "rasters" / "notes.txt").write_text("not a raster\n")
+        (root / "outputs" / "taken.tif").write_bytes(b"an earlier output")
         made = _Databases(template_db, root)
         try:
             yield made
@@ -87,7 +118,9 @@ def databases(template_db: str, tmp_path_factory: pytest.TempPathFactory) -> Ite
 
 
 def _names_field(error: str, field: str) -> bool:
-    return re.match(rf"(params\.)?{re.escape(field)}([.:\s\[]|$)", error) is not None
+    """The error starts with the field (or one of 'a|b'), as ``params.x: ...`` or ``x: ...``."""
+    names = "|".join(re.escape(f) for f in field.split("|"))
+    return re.match(rf"(params\.)?({names})([.:\s\[]|$)", error) is not None
 
 
 @pytest.mark.parametrize("case", ALL, ids=[c.id for c in ALL])
@@ -133,3 +166,17 @@ def test_the_snapshot_sees_every_kind_of_change(databases: _Databases) -> None:
         (databases.root / "outputs" / "stray.tif").unlink()
         raise psycopg.errors.QueryCanceled("roll the changes back")
     assert diff(before, snapshot(env.admin, [databases.root])) == {}
+
+
+def test_non_finite_numbers_are_refused_except_where_meaningful() -> None:
+    """Params refuse NaN/Infinity (JobParams), but NaN stays a valid raster nodata."""
+    from geojobs.errors import InvalidParams
+    from workers.params import validate_params
+
+    raster_clip = registry.load("raster_clip")
+    base = {"raster": "a.tif", "clip_table": "public.georgia_counties"}
+    assert math.isnan(validate_params(raster_clip.Params, {**base, "nodata": "NaN"}).nodata)
+    with pytest.raises(InvalidParams, match="params.nodata"):
+        validate_params(raster_clip.Params, {**base, "nodata": "-Infinity"})
+    with pytest.raises(InvalidParams, match="params.sleep_seconds: Input should be a finite number"):
+        validate_params(registry.load("noop").Params, {"sleep_seconds": "NaN"})

@@ -41,7 +41,8 @@ class Params(JobParams):
     crop: bool = Field(default=True, description="Shrink the output to the polygons' extent.")
     all_touched: bool = Field(default=False, description="Keep every pixel a polygon touches.")
     nodata: float | None = Field(
-        default=None, description="Default: the source's, else NaN (float) or a value "
+        default=None, allow_inf_nan=True,  # NaN is a valid nodata; infinities are refused below
+        description="Default: the source's, else NaN (float) or a value "
                                   "outside the clipped data's range (integers).")
     overwrite: bool = Field(default=False, description="Replace the output file if it exists.")
 

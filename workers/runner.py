@@ -180,17 +180,30 @@ class Worker:
     # -- signals -------------------------------------------------------------------------
 
     def _install_signal_handling(self) -> None:
-        """SIGTERM/SIGINT are taken by a thread, so they act even while a job is in C code."""
+        """SIGTERM/SIGINT are taken by a thread, so they act even while a job is in C code.
+
+        Not by blocking them and ``sigwait``: threads that C libraries start at import (numpy's
+        BLAS pool) do not block them, and the kernel may deliver the signal there. Instead the
+        signal's C-level handler, on whichever thread it lands, writes its number to a wake-up
+        socket that the signal thread reads at once.
+        """
         if threading.current_thread() is not threading.main_thread():
             return
-        signals = {signal.SIGTERM, signal.SIGINT}
-        signal.pthread_sigmask(signal.SIG_BLOCK, signals)
-        threading.Thread(target=self._signal_loop, args=(signals,), name="signals",
+        reader, writer = socket.socketpair()
+        writer.setblocking(False)
+        signal.set_wakeup_fd(writer.fileno(), warn_on_full_buffer=False)
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(signum, lambda *_: None)  # the wake-up socket does the work
+        self._signal_sockets = (reader, writer)  # keep them open for the process's life
+        threading.Thread(target=self._signal_loop, args=(reader,), name="signals",
                          daemon=True).start()
 
-    def _signal_loop(self, signals: set[signal.Signals]) -> None:
+    def _signal_loop(self, reader: socket.socket) -> None:
         while True:
-            signum = signal.sigwait(signals)
+            data = reader.recv(1)
+            if not data or data[0] not in (signal.SIGTERM, signal.SIGINT):
+                continue
+            signum = data[0]
             with self._current_lock:
                 job = self._current
             if self._stopping.is_set() and job is not None:
