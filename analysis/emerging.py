@@ -467,7 +467,7 @@ def emerging_hot_spots(
     codes = classify(bins, trend)
 
     locations = panel.locations.copy()
-    locations["category"] = pd.Series([CATEGORY_NAMES[c] for c in codes], dtype=object)
+    locations["category"] = np.array([CATEGORY_NAMES[c] for c in codes], dtype=object)
     locations["category_code"] = codes.astype(np.int16)
     locations["trend_tau"] = tau
     locations["trend_pvalue"] = trend_p

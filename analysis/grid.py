@@ -186,12 +186,13 @@ def derive_cell_size(xy: np.ndarray) -> float:
 
 def point_coordinates(geometry: gpd.GeoSeries) -> np.ndarray:
     """x, y of point incidents (n x 2), refusing other geometry types."""
-    kinds = set(geometry.geom_type.dropna().unique())
-    if not kinds <= {"Point"}:
-        raise GeometryTypeError(
-            f"a grid counts point incidents, the input has {sorted(kinds)}", field="grid"
-        )
-    return np.asarray(shapely.get_coordinates(geometry.to_numpy()), dtype=float)
+    arr = geometry.to_numpy()
+    kinds = np.unique(shapely.get_type_id(arr))
+    if not set(kinds.tolist()) <= {0}:  # 0: Point
+        names = sorted(set(geometry.geom_type.dropna().unique()))
+        raise GeometryTypeError(f"a grid counts point incidents, the input has {names}",
+                                field="grid")
+    return np.asarray(shapely.get_coordinates(arr), dtype=float)
 
 
 def aggregate_points(
@@ -205,7 +206,10 @@ def aggregate_points(
     """
     spec = GridSpec.parse(spec)
     geoms = points.geometry if isinstance(points, gpd.GeoDataFrame) else points
-    geoms = geoms[~(geoms.isna() | geoms.is_empty)]
+    arr = geoms.to_numpy()
+    missing = shapely.is_missing(arr) | shapely.is_empty(arr)
+    if missing.any():
+        geoms = geoms[~missing]
     if len(geoms) == 0:
         raise EmptyInput("no point with a geometry to count", field="input_table")
     projected, crs, warnings = working_geometry(geoms)

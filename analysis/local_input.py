@@ -16,6 +16,7 @@ from typing import Any
 import geopandas as gpd
 import numpy as np
 import pandas as pd
+import shapely
 
 from analysis.errors import AnalysisError, EmptyInput, TooFewFeatures
 from analysis.jit import enable_esda_cache
@@ -148,7 +149,8 @@ def prepare_input(
     if np.isinf(values).any():
         raise AnalysisError(f"{value_column!r} holds infinite values", field="value_column")
     geometry = frame.geometry
-    null_geometry = (geometry.isna() | geometry.is_empty).to_numpy()
+    arr = geometry.to_numpy()
+    null_geometry = shapely.is_missing(arr) | shapely.is_empty(arr)
     null_value = np.isnan(values)
     analysed = np.flatnonzero(~null_value & ~null_geometry)
     warnings: list[str] = []

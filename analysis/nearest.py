@@ -100,12 +100,12 @@ def nearest(
 
     key_order = np.argsort(np.argsort(np.asarray(near_ids[b_pos]), kind="stable"))
     if method == "planar":
-        left, right, dist, line = _planar_knn(a, b, k, radius, exclude, key_order)
+        left, right, dist, line = _planar_knn(a, b, k, radius, exclude, key_order, lines)
     else:
         left, right, dist, line = _geodesic_knn(a, b, k, radius, exclude, key_order, inputs.crs)
     right = b_pos[right]
     angle = _angles(line, method, inputs.crs)
-    if method == "geodesic" and not CRS.from_user_input(inputs.crs).is_geographic:
+    if lines and method == "geodesic" and not CRS.from_user_input(inputs.crs).is_geographic:
         line = gpd.GeoSeries(line, crs=CRS.from_user_input(inputs.crs).geodetic_crs)
         line = np.asarray(line.to_crs(inputs.crs).array, dtype=object)
     return _assemble(inputs, near_ids, left, right, dist, angle, line if lines else None)
@@ -259,6 +259,7 @@ def _planar_knn(
     radius: float | None,
     exclude: tuple[IntArray, IntArray] | None,
     key_order: IntArray,
+    all_lines: bool,
 ) -> tuple[IntArray, IntArray, FloatArray, NDArray[np.object_]]:
     tree = shapely.STRtree(b)
     start, everything = _start_radius(a, b, k)
@@ -267,7 +268,11 @@ def _planar_knn(
     dist = shapely.distance(a[left], b[right])
     keep = _top_k(left, right, dist, k, radius, key_order)
     left, right, dist = left[keep], right[keep], dist[keep]
-    return left, right, dist, shapely.shortest_line(a[left], b[right])
+    # Touching pairs need no line for their angle (0); skip them unless lines are wanted.
+    line = np.full(len(left), None, dtype=object)
+    todo = np.arange(len(left)) if all_lines else np.flatnonzero(dist > 0)
+    line[todo] = shapely.shortest_line(a[left[todo]], b[right[todo]])
+    return left, right, dist, line
 
 
 def _box_margins(geod: Geod, dist: FloatArray, lat_lo: FloatArray, lat_hi: FloatArray
@@ -369,16 +374,21 @@ def _geodesic_knn(
 
 
 def _angles(line: NDArray[np.object_], method: Method, crs: CRS | None) -> FloatArray:
-    c = shapely.get_coordinates(line).reshape(-1, 2, 2)
+    """Degrees from east, counter-clockwise, along each line; 0 where there is none."""
+    angle = np.zeros(len(line))
+    has = np.flatnonzero(~shapely.is_missing(line))
+    c = shapely.get_coordinates(line[has]).reshape(-1, 2, 2)
     if method == "planar":
         dx, dy = c[:, 1, 0] - c[:, 0, 0], c[:, 1, 1] - c[:, 0, 1]
-        return np.degrees(np.arctan2(dy, dx))
+        angle[has] = np.degrees(np.arctan2(dy, dx))
+        return angle
     geod = CRS.from_user_input(crs).get_geod()
     assert geod is not None
     azimuth, _, dist = geod.inv(c[:, 0, 0], c[:, 0, 1], c[:, 1, 0], c[:, 1, 1])
-    angle = (90.0 - np.asarray(azimuth) + 180.0) % 360.0 - 180.0
-    angle = np.where(angle == -180.0, 180.0, angle)
-    return np.where(np.asarray(dist) == 0, 0.0, angle)
+    turned = (90.0 - np.asarray(azimuth) + 180.0) % 360.0 - 180.0
+    turned = np.where(turned == -180.0, 180.0, turned)
+    angle[has] = np.where(np.asarray(dist) == 0, 0.0, turned)
+    return angle
 
 
 def _assemble(

@@ -20,6 +20,7 @@ from typing import Any
 
 import geopandas as gpd
 import numpy as np
+import shapely
 from libpysal.graph import Graph
 from libpysal.weights import min_threshold_distance
 
@@ -43,6 +44,8 @@ DISTANCE_TOLERANCE = 1e-9
 """Relative tolerance on a distance threshold, so that rounding makes no island."""
 
 _POLYGONAL = {"Polygon", "MultiPolygon"}
+_TYPE_NAMES = {0: "Point", 1: "LineString", 2: "LinearRing", 3: "Polygon", 4: "MultiPoint",
+               5: "MultiLineString", 6: "MultiPolygon", 7: "GeometryCollection"}
 
 
 @dataclass(frozen=True)
@@ -176,7 +179,8 @@ def build_weights(
     geoms = geoms.reset_index(drop=True)
     if len(geoms) < 2:
         raise AnalysisError("at least two features are needed to build spatial weights")
-    kinds = set(geoms.geom_type.dropna().unique())
+    type_ids = np.unique(shapely.get_type_id(geoms.to_numpy()))
+    kinds = {_TYPE_NAMES.get(int(t), "Geometry") for t in type_ids if t >= 0}
     polygonal = bool(kinds) and kinds <= _POLYGONAL
     wtype = spec.type or default_type or ("queen" if polygonal else "distance_band")
     transform = str(spec.transform or default_transform).upper()

@@ -19,7 +19,7 @@ from psycopg.conninfo import conninfo_to_dict, make_conninfo
 from geojobs import db
 from geojobs.config import database_url
 
-__all__ = ["bench_database", "connect", "server_versions", "as_uri"]
+__all__ = ["bench_database", "connect", "server_versions", "as_uri", "sqlalchemy_engine"]
 
 
 def as_uri(conninfo: str) -> str:
@@ -82,3 +82,10 @@ def server_versions(url: str) -> dict[str, str]:
     assert pg is not None and gis is not None
     return {"postgresql": str(pg[0]), "postgis": str(gis[0]), "postgis_geos": str(gis[1]),
             "database": str(conninfo_to_dict(url).get("dbname", ""))}
+
+
+def sqlalchemy_engine(url: str) -> Any:
+    """A SQLAlchemy engine (psycopg 3 driver) for GeoPandas' ``read_postgis``/``to_postgis``."""
+    from sqlalchemy import create_engine
+
+    return create_engine(as_uri(url).replace("postgresql://", "postgresql+psycopg://", 1))

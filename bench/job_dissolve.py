@@ -21,9 +21,9 @@ import numpy as np
 import psycopg
 import shapely
 from psycopg import sql
-from sqlalchemy import create_engine
 
 from bench.data import hex_grid, load_layer
+from bench.database import sqlalchemy_engine
 from bench.floor import copy_read, copy_write
 from bench.measure import growth_exponent, measure_job, time_call, time_sql
 
@@ -57,8 +57,7 @@ def _floor(url: str, table: str, out: str) -> tuple[float, float]:
 
 def _geopandas(url: str, table: str, out: str) -> tuple[float, float]:
     """Seconds of the plain GeoPandas script and its peak RSS."""
-    engine = create_engine(url.replace("postgresql://", "postgresql+psycopg://", 1)
-                           if url.startswith("postgresql://") else _sqlalchemy_url(url))
+    engine = sqlalchemy_engine(url)
     schema, _, name = out.rpartition(".")
 
     def work() -> None:
@@ -73,16 +72,6 @@ def _geopandas(url: str, table: str, out: str) -> tuple[float, float]:
             conn.execute(sql.SQL("DROP TABLE IF EXISTS {}").format(sql.Identifier(schema, name)))
         engine.dispose()
     return timing.wall_s, timing.peak_rss_mb
-
-
-def _sqlalchemy_url(conninfo: str) -> str:
-    """A SQLAlchemy URL for a libpq key=value conninfo."""
-    from psycopg.conninfo import conninfo_to_dict
-
-    info = conninfo_to_dict(conninfo)
-    host, port = info.get("host", "127.0.0.1"), info.get("port", 5432)
-    user = info.get("user", "")
-    return f"postgresql+psycopg://{user}@{host}:{port}/{info['dbname']}"
 
 
 def run(sizes: list[int], database_url: str) -> list[dict[str, Any]]:

@@ -37,7 +37,7 @@ EXTENT = 10_000.0
 STEPS = 24
 PER_CELL = 50
 COLUMNS = ["job_type", "case", "size", "cells", "steps", "wall_s", "job_s", "peak_rss_mb",
-           "ratio_to_floor", "share_aggregation", "share_gistar", "share_mann_kendall",
+           "ratio_to_floor", "share_aggregation", "share_gistar", "share_mann_kendall", "share_rest",
            "categories", "note"]  # fmt: skip
 _RESULT_COLUMNS = {"cell_id": "int8", "count": "int8", "category": "text",
                    "category_code": "int2", "trend_tau": "float8", "trend_pvalue": "float8",
@@ -95,11 +95,15 @@ def _io_floor(url: str, table: str, result: str, out: str) -> tuple[float, float
 
 
 def _shares(job_s: float, timings: dict[str, float]) -> dict[str, float]:
+    aggregation = timings.get("panel", float("nan"))
     gistar = timings.get("weights", 0.0) + timings.get("gistar", 0.0)
+    mann_kendall = timings.get("mann_kendall", float("nan"))
     return {
-        "share_aggregation": timings.get("panel", float("nan")) / job_s,
+        "share_aggregation": aggregation / job_s,
         "share_gistar": gistar / job_s,
-        "share_mann_kendall": timings.get("mann_kendall", float("nan")) / job_s,
+        "share_mann_kendall": mann_kendall / job_s,
+        # catalog lookups, read_layer, write_layer, classification, commit
+        "share_rest": 1.0 - (aggregation + gistar + mann_kendall) / job_s,
     }
 
 

@@ -60,6 +60,12 @@ class Timing:
     wall_s: float
     peak_rss_mb: float  # peak resident set sampled during the call (see the caller's note)
     value: Any = field(default=None, repr=False)
+    start_rss_mb: float = 0.0  # resident set when the measurement began
+
+    @property
+    def added_rss_mb(self) -> float:
+        """How far the resident set rose above where it started."""
+        return max(0.0, self.peak_rss_mb - self.start_rss_mb)
 
 
 def worker_env(database_url: str, **settings: str) -> dict[str, str]:
@@ -147,6 +153,7 @@ class RssSampler:
         self._private = private
         self._stop = threading.Event()
         self.peak_bytes = 0
+        self.start_bytes = 0
         self._thread = threading.Thread(target=self._loop, daemon=True)
 
     def _sample(self) -> None:
@@ -163,6 +170,7 @@ class RssSampler:
 
     def __enter__(self) -> RssSampler:
         self._sample()
+        self.start_bytes = self.peak_bytes
         self._thread.start()
         return self
 
@@ -188,7 +196,8 @@ def time_call(fn: Callable[..., T], *args: Any, repeat: int = 1, **kwargs: Any) 
             started = time.perf_counter()
             value = fn(*args, **kwargs)
             best = min(best, time.perf_counter() - started)
-    return Timing(wall_s=best, peak_rss_mb=sampler.peak_mb, value=value)
+    return Timing(wall_s=best, peak_rss_mb=sampler.peak_mb, value=value,
+                  start_rss_mb=sampler.start_bytes / 2**20)
 
 
 def time_sql(
@@ -212,7 +221,8 @@ def time_sql(
             conn.rollback()
         else:
             conn.commit()
-    return Timing(wall_s=wall, peak_rss_mb=sampler.peak_mb, value=value)
+    return Timing(wall_s=wall, peak_rss_mb=sampler.peak_mb, value=value,
+                  start_rss_mb=sampler.start_bytes / 2**20)
 
 
 def growth_exponent(sizes: Sequence[float], times: Sequence[float]) -> float:

@@ -33,7 +33,7 @@ __all__ = ["COLUMNS", "SIZES", "SMOKE_SIZES", "clip_polygons", "run_overlay_benc
 SIZES = "10k,100k"
 SMOKE_SIZES = [400]
 CLIP_FEATURES = 100
-REPEAT = 2
+REPEAT = 2  # runs of each case at measured sizes (10k and up); smoke sizes run once
 COLUMNS = ["job_type", "case", "size", "wall_s", "job_s", "peak_rss_mb", "ratio_to_floor", "rows", "note"]
 _READ = {"id": "int8", "value": "float8", "category": "text"}
 
@@ -115,7 +115,7 @@ def run_overlay_bench(
         load_layer(database_url, mask, mask_table)
         best: dict[str, dict[str, Any]] = {}
         keep = _keeper(best)
-        for _ in range(REPEAT):
+        for _ in range(REPEAT if n >= 10_000 else 1):
             job = measure_job(
                 database_url,
                 how,

@@ -142,8 +142,8 @@ SYSTEMS = (GEOJOBS, PROCRASTINATE, PGQUEUER_ONE, PGQUEUER_BATCHED)
 
 def start_times(system: QueueSystem, output: str) -> dict[int, float]:
     """``{job id: unix time its handler started}`` from a worker's output."""
-    if system.name == "geojobs":
-        return {int(job): datetime.strptime(stamp, "%Y-%m-%d %H:%M:%S,%f").timestamp()
+    if system.name == "geojobs":  # log stamps are truncated to the ms: take its midpoint
+        return {int(job): datetime.strptime(stamp, "%Y-%m-%d %H:%M:%S,%f").timestamp() + 0.0005
                 for stamp, job in _LOG_START.findall(output)}
     return {int(job): float(t) for job, t in _PEER_START.findall(output)}
 

@@ -41,8 +41,9 @@ from bench.peers import (
     start_times,
 )
 from bench.report import print_table, write_json
+from workers import queue as gq
 
-__all__ = ["throughput", "latency", "fairness", "commit_latency", "run", "main"]
+__all__ = ["throughput", "bare_loop", "latency", "fairness", "commit_latency", "run", "main"]
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -137,6 +138,27 @@ def throughput(system: QueueSystem, workers: int, n: int, *, timeout: float = 36
         raise BenchError(f"{system.label}: {done} of {n} jobs done")
     return {"system": system.label, "workers": workers, "jobs": n, "span_s": span,
             "jobs_per_s": n / span, "wall_s": wall}
+
+
+def bare_loop(n: int) -> dict[str, Any]:
+    """The floor: ``workers.queue.claim`` + ``complete`` in a loop, one process, no runner.
+
+    Same statements and commit settings as a geojobs worker (claims on a connection with
+    asynchronous commit, completions durable), without the runner's transaction, heartbeat,
+    logging and memory check.
+    """
+    with bench_database() as url:
+        GEOJOBS.fill(url, n)
+        with psycopg.connect(url, autocommit=True) as control, \
+                psycopg.connect(url, autocommit=True) as job_conn:
+            control.execute("SET synchronous_commit = off")
+            while (job := gq.claim(control, "noop", "bare")) is not None:
+                gq.complete(job_conn, job, {})
+            done, span = GEOJOBS.done(control), GEOJOBS.span(control)
+    if done != n:
+        raise BenchError(f"bare loop: {done} of {n} jobs done")
+    return {"system": "floor: bare claim + complete loop (one process, no runner)",
+            "workers": 1, "jobs": n, "span_s": span, "jobs_per_s": n / span, "wall_s": span}
 
 
 def latency(system: QueueSystem, n: int, *, interval: float = 0.02, polling: bool = False,
@@ -237,7 +259,7 @@ def run(*, jobs: int, latency_jobs: int, fairness_jobs: int,
     """All three parts; returns ``{"throughput": rows, "latency": rows, ...}``."""
     commit = commit_latency()
     print_table("commit cost on this server", [commit])
-    rows = []
+    rows = [bare_loop(jobs)]
     for workers in worker_counts:
         for system in SYSTEMS:
             rows.append(throughput(system, workers, jobs))
@@ -245,7 +267,8 @@ def run(*, jobs: int, latency_jobs: int, fairness_jobs: int,
                   f"{rows[-1]['jobs_per_s']:.0f} jobs/s", flush=True)
     summary = []
     for workers in worker_counts:
-        here = {r["system"]: r["jobs_per_s"] for r in rows if r["workers"] == workers}
+        here = {r["system"]: r["jobs_per_s"] for r in rows
+                if r["workers"] == workers and not r["system"].startswith("floor")}
         mine = here[GEOJOBS.label]
         best = max((PROCRASTINATE.label, PGQUEUER_ONE.label), key=lambda s: here[s])
         summary.append({"workers": workers, "geojobs_jobs_per_s": mine,

@@ -44,6 +44,7 @@ __all__ = [
     "Op",
     "compose_where",
     "parse_filter",
+    "require_srid",
     "table_columns",
 ]
 
@@ -90,13 +91,25 @@ class Condition(BaseModel):
     value: Annotated[Any, BeforeValidator(_json_value)] = None
 
 
+def _list_or_object(schema: dict[str, Any]) -> None:
+    """JSON Schema of FilterSpec: the object form, or a bare list of conditions."""
+    as_object = dict(schema)
+    where = as_object["properties"]["where"]
+    schema.clear()
+    schema.update(
+        title=as_object.pop("title"),
+        description=as_object.pop("description"),
+        anyOf=[{"type": "array", "items": where["items"], "maxItems": where["maxItems"]}, as_object],
+    )
+
+
 class FilterSpec(BaseModel):
     """Conditions joined by AND, and an optional bounding box.
 
     A bare list of conditions is accepted as ``{"where": [...]}``.
     """
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, json_schema_extra=_list_or_object)
 
     where: list[Condition] = Field(default_factory=list, max_length=100)
     bbox: BBox | None = None
@@ -352,3 +365,14 @@ def table_columns(conn: psycopg.Connection[Any], schema: str, table: str) -> dic
         (schema, table),
     ).fetchall()
     return {name: pgtype for name, pgtype in rows}
+
+
+def require_srid(conn: psycopg.Connection[Any], srid: int | None, *, field: str) -> None:
+    """Fail naming ``field`` when ``srid`` (a bbox's) is not in ``spatial_ref_sys``.
+
+    Checked before reading, so an unknown SRID is a parameter error, not a failed query.
+    """
+    if srid is None:
+        return
+    if conn.execute("SELECT 1 FROM spatial_ref_sys WHERE srid = %s", (srid,)).fetchone() is None:
+        raise AnalysisError(f"SRID {srid} is not in spatial_ref_sys", field=field)

@@ -213,6 +213,10 @@ def generic_cases(job_type: str) -> list[Case]:
             for c in found if c.name not in skip]
 
 
+_YEARS = [f"y{year}" for year in range(1990, 2010)]
+_INCOME = {"input_table": "public.us_income", "value_columns": _YEARS,
+           "output_table": "results.income_trends"}
+
 # Cases that need knowledge of one job type. Keep every job type's list here.
 SPECIFIC: dict[str, list[Case]] = {
     "noop": [
@@ -263,6 +267,40 @@ SPECIFIC: dict[str, list[Case]] = {
         Case("dissolve", "input_table-mixed_geometry_types",
              {"input_table": "public.mixed_geoms", "by": ["sub_region"]}, "input_table",
              "mixes points, lines and polygons"),
+    ],
+    "hotspot_timeseries": [
+        Case("hotspot_timeseries", "value_columns-unknown",
+             {**_INCOME, "value_columns": [*_YEARS, "y2010"]}, "value_columns",
+             "column 'y2010' does not exist"),
+        Case("hotspot_timeseries", "value_columns-injection",
+             {**_INCOME, "value_columns": [*_YEARS, f'y2009"{_DROP}']}, "value_columns",
+             "does not exist"),
+        Case("hotspot_timeseries", "value_columns-text",
+             {**_INCOME, "value_columns": [*_YEARS, "state_name"]}, "value_columns",
+             "not a number"),
+        Case("hotspot_timeseries", "value_columns-too_few_steps",
+             {**_INCOME, "value_columns": _YEARS[:6]}, "value_columns", "only 6 time steps"),
+        Case("hotspot_timeseries", "value_columns-empty", {**_INCOME, "value_columns": []},
+             "value_columns", "at least 1 item"),
+        Case("hotspot_timeseries", "time_step-with_wide_input",
+             {**_INCOME, "time_step": "1 month"}, "time_step", "takes no time_step"),
+        Case("hotspot_timeseries", "time_column-not_a_time",
+             {"input_table": "public.us_income", "time_column": "y1990", "time_step": "1 month"},
+             "time_column", "not a date or timestamp"),
+        Case("hotspot_timeseries", "shape-missing", {"input_table": "public.us_income"},
+             "value_column", "say how time is laid out"),
+        Case("hotspot_timeseries", "weights-row_standardised",
+             {**_INCOME, "weights": {"transform": "R"}}, "weights.transform", "'B'"),
+        Case("hotspot_timeseries", "neighborhood_time_step-too_large",
+             {**_INCOME, "neighborhood_time_step": 20}, "neighborhood_time_step",
+             "smaller than the number of time steps"),
+        Case("hotspot_timeseries", "alpha-out_of_range", {**_INCOME, "alpha": 1.5}, "alpha",
+             "less than 1"),
+        Case("hotspot_timeseries", "slices_table-same_as_output",
+             {**_INCOME, "slices_table": _INCOME["output_table"]}, "slices_table",
+             "must differ from output_table"),
+        Case("hotspot_timeseries", "slices_table-exists",
+             {**_INCOME, "slices_table": "results.taken"}, "slices_table", "already exists"),
     ],
 }
 

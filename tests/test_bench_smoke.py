@@ -72,3 +72,29 @@ def test_job_benchmark_smoke(db_url: str, job_type: str) -> None:
     assert rows and all(r["job_type"] == job_type for r in rows)
     assert all(r["wall_s"] > 0 for r in rows)
     assert any(r["case"] == "geojobs" for r in rows)
+
+
+@pytest.mark.db
+def test_queue_benchmark_smoke() -> None:
+    from bench import peers
+    from bench import queue as qbench
+
+    for system in (peers.GEOJOBS, peers.PROCRASTINATE, peers.PGQUEUER_ONE):
+        row = qbench.throughput(system, 1, 20, timeout=120)
+        assert row["jobs"] == 20 and row["jobs_per_s"] > 0  # throughput() checks all 20 ran
+    lat = qbench.latency(peers.GEOJOBS, 5, timeout=120)
+    assert lat["jobs"] == 5 and 0 <= lat["p50_ms"] <= lat["p95_ms"] < 5_000
+    fair = qbench.fairness(60, workers=4, timeout=120)
+    assert (fair["completed"], fair["left"], fair["max_attempts"]) == (60, 0, 1)
+    assert fair["run_twice_by_logs"] == 0 and fair["started_by_logs"] == 60
+
+
+@pytest.mark.db
+def test_io_benchmark_smoke(db_url: str) -> None:
+    from bench import io
+
+    rows = io.run([300], db_url, repeat=1)
+    paths = {(r["op"], r["path"]) for r in rows}
+    assert ("read", "geojobs read_layer") in paths and ("write", "geojobs write_layer") in paths
+    assert ("read", "geopandas read_postgis") in paths and len(rows) == 7
+    assert all(r["wall_s"] > 0 and r["size"] == 300 for r in rows)

@@ -318,57 +318,66 @@ def test_an_empty_result_is_a_completed_job_with_an_empty_table(db_url, conn):
     assert "selected no feature" in nothing["result"]["warnings"][0]
 
 
-@pytest.mark.parametrize(
-    ("job_type", "params", "field"),
-    [
-        ("clip", {"input_table": "public.georgia_counties"}, "params.clip_table"),
-        ("clip", {"input_table": "public.georgia_counties", "clip_table": "public.nope"}, "clip_table"),
-        ("erase", {"input_table": "public.nope", "erase_table": "public.us_states"}, "input_table"),
-        (
-            "clip",
-            {
-                "input_table": "public.georgia_counties",
-                "clip_table": "public.us_states",
-                "clip_filter": [{"column": "state_name') OR 1=1 --", "op": "=", "value": "x"}],
-            },
-            "clip_filter[0].column",
-        ),
-        (
-            "erase",
-            {
-                "input_table": "public.georgia_counties",
-                "erase_table": "public.us_states",
-                "erase_filter": [{"column": "area", "op": ">", "value": "0; DROP TABLE x"}],
-            },
-            "erase_filter[0].value",
-        ),
-        (
-            "clip",
-            {
-                "input_table": "public.georgia_counties",
-                "clip_table": "public.us_states",
-                "clip_filter": [{"column": "area", "op": "; DROP", "value": 1}],
-            },
-            "params.clip_filter.where.0.op",
-        ),
-        (
-            "clip",
-            {
-                "input_table": "public.georgia_counties",
-                "clip_table": "public.us_states",
-                "clip_geometry_column": "nope",
-            },
-            "clip_geometry_column",
-        ),
-        ("erase", {"input_table": "public.georgia_counties", "erase_table": "public.nosrid"}, "erase_table"),
-        (
-            "clip",
-            {"input_table": "public.georgia_counties", "clip_table": "public.state_lines"},
-            "clip_table",
-        ),
-    ],
-)
-def test_bad_params_fail_at_once_naming_the_field(db_url, conn, job_type, params, field):
+BAD_PARAMS = [
+    (
+        "clip",
+        {
+            "input_table": "public.georgia_counties",
+            "clip_table": "public.us_states",
+            "clip_filter": {"bbox": [0, 0, 1, 1], "bbox_srid": 999999},
+        },
+        "clip_filter.bbox_srid",
+    ),
+    ("clip", {"input_table": "public.georgia_counties"}, "params.clip_table"),
+    ("clip", {"input_table": "public.georgia_counties", "clip_table": "public.nope"}, "clip_table"),
+    ("erase", {"input_table": "public.nope", "erase_table": "public.us_states"}, "input_table"),
+    (
+        "clip",
+        {
+            "input_table": "public.georgia_counties",
+            "clip_table": "public.us_states",
+            "clip_filter": [{"column": "state_name') OR 1=1 --", "op": "=", "value": "x"}],
+        },
+        "clip_filter[0].column",
+    ),
+    (
+        "erase",
+        {
+            "input_table": "public.georgia_counties",
+            "erase_table": "public.us_states",
+            "erase_filter": [{"column": "area", "op": ">", "value": "0; DROP TABLE x"}],
+        },
+        "erase_filter[0].value",
+    ),
+    (
+        "clip",
+        {
+            "input_table": "public.georgia_counties",
+            "clip_table": "public.us_states",
+            "clip_filter": [{"column": "area", "op": "; DROP", "value": 1}],
+        },
+        "params.clip_filter.where.0.op",
+    ),
+    (
+        "clip",
+        {
+            "input_table": "public.georgia_counties",
+            "clip_table": "public.us_states",
+            "clip_geometry_column": "nope",
+        },
+        "clip_geometry_column",
+    ),
+    ("erase", {"input_table": "public.georgia_counties", "erase_table": "public.nosrid"}, "erase_table"),
+    (
+        "clip",
+        {"input_table": "public.georgia_counties", "clip_table": "public.state_lines"},
+        "clip_table",
+    ),
+]
+
+
+def test_bad_params_fail_at_once_naming_the_field(db_url, conn):
+    """Every case above is queued, then one worker of each type runs them all."""
     conn.execute(
         "CREATE TABLE public.nosrid AS SELECT fid, ST_SetSRID(geom, 0) AS geom FROM public.nc_counties"
     )
@@ -376,7 +385,12 @@ def test_bad_params_fail_at_once_naming_the_field(db_url, conn, job_type, params
         "CREATE TABLE public.state_lines AS SELECT fid, ST_Boundary(geom) AS geom FROM public.us_states"
     )
     before = conn.execute("SELECT count(*) FROM pg_class").fetchone()
-    row = _run(db_url, conn, job_type, params)
-    assert (row["status"], row["attempts"]) == ("failed", 1)
-    assert row["error"].startswith(field), row["error"]
+    jobs = [(queue.enqueue(conn, job_type, params), params, field) for job_type, params, field in BAD_PARAMS]
+    for job_type in ("clip", "erase"):
+        done = run_worker(db_url, job_type)
+        assert done.returncode == 0, done.stderr
+    for job_id, params, field in jobs:
+        row = job_row(conn, job_id)
+        assert (row["status"], row["attempts"]) == ("failed", 1), params
+        assert row["error"].startswith(field), (params, row["error"])
     assert conn.execute("SELECT count(*) FROM pg_class").fetchone() == before

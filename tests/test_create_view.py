@@ -33,27 +33,40 @@ def _geometry_column(conn: psycopg.Connection[Any], schema: str, name: str) -> A
 
 
 def test_view_with_columns_and_filter(db_url, conn):
-    row = _run(db_url, conn, {
-        "input_table": "public.nc_counties", "view_name": "nc_sids",
-        "columns": ["fid", "name", "sid74", "geom"],
-        "filter": [
-            {"column": "sid74", "op": ">=", "value": 5},
-            {"column": "name", "op": "ilike", "value": "%a%"},
-            {"column": "bir74", "op": "between", "value": [1000, 20000]},
-            {"column": "fipsno", "op": "not_in", "value": [37001, 37003]},
-        ],
-    })
+    row = _run(
+        db_url,
+        conn,
+        {
+            "input_table": "public.nc_counties",
+            "view_name": "nc_sids",
+            "columns": ["fid", "name", "sid74", "geom"],
+            "filter": [
+                {"column": "sid74", "op": ">=", "value": 5},
+                {"column": "name", "op": "ilike", "value": "%a%"},
+                {"column": "bir74", "op": "between", "value": [1000, 20000]},
+                {"column": "fipsno", "op": "not_in", "value": [37001, 37003]},
+            ],
+        },
+    )
     assert row["status"] == "completed", row["error"]
-    oracle = {r[0] for r in conn.execute(
-        "SELECT fid FROM public.nc_counties WHERE sid74 >= 5 AND name ILIKE '%a%'"
-        " AND bir74 BETWEEN 1000 AND 20000 AND fipsno NOT IN (37001, 37003)")}
+    oracle = {
+        r[0]
+        for r in conn.execute(
+            "SELECT fid FROM public.nc_counties WHERE sid74 >= 5 AND name ILIKE '%a%'"
+            " AND bir74 BETWEEN 1000 AND 20000 AND fipsno NOT IN (37001, 37003)"
+        )
+    }
     ours = {r[0] for r in conn.execute("SELECT fid FROM results.nc_sids")}
     assert ours == oracle and 0 < len(ours) < 100
     assert row["result"]["rows"] == len(oracle)
     assert row["result"]["view_name"] == "results.nc_sids"
-    columns = [r[0] for r in conn.execute(
-        "SELECT column_name FROM information_schema.columns WHERE table_schema = 'results'"
-        " AND table_name = 'nc_sids' ORDER BY ordinal_position")]
+    columns = [
+        r[0]
+        for r in conn.execute(
+            "SELECT column_name FROM information_schema.columns WHERE table_schema = 'results'"
+            " AND table_name = 'nc_sids' ORDER BY ordinal_position"
+        )
+    ]
     assert columns == ["fid", "name", "sid74", "geom"]
     assert _geometry_column(conn, "results", "nc_sids") == [("geom", 4267, "MULTIPOLYGON")]
 
@@ -62,7 +75,8 @@ def test_untyped_geometry_is_cast_so_qgis_sees_type_and_srid(db_url, conn):
     # Polygons and multipolygons mixed in an untyped column, as many hand-made tables are.
     conn.execute(
         "CREATE TABLE public.loose AS SELECT fid, name, CASE WHEN fid % 2 = 0"
-        " THEN ST_GeometryN(geom, 1) ELSE geom END::geometry AS geom FROM public.nc_counties")
+        " THEN ST_GeometryN(geom, 1) ELSE geom END::geometry AS geom FROM public.nc_counties"
+    )
     conn.execute("ALTER TABLE public.loose ADD PRIMARY KEY (fid)")
     assert _geometry_column(conn, "public", "loose") == [("geom", 0, "GEOMETRY")]
     row = _run(db_url, conn, {"input_table": "public.loose", "view_name": "results.loose_v"})
@@ -76,11 +90,18 @@ def test_untyped_geometry_is_cast_so_qgis_sees_type_and_srid(db_url, conn):
 
 def test_materialized_view_with_bbox_indexes_and_refresh(db_url, conn):
     bbox = [-9000000, 4000000, -8700000, 4400000]  # web mercator metres over central NC
-    row = _run(db_url, conn, {
-        "input_table": "public.nc_counties", "view_name": "results.nc_box",
-        "columns": ["name", "bir74", "geom"], "bbox": bbox, "bbox_srid": 3857,
-        "materialized": True,
-    })
+    row = _run(
+        db_url,
+        conn,
+        {
+            "input_table": "public.nc_counties",
+            "view_name": "results.nc_box",
+            "columns": ["name", "bir74", "geom"],
+            "bbox": bbox,
+            "bbox_srid": 3857,
+            "materialized": True,
+        },
+    )
     assert row["status"] == "completed", row["error"]
     in_box = (
         "SELECT count(*) FROM public.nc_counties WHERE ST_Intersects(geom, ST_Transform("
@@ -89,16 +110,20 @@ def test_materialized_view_with_bbox_indexes_and_refresh(db_url, conn):
     expected = conn.execute(in_box).fetchone()[0]
     assert 0 < row["result"]["rows"] == expected < 100
     assert row["result"]["columns"] == ["fid", "name", "bir74", "geom"]  # key added
-    assert conn.execute(
-        "SELECT relkind FROM pg_class WHERE relname = 'nc_box'").fetchone() == ("m",)
-    indexes = [r[0] for r in conn.execute(
-        "SELECT indexdef FROM pg_indexes WHERE schemaname = 'results' AND tablename = 'nc_box'")]
+    assert conn.execute("SELECT relkind FROM pg_class WHERE relname = 'nc_box'").fetchone() == ("m",)
+    indexes = [
+        r[0]
+        for r in conn.execute(
+            "SELECT indexdef FROM pg_indexes WHERE schemaname = 'results' AND tablename = 'nc_box'"
+        )
+    ]
     assert any("USING gist (geom)" in i for i in indexes)
     assert any("UNIQUE" in i and "(fid)" in i for i in indexes)
     assert _geometry_column(conn, "results", "nc_box") == [("geom", 4267, "MULTIPOLYGON")]
 
-    conn.execute("DELETE FROM public.nc_counties WHERE fid IN (SELECT fid FROM results.nc_box"
-                 " ORDER BY fid LIMIT 2)")
+    conn.execute(
+        "DELETE FROM public.nc_counties WHERE fid IN (SELECT fid FROM results.nc_box ORDER BY fid LIMIT 2)"
+    )
     refreshed = _run(db_url, conn, {"view_name": "results.nc_box", "refresh": True})
     assert refreshed["status"] == "completed", refreshed["error"]
     assert refreshed["result"]["concurrently"] is True
@@ -111,9 +136,16 @@ def test_replace_only_views_and_only_when_asked(db_url, conn):
     assert _run(db_url, conn, params)["status"] == "completed"
     again = _run(db_url, conn, params)
     assert again["status"] == "failed" and again["error"].startswith("view_name:")
-    narrowed = _run(db_url, conn, {**params, "replace": True, "columns": ["state_name", "geom"],
-                                   "filter": [{"column": "sub_region", "op": "=",
-                                               "value": "Mtn"}]})
+    narrowed = _run(
+        db_url,
+        conn,
+        {
+            **params,
+            "replace": True,
+            "columns": ["state_name", "geom"],
+            "filter": [{"column": "sub_region", "op": "=", "value": "Mtn"}],
+        },
+    )
     assert narrowed["status"] == "completed", narrowed["error"]
     oracle = conn.execute("SELECT count(*) FROM public.us_states WHERE sub_region = 'Mtn'")
     assert narrowed["result"]["rows"] == oracle.fetchone()[0] == 8
@@ -133,32 +165,63 @@ INJECTIONS = [
     ({"input_table": "us_states; DROP TABLE us_states"}, "input_table"),
     ({"columns": ['state_name", (SELECT 1) AS "x']}, "columns[0]"),
     ({"columns": ["state_name", "state_name"]}, "columns"),
-    ({"filter": [{"column": "sub_region = sub_region OR 1", "op": "=", "value": 1}]},
-     "filter[0].column"),
+    ({"filter": [{"column": "sub_region = sub_region OR 1", "op": "=", "value": 1}]}, "filter[0].column"),
     ({"filter": [{"column": "area", "op": "=", "value": "0 OR 1=1"}]}, "filter[0].value"),
-    ({"filter": [{"column": "state_name", "op": "in", "value": ["a", ["b"]]}]},
-     "params.filter.0.value"),
-    ({"filter": [{"column": "state_name", "op": "= '' OR ''='", "value": "x"}]},
-     "params.filter.0.op"),
-    ({"filter": [{"column": "state_name", "op": "=", "value": "x", "raw": "1=1"}]},
-     "params.filter.0.raw"),
+    ({"filter": [{"column": "state_name", "op": "in", "value": ["a", ["b"]]}]}, "params.filter.0.value"),
+    ({"filter": [{"column": "state_name", "op": "= '' OR ''='", "value": "x"}]}, "params.filter.0.op"),
+    ({"filter": [{"column": "state_name", "op": "=", "value": "x", "raw": "1=1"}]}, "params.filter.0.raw"),
     ({"filter": [{"column": "geom", "op": "=", "value": "POINT(0 0)"}]}, "filter[0].op"),
     ({"bbox": ["0); DROP TABLE public.us_states; --", 0, 1, 1]}, "params.bbox.0"),
-    ({"bbox": [0, 0, 1, 1], "bbox_srid": "4326); DROP TABLE public.us_states"},
-     "params.bbox_srid"),
+    ({"bbox": [0, 0, 1, 1], "bbox_srid": "4326); DROP TABLE public.us_states"}, "params.bbox_srid"),
     ({"bbox": [0, 0, 1, 1], "bbox_srid": 999999}, "bbox_srid"),
     ({"materialized": "yes; DROP TABLE public.us_states"}, "params.materialized"),
     ({"sql": "SELECT 1"}, "params.sql"),
 ]
 
 
-@pytest.mark.parametrize(("change", "field"), INJECTIONS)
-def test_injection_through_any_field_fails_naming_it_and_changes_nothing(
-        db_url, conn, change, field):
-    params = {"input_table": "public.us_states", "view_name": "results.v", **change}
+def test_injection_through_any_field_fails_naming_it_and_changes_nothing(db_url, conn):
+    """Every spec above is queued, then one worker runs them all."""
     before = conn.execute("SELECT count(*) FROM pg_class").fetchone()
-    row = _run(db_url, conn, params)
-    assert (row["status"], row["attempts"]) == ("failed", 1)
-    assert row["error"].startswith(field), row["error"]
+    jobs = [
+        (
+            queue.enqueue(
+                conn, "create_view", {"input_table": "public.us_states", "view_name": "results.v", **change}
+            ),
+            change,
+            field,
+        )
+        for change, field in INJECTIONS
+    ]
+    done = run_worker(db_url, "create_view")
+    assert done.returncode == 0, done.stderr
+    for job_id, change, field in jobs:
+        row = job_row(conn, job_id)
+        assert (row["status"], row["attempts"]) == ("failed", 1), change
+        assert row["error"].startswith(field), (change, row["error"])
     assert conn.execute("SELECT count(*) FROM pg_class").fetchone() == before
     assert conn.execute("SELECT count(*) FROM public.us_states").fetchone() == (48,)
+    assert conn.execute("SELECT to_regclass('results.v')").fetchone() == (None,)
+
+
+def test_nan_or_infinite_coordinates_anywhere_are_refused(db_url, conn):
+    """One bad vertex in the middle of a line, a ring or a multipoint is enough."""
+    bad = {
+        "line": "ST_SetPoint('LINESTRING(0 0, 1 1, 2 2)'::geometry, 1, ST_MakePoint('NaN', 0))",
+        "ring": "ST_MakePolygon(ST_SetPoint('LINESTRING(0 0, 1 0, 1 1, 0 0)'::geometry, 1,"
+                " ST_MakePoint('Infinity', 0)))",
+        "multipoint": "ST_Collect(ST_MakePoint(0, 0), ST_MakePoint('NaN', 1))",
+    }
+    jobs = []
+    for name, expression in bad.items():
+        conn.execute(
+            f"CREATE TABLE public.bad_{name} AS SELECT 1 AS fid,"  # noqa: S608 - fixed test SQL
+            f" ST_SetSRID({expression}, 4326) AS geom"
+        )
+        jobs.append(queue.enqueue(conn, "create_view", {
+            "input_table": f"public.bad_{name}", "view_name": f"results.bad_{name}"}))
+    done = run_worker(db_url, "create_view")
+    assert done.returncode == 0, done.stderr
+    for job_id in jobs:
+        row = job_row(conn, job_id)
+        assert row["status"] == "failed", row["error"]
+        assert row["error"].startswith("input_table:") and "NaN or infinite" in row["error"]

@@ -173,6 +173,19 @@ def test_incidents_counts_match_postgis(db_url: str, conn: psycopg.Connection[An
     assert far is not None and far[0] > 0.95
 
 
+def test_demo_and_example_complete(db_url: str, conn: psycopg.Connection[Any]) -> None:
+    from workers import hotspot_timeseries
+
+    ids = [queue.enqueue(conn, JOB, p) for p in [*hotspot_timeseries.DEMO, hotspot_timeseries.EXAMPLE]]
+    result = run_worker(db_url, JOB)
+    assert result.returncode == 0, result.stderr
+    rows = [job_row(conn, i) for i in ids]
+    assert [r["status"] for r in rows] == ["completed"] * len(ids), [r["error"] for r in rows]
+    demo = rows[0]["result"]
+    assert demo["rows"] == 48 and demo["slice_rows"] == 48 * 81
+    assert rows[-1]["result"]["time_steps"] == 20
+
+
 BAD_PARAMS = [
     ({"input_table": "public.us_income", "value_columns": YEARS[:6]}, "value_columns:"),
     ({"input_table": "public.us_income", "value_columns": ["y1929", "state_name"]},

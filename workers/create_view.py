@@ -14,11 +14,10 @@ import psycopg
 from psycopg import sql
 from pydantic import AfterValidator, Field, model_validator
 
-from analysis.errors import AnalysisError
 from geojobs import layer_sql
 from geojobs import view_sql as q
 from geojobs.errors import InvalidInput, OutputExists
-from geojobs.filters import BBox, Condition, FilterSpec, check_bbox, compose_where
+from geojobs.filters import BBox, Condition, FilterSpec, check_bbox, compose_where, require_srid
 from geojobs.layers import Layer, describe_layer, split_name
 from workers.context import JobContext
 from workers.params import ColumnName, InputTable, JobParams, OutputTable
@@ -83,11 +82,14 @@ EXAMPLE: dict[str, Any] = {
     "materialized": True,
 }
 
+# Views pin the tables they read: a demo view of a sample table would stop the next
+# `make demo` from reloading that sample. The job table is never reloaded.
 DEMO: list[dict[str, Any]] = [
     {
-        "input_table": "public.us_states",
-        "view_name": "results.demo_south_atlantic",
-        "filter": [{"column": "sub_region", "op": "=", "value": "S Atl"}],
+        "input_table": "public.background_jobs",
+        "view_name": "results.demo_finished_jobs",
+        "columns": ["id", "job_type", "status", "attempts", "finished_at", "error"],
+        "filter": [{"column": "status", "op": "in", "value": ["completed", "failed"]}],
         "replace": True,
     },
 ]
@@ -98,7 +100,8 @@ def run(ctx: JobContext, params: Params) -> dict[str, Any]:
     if params.refresh:
         return _refresh(ctx.conn, params.view_name)
     assert params.input_table is not None
-    layer = describe_layer(ctx.conn, params.input_table, require_geometry=False)
+    layer = describe_layer(ctx.conn, params.input_table)
+    _require_features(ctx.conn, layer)
     columns = _columns(layer, params.columns)
     spec = FilterSpec(where=params.filter, bbox=params.bbox, bbox_srid=params.bbox_srid)
     where = compose_where(
@@ -109,8 +112,7 @@ def run(ctx: JobContext, params: Params) -> dict[str, Any]:
         field="filter",
         bbox_field="bbox",
     )
-    if params.bbox_srid and ctx.conn.execute(q.SRID_EXISTS, (params.bbox_srid,)).fetchone() is None:
-        raise AnalysisError(f"SRID {params.bbox_srid} is not in spatial_ref_sys", field="bbox_srid")
+    require_srid(ctx.conn, params.bbox_srid, field="bbox_srid")
     warnings: list[str] = []
     key = layer.key
     if params.materialized and key is not None and key not in columns:
@@ -161,6 +163,26 @@ def run(ctx: JobContext, params: Params) -> dict[str, Any]:
         "srid": layer.srid if geometry_column else None,
         "warnings": warnings,
     }
+
+
+def _require_features(conn: psycopg.Connection[Any], layer: Layer) -> None:
+    """A view of nothing, or of broken coordinates, helps nobody: fail naming input_table."""
+    assert layer.geometry_column is not None
+    row = conn.execute(
+        q.GEOMETRY_HEALTH.format(geom=sql.Identifier(layer.geometry_column), table=layer.identifier)
+    ).fetchone()
+    usable, broken = row if row else (0, 0)
+    if broken:
+        raise InvalidInput(
+            f"{broken} feature(s) of {layer.qualified_name} have NaN or infinite coordinates; "
+            "fix them (or filter them out in a table of their own) first",
+            field="input_table",
+        )
+    if not usable:
+        raise InvalidInput(
+            f"{layer.qualified_name} has no feature with a geometry: the view would be empty",
+            field="input_table",
+        )
 
 
 def _columns(layer: Layer, requested: list[str] | None) -> list[str]:

@@ -44,7 +44,7 @@ DEMO: list[dict[str, Any]] = [
         "input_table": "public.us_states",
         "erase_table": "public.georgia_counties",
         "erase_filter": [{"column": "totpop90", "op": ">", "value": 100000}],
-        "output_table": "results.demo_erase_georgia",
+        "output_table": "results.demo_erase_states",
         "overwrite": True,
     },
 ]

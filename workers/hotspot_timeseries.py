@@ -89,11 +89,9 @@ class Params(OutputParams):
 
 
 EXAMPLE: dict[str, Any] = {
-    "input_table": "public.incidents",
-    "time_column": "reported_at",
-    "time_step": "1 month",
-    "grid": {"shape": "hexagon", "cell_size": 500},
-    "output_table": "results.incident_trends",
+    "input_table": "public.us_income",
+    "value_columns": [f"y{year}" for year in range(1990, 2010)],
+    "output_table": "results.us_income_trends",
 }
 
 DEMO: list[dict[str, Any]] = [

@@ -78,8 +78,9 @@ def run_local(ctx: JobContext, params: LocalParams, analysis: Analysis, *,
     output = ctx.output_table(params.output_table)
     check_output_free(ctx.conn, output, overwrite=params.overwrite)
 
-    gdf = read_layer(ctx.conn, layer)
-    if layer.key is not None:
+    # incidents counted on a grid need their points only; features keep every attribute
+    gdf = read_layer(ctx.conn, layer, [] if value_column is None else None)
+    if layer.key is not None and value_column is not None:
         # islands are named by the table's key in the result
         gdf.index = pd.Index(gdf[layer.key].to_numpy(), name=None)
     ctx.progress(0.1)

@@ -12,7 +12,7 @@ from typing import Any, Literal
 from pydantic import Field
 
 from analysis.overlay import OverlayResult, clip, erase
-from geojobs.filters import FilterSpec, compose_where
+from geojobs.filters import FilterSpec, compose_where, require_srid
 from geojobs.layers import Layer, check_output_free, describe_layer, read_layer, write_layer
 from workers.context import JobContext
 from workers.params import ColumnName, InputTable, OutputParams
@@ -79,6 +79,7 @@ def run_overlay(
     )
     where = None
     if other_filter is not None:
+        require_srid(ctx.conn, other_filter.bbox_srid, field=f"{filter_field}.bbox_srid")
         where = compose_where(
             other_filter,
             other.type_names,

@@ -51,6 +51,11 @@ def carolina() -> gpd.GeoDataFrame:
     return _read("sids2.shp").set_crs(4326)
 
 
+def tie(d: np.ndarray) -> np.ndarray:
+    """Distances to 11 significant digits: nearer than that counts as a tie (by key)."""
+    return np.array([float(f"{v:.10e}") for v in d])
+
+
 def brute_planar(a: gpd.GeoDataFrame, b: gpd.GeoDataFrame, key: str, k: int,
                  radius: float | None = None, self_key: str | None = None) -> list[list]:
     """For each input: [(near key, distance), ...] closest first, by pairwise distance."""
@@ -58,7 +63,7 @@ def brute_planar(a: gpd.GeoDataFrame, b: gpd.GeoDataFrame, key: str, k: int,
     out = []
     for i, geom in enumerate(a.geometry):
         d = np.array([geom.distance(other) for other in b.geometry])
-        order = [j for j in np.lexsort((keys, d))
+        order = [j for j in np.lexsort((keys, tie(d)))
                  if (radius is None or d[j] <= radius)
                  and (self_key is None or keys[j] != a[self_key].iloc[i])]
         out.append([(keys[j], d[j]) for j in order[:k]])
@@ -74,7 +79,7 @@ def brute_geodesic(a: gpd.GeoDataFrame, b: gpd.GeoDataFrame, key: str, k: int,
         ends = [shapely.shortest_line(geom, other).coords for other in b.geometry]
         p = np.array([[c[0][0], c[0][1], c[1][0], c[1][1]] for c in ends])
         _, _, d = GEOD.inv(p[:, 0], p[:, 1], p[:, 2], p[:, 3])
-        order = [j for j in np.lexsort((keys, d))
+        order = [j for j in np.lexsort((keys, tie(d)))
                  if self_key is None or keys[j] != a[self_key].iloc[i]]
         out.append([(keys[j], d[j]) for j in order[:k]])
     return out

@@ -15,7 +15,7 @@ import pytest
 import shapely
 from shapely.geometry import GeometryCollection, LineString, Point, Polygon, box
 
-from analysis.errors import AnalysisError, GeometryTypeError
+from analysis.errors import AnalysisError, EmptyInput, GeometryTypeError
 from analysis.overlay import clip, erase, keep_dimension
 
 UTM16N = 26916  # G_utm.shp is in UTM zone 16N (its X/Y columns say so), not 17N
@@ -203,3 +203,11 @@ def test_keep_dimension_drops_slivers_and_never_returns_collections():
     assert out[2] is None and out[3] is None
     lines = keep_dimension(np.array([mixed], dtype=object), np.array([1]))
     assert lines[0].geom_type == "LineString" and shapely.length(lines[0]) == pytest.approx(1.0)
+
+
+def test_an_input_without_features_is_refused_naming_it():
+    clipper = gpd.GeoDataFrame(geometry=[box(0, 0, 1, 1)])
+    for layer in (gpd.GeoDataFrame({"k": []}, geometry=[]), gpd.GeoDataFrame({"k": [1]}, geometry=[None])):
+        with pytest.raises(EmptyInput) as err:
+            clip(layer, clipper)
+        assert err.value.field == "input_table"
