@@ -18,12 +18,16 @@ import esda.moran
 import esda.significance
 import geopandas as gpd
 import numpy as np
+import shapely
 
 __all__ = ["enable_esda_cache", "warm_up"]
 
 log = logging.getLogger("geojobs.analysis")
 _MODULES = (esda.crand, esda.getisord, esda.moran, esda.significance)
 _enabled = False
+_UNCACHEABLE = {"compute_chunk"}
+"""Kernels taking a kernel as argument: numba's cache index pickles the argument's type, which
+can fail ("underlying object has vanished") while a job runs; they are compiled in memory."""
 
 
 def enable_esda_cache() -> int:
@@ -32,9 +36,9 @@ def enable_esda_cache() -> int:
     global _enabled
     count = 0
     for module in _MODULES:
-        for obj in vars(module).values():
+        for name, obj in vars(module).items():
             enable = getattr(obj, "enable_caching", None)
-            if callable(enable) and hasattr(obj, "py_func"):
+            if callable(enable) and hasattr(obj, "py_func") and name not in _UNCACHEABLE:
                 if not _enabled:
                     try:
                         enable()
@@ -53,8 +57,10 @@ def warm_up(statistic: str) -> float:
     from analysis.outlier import outlier
 
     started = time.perf_counter()
-    points = gpd.GeoSeries(gpd.points_from_xy(np.arange(6.0), np.zeros(6)))
-    tiny = gpd.GeoDataFrame({"v": [1.0, 2.0, 3.0, 5.0, 8.0, 13.0]}, geometry=points)
+    # a 3 x 3 grid of squares with queen weights: the argument types of a typical job
+    x, y = np.meshgrid(np.arange(3.0), np.arange(3.0))
+    squares = shapely.box(x.ravel(), y.ravel(), x.ravel() + 1, y.ravel() + 1)
+    tiny = gpd.GeoDataFrame({"v": np.arange(1.0, 10.0) ** 2}, geometry=squares)
     run = hotspot if statistic == "hotspot" else outlier
-    run(tiny, "v", permutations=9, weights={"type": "knn", "k": 2})
+    run(tiny, "v", permutations=9)
     return time.perf_counter() - started
