@@ -25,7 +25,7 @@ venv: $(VENV)/.installed
 $(VENV)/.installed: pyproject.toml
 	@test -x $(VENV)/bin/python || $(PYTHON) -m venv $(VENV)
 	$(VENV)/bin/pip install -q --upgrade pip
-	$(VENV)/bin/pip install -q -e '.[dev]'
+	$(VENV)/bin/pip install -q -e '.[dev,bench]'
 	@touch $@
 
 db: install
@@ -42,7 +42,6 @@ lint: install
 	$(VENV)/bin/mypy
 
 bench: install
-	$(VENV)/bin/pip install -q -e '.[dev,bench]'
 	$(VENV)/bin/python -m bench
 
 # The full chaos soak: 2,000 jobs, worker kills, and a real PostgreSQL restart (everyone using

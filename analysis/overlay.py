@@ -27,7 +27,7 @@ import numpy as np
 import shapely
 from numpy.typing import NDArray
 
-from analysis.errors import AnalysisError, EmptyInput, GeometryTypeError
+from analysis.errors import AnalysisError, GeometryTypeError
 
 __all__ = ["OverlayResult", "OverlaySummary", "clip", "erase", "keep_dimension"]
 
@@ -182,12 +182,7 @@ def _overlay(
     ogeoms = ogeoms[~shapely.is_missing(ogeoms)]
     odims = odims[odims >= 0]
     usable = ~shapely.is_missing(geoms)
-    if not usable.any():
-        raise EmptyInput(
-            f"the input layer has no feature with a geometry ({len(layer)} rows)",
-            field="input_table",
-        )
-    if len(odims) and odims.min() < dims[usable].max():
+    if len(odims) and usable.any() and odims.min() < dims[usable].max():
         kinds = {0: "points", 1: "lines", 2: "polygons"}
         raise GeometryTypeError(
             f"the {how} layer holds {kinds[int(odims.min())]}, which cannot {how} "

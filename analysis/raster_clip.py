@@ -93,7 +93,10 @@ def clip_raster(
             field="output_raster",
         )
     geoms = _clip_geometries(shapes)
-    with rasterio.Env(GDAL_CACHEMAX=GDAL_CACHE_MB * 1024 * 1024), _open_source(source) as src:
+    # GDAL's own temporary files (the COG driver's overviews) stay beside the output too.
+    env = rasterio.Env(GDAL_CACHEMAX=GDAL_CACHE_MB * 1024 * 1024,
+                       CPL_TMPDIR=str(destination.parent))
+    with env, _open_source(source) as src:
         if src.crs is None:
             raise AnalysisError("the raster has no coordinate reference system", field="raster")
         if shapes.crs is not None and shapes.crs != src.crs:

@@ -465,6 +465,9 @@ def main(argv: list[str] | None = None) -> int:
                              "see it restart too)")
     parser.add_argument("--jobs", type=int)
     parser.add_argument("--outage", choices=["restart", "terminate", "none"])
+    parser.add_argument("--lease", type=float, help="GEOJOBS_LEASE_SECONDS of the workers; below "
+                        "the time between heartbeats, jobs are taken from live workers (a "
+                        "misconfiguration the double-run check must catch)")
     parser.add_argument("--keep", action="store_true", help="keep the database and the logs")
     args = parser.parse_args(argv)
     config = FULL if args.full else SHORT
@@ -472,6 +475,8 @@ def main(argv: list[str] | None = None) -> int:
         config.jobs = args.jobs
     if args.outage:
         config.outage = args.outage
+    if args.lease:
+        config.lease_seconds = args.lease
 
     from bench.database import bench_database
     from geojobs.samples import load_sample

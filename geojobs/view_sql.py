@@ -33,18 +33,6 @@ GEOMETRY_PROFILE = sql.SQL(
     " FROM {table} WHERE {geom} IS NOT NULL"
 )
 
-# Features with a geometry, and those with NaN or infinite coordinates. Box, length and
-# perimeter are computed without GEOS (which fails on such input) and any bad vertex of a line
-# or ring makes them non-finite; a multipoint's points are summed one by one.
-GEOMETRY_HEALTH = sql.SQL(
-    "SELECT count(*), count(*) FILTER (WHERE NOT coalesce("
-    "abs(ST_XMin({geom})) + abs(ST_XMax({geom})) + abs(ST_YMin({geom})) + abs(ST_YMax({geom}))"
-    " + ST_Length({geom}) + ST_Perimeter({geom})"
-    " + CASE WHEN GeometryType({geom}) = 'MULTIPOINT' THEN (SELECT sum(abs(ST_X(d.geom))"
-    " + abs(ST_Y(d.geom))) FROM ST_Dump({geom}) d) ELSE 0 END < 'Infinity'::float8, false))"
-    " FROM {table} WHERE {geom} IS NOT NULL AND NOT ST_IsEmpty({geom})"
-)
-
 # Whether a relation has a unique index without a predicate (REFRESH ... CONCURRENTLY needs one).
 HAS_UNIQUE_INDEX = """
 SELECT EXISTS (

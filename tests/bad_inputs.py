@@ -159,6 +159,8 @@ FIELD: dict[tuple[str, str], str] = {
 
 # Valid params on the sample tables where neither DEMO nor EXAMPLE gives them.
 BASE: dict[str, dict[str, Any]] = {
+    "create_view": {"input_table": "public.us_states", "view_name": "results.south_atlantic",
+                    "filter": [{"column": "sub_region", "op": "=", "value": "S Atl"}]},
     "raster_clip": {"raster": "georgia_dem.tif", "clip_table": "public.georgia_counties",
                     "clip_filter": [{"column": "areakey", "op": "=", "value": 13121}]},
 }

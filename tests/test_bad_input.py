@@ -42,6 +42,8 @@ ALL = all_cases()
 # One feature of the copy gets NaN or infinite coordinates.
 _SPOIL = sql.SQL("UPDATE {table} SET geom = ST_Translate(geom, %s::float8, 0) "
                  "WHERE ctid = (SELECT min(ctid) FROM {table})")
+_HAS_GEOM = ("SELECT 1 FROM information_schema.columns WHERE table_schema = 'public' "
+             "AND table_name = %s AND column_name = 'geom'")
 _CANARY_ROWS = sql.SQL("SELECT count(*) FROM {}").format(sql.Identifier(*CANARY.split(".")))
 
 
@@ -71,7 +73,7 @@ class _Databases:
             for statement in statements:
                 admin.execute(statement)
             for table, value in (("nan_coords", "NaN"), ("inf_coords", "Infinity")):
-                if admin.execute("SELECT to_regclass(%s)", (f"public.{table}",)).fetchone() != (None,):
+                if admin.execute(_HAS_GEOM, (table,)).fetchone() is not None:
                     admin.execute(_SPOIL.format(table=sql.Identifier("public", table)), (value,))
             extent = admin.execute("SELECT ST_XMin(e), ST_YMin(e), ST_XMax(e), ST_YMax(e) FROM "
                                    "(SELECT ST_Extent(geom) AS e FROM public.georgia_counties) s"

@@ -77,15 +77,15 @@ def points(conn: psycopg.Connection[Any]) -> str:
     """300 seeded random points over Georgia's bounding box (some outside the state)."""
     conn.execute("""
         CREATE TABLE public.ga_points AS
-        SELECT (row_number() OVER ())::int AS fid, d.geom::geometry(Point, 26917) AS geom
+        SELECT (row_number() OVER ())::int AS fid, d.geom::geometry(Point, 26916) AS geom
         FROM (SELECT (ST_Dump(ST_GeneratePoints(ST_Expand(ST_Extent(geom)::geometry, 20000),
                                                 300, 42))).geom
               FROM public.georgia_counties) d""")
-    conn.execute("SELECT UpdateGeometrySRID('public', 'ga_points', 'geom', 26917)")
+    conn.execute("SELECT UpdateGeometrySRID('public', 'ga_points', 'geom', 26916)")
     conn.execute("ALTER TABLE public.ga_points ADD PRIMARY KEY (fid)")
     conn.execute("""
         CREATE TABLE public.ga_lines AS
-        SELECT fid, ST_Multi(ST_Boundary(geom))::geometry(MultiLineString, 26917) AS geom
+        SELECT fid, ST_Multi(ST_Boundary(geom))::geometry(MultiLineString, 26916) AS geom
         FROM public.georgia_counties""")
     conn.execute("ALTER TABLE public.ga_lines ADD PRIMARY KEY (fid)")
     return "public.ga_points"
@@ -147,7 +147,7 @@ def test_points_to_lines_within_radius(db_url: str, conn: psycopg.Connection[Any
              AND g.f_geometry_column = 'near_line'""").fetchone()
     assert check is not None
     assert check[0] < 1e-6 and check[1] < 1e-6 and check[2] < 1e-6
-    assert (check[3], check[4]) == (26917, "LINESTRING")
+    assert (check[3], check[4]) == (26916, "LINESTRING")
 
 
 def test_geodesic_points_match_geography(db_url: str, conn: psycopg.Connection[Any]) -> None:

@@ -26,7 +26,7 @@ def test_short_soak_loses_nothing(db_url: str, tmp_path: Path) -> None:
     report = run_soak(db_url, config, tmp_path)
     assert report.ok, report.summary()
     assert report.jobs == config.jobs and sum(report.by_status.values()) == config.jobs
-    assert report.sigkills >= 5 and report.sigterms >= 2  # the chaos did happen
+    assert report.sigkills >= 3 and report.sigterms >= 1  # the chaos did happen
     assert report.reconnect_warnings >= 1  # the workers saw the database go away
     assert report.by_kind["raises"] == {"failed": report.by_kind["raises"]["failed"]}
     assert report.by_kind["dissolve"].get("completed", 0) >= 0.9 * sum(report.by_kind["dissolve"].values())

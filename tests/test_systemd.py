@@ -161,8 +161,8 @@ def test_worker_sends_ready_watchdog_and_stopping(
                           GEOJOBS_POLL_INTERVAL="5")
     try:
         wait_for(lambda: any("READY=1" in m for _, m in received), timeout=60)
-        time.sleep(2.5)  # idle: the loop pets the watchdog while it waits
-        job_id = queue.enqueue(conn, "noop", {"sleep_seconds": 3, "steps": 3})
+        time.sleep(3.5)  # idle: the loop pets the watchdog (at most once a second) while it waits
+        job_id = queue.enqueue(conn, "noop", {"sleep_seconds": 4, "steps": 2})
         wait_for(lambda: job_row(conn, job_id)["status"] == "completed", timeout=60)
     finally:
         worker.send_signal(signal.SIGTERM)

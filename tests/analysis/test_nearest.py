@@ -32,8 +32,8 @@ def _read(name: str) -> gpd.GeoDataFrame:
 
 @pytest.fixture(scope="module")
 def georgia() -> gpd.GeoDataFrame:
-    """Georgia's 159 counties, UTM zone 17N (NAD83)."""
-    return _read("G_utm.shp").set_crs(26917)
+    """Georgia's 159 counties, UTM zone 16N (NAD83)."""
+    return _read("G_utm.shp").set_crs(26916)
 
 
 @pytest.fixture(scope="module")
@@ -155,7 +155,7 @@ def test_angle_and_line_run_between_the_nearest_points(seats, georgia):
 def test_angle_convention_east_counterclockwise():
     pts = gpd.GeoDataFrame({"id": [0, 1, 2, 3, 4]},
                            geometry=gpd.points_from_xy([0, 10, 0, -10, 0], [0, 0, 10, 0, -10]),
-                           crs=26917)
+                           crs=26916)
     centre = pts.iloc[[0]]
     result = nearest(centre, pts.iloc[1:], k=4, near_key="id")
     angles = dict(zip(result["near_id"], result["near_angle"], strict=True))

@@ -15,7 +15,7 @@ import pytest
 import shapely
 from shapely.geometry import GeometryCollection, LineString, Point, Polygon, box
 
-from analysis.errors import AnalysisError, EmptyInput, GeometryTypeError
+from analysis.errors import AnalysisError, GeometryTypeError
 from analysis.overlay import clip, erase, keep_dimension
 
 UTM16N = 26916  # G_utm.shp is in UTM zone 16N (its X/Y columns say so), not 17N
@@ -205,9 +205,13 @@ def test_keep_dimension_drops_slivers_and_never_returns_collections():
     assert lines[0].geom_type == "LineString" and shapely.length(lines[0]) == pytest.approx(1.0)
 
 
-def test_an_input_without_features_is_refused_naming_it():
+
+def test_an_input_without_features_gives_an_empty_result():
     clipper = gpd.GeoDataFrame(geometry=[box(0, 0, 1, 1)])
-    for layer in (gpd.GeoDataFrame({"k": []}, geometry=[]), gpd.GeoDataFrame({"k": [1]}, geometry=[None])):
-        with pytest.raises(EmptyInput) as err:
-            clip(layer, clipper)
-        assert err.value.field == "input_table"
+    nothing = gpd.GeoDataFrame({"k": []}, geometry=[])
+    only_null = gpd.GeoDataFrame({"k": [1]}, geometry=[None])
+    for layer, null in ((nothing, 0), (only_null, 1)):
+        for operation in (clip, erase):
+            result = operation(layer, clipper)
+            assert result.frame.empty and list(result.frame.columns) == ["k", "geometry"]
+            assert (result.summary.output_features, result.summary.skipped_null) == (0, null)

@@ -33,7 +33,7 @@ NODATA = -9999
 def georgia() -> gpd.GeoDataFrame:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        return gpd.read_file(libpysal.examples.get_path("G_utm.shp")).set_crs(26917)
+        return gpd.read_file(libpysal.examples.get_path("G_utm.shp")).set_crs(26916)
 
 
 def burn(georgia: gpd.GeoDataFrame, path: Path, dtype: str, nodata: float | None,
@@ -137,7 +137,7 @@ def test_output_is_a_cloud_optimised_geotiff(source, georgia, tmp_path):
 def test_clip_layer_in_another_crs(source, clip, tmp_path):
     lonlat = clip.to_crs(4326)
     result = clip_raster(source, lonlat, tmp_path / "out.tif")
-    assert result.crs == "EPSG:26917"
+    assert result.crs == "EPSG:26916"
     assert_matches(result, source, lonlat, crop=True)
 
 
