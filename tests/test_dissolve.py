@@ -6,6 +6,7 @@ from typing import Any
 
 import psycopg
 import pytest
+from psycopg import sql
 
 from tests.support import job_row, run_worker
 from workers import queue
@@ -56,8 +57,8 @@ def test_dissolve_all_counties_matches_postgis(db_url: str, conn: psycopg.Connec
     assert row["status"] == "completed", row["error"]
     table = row["result"]["output_table"]
     assert table == f"results.dissolve_{row['id']}"
-    ours = conn.execute(f"SELECT ST_Area(geom), feature_count, sum_totpop90, mean_pctbach "  # noqa: S608
-                        f"FROM {table}").fetchone()
+    ours = conn.execute(sql.SQL("SELECT ST_Area(geom), feature_count, sum_totpop90, mean_pctbach "
+                                "FROM {}").format(sql.Identifier(*table.split(".")))).fetchone()
     oracle = conn.execute("SELECT ST_Area(ST_Union(geom)), count(*), sum(totpop90), "
                           "avg(pctbach) FROM public.georgia_counties").fetchone()
     assert ours is not None and oracle is not None
