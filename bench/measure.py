@@ -23,7 +23,7 @@ import numpy as np
 import psutil
 import psycopg
 
-from workers import queue
+from geojobs import queue
 
 __all__ = ["Measurement", "Timing", "BenchError", "measure_job", "worker_env", "time_call",
            "time_sql", "RssSampler", "growth_exponent", "percentiles"]

@@ -25,7 +25,7 @@ from typing import Any
 import psycopg
 
 from bench.measure import worker_env
-from workers import queue as gq
+from geojobs import queue as gq
 
 __all__ = ["QueueSystem", "GEOJOBS", "PROCRASTINATE", "PGQUEUER_ONE", "PGQUEUER_BATCHED",
            "SYSTEMS", "start_times"]

@@ -41,7 +41,7 @@ from bench.peers import (
     start_times,
 )
 from bench.report import print_table, write_json
-from workers import queue as gq
+from geojobs import queue as gq
 
 __all__ = ["throughput", "bare_loop", "latency", "fairness", "commit_latency", "run", "main"]
 
@@ -141,7 +141,7 @@ def throughput(system: QueueSystem, workers: int, n: int, *, timeout: float = 36
 
 
 def bare_loop(n: int) -> dict[str, Any]:
-    """The floor: ``workers.queue.claim`` + ``complete`` in a loop, one process, no runner.
+    """The floor: ``geojobs.queue.claim`` + ``complete`` in a loop, one process, no runner.
 
     Same statements and commit settings as a geojobs worker (claims on a connection with
     asynchronous commit, completions durable), without the runner's transaction, heartbeat,

@@ -8,11 +8,10 @@ import sys
 import time
 from typing import Any
 
-from geojobs import db
+from geojobs import db, queue, registry
 from geojobs.errors import GeojobsError
-from workers import queue, registry
-from workers.main import add_worker_arguments, run_worker
-from workers.params import validate_params
+from geojobs.params import validate_params
+from geojobs.worker_cli import add_worker_arguments, run_worker
 
 FINAL = {"completed", "failed", "cancelled"}
 

@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import os
+from importlib.resources import files
+from importlib.resources.abc import Traversable
 from pathlib import Path
 
 DEFAULT_DATABASE_URL = "postgresql://127.0.0.1:5432/geojobs"
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
-SQL_DIR = PROJECT_ROOT / "sql"
+SQL_DIR: Traversable = files("geojobs") / "sql"
+"""Migrations and named queries, shipped inside the package."""
 
 
 def database_url() -> str:

@@ -21,7 +21,7 @@ def connect(url: str | None = None, *, autocommit: bool = True, **kwargs: object
 
 
 def upgrade(conn: psycopg.Connection) -> list[str]:
-    """Apply every migration in ``sql/migrations`` not yet applied; return the ones applied.
+    """Apply every migration in ``geojobs/sql/migrations`` not yet applied; return the ones applied.
 
     Safe to run again and from several processes at once: it takes an advisory lock and
     records each migration in ``geojobs_migrations``.
@@ -34,8 +34,10 @@ def upgrade(conn: psycopg.Connection) -> list[str]:
             " version text PRIMARY KEY, applied_at timestamptz NOT NULL DEFAULT now())"
         )
         done = {row[0] for row in conn.execute("SELECT version FROM geojobs_migrations")}
-        for path in sorted(MIGRATIONS_DIR.glob("*.sql")):
-            version = path.stem
+        for path in sorted(MIGRATIONS_DIR.iterdir(), key=lambda p: p.name):
+            if not path.name.endswith(".sql"):
+                continue
+            version = path.name.removesuffix(".sql")
             if version in done:
                 continue
             log.info("applying migration %s", version)

@@ -10,10 +10,9 @@ from __future__ import annotations
 import subprocess
 import sys
 
-from geojobs import db
+from geojobs import db, queue, registry
 from geojobs.cli import print_jobs
 from geojobs.samples import SAMPLES, load_sample
-from workers import queue, registry
 
 __all__ = ["run_demo"]
 

@@ -14,7 +14,7 @@ from typing import Any
 
 from pydantic.fields import FieldInfo
 
-from workers import registry
+from geojobs import registry
 
 __all__ = ["Case", "cases", "all_cases", "FIXTURE_SQL", "derived_tables_sql", "CANARY"]
 

@@ -20,7 +20,7 @@ FRONTEND_ROLE = "geojobs_frontend"
 
 
 def as_role(db_url: str, role: str = WORKER_ROLE) -> str:
-    """The same database, logged in as ``role`` (the roles of sql/migrations/0002_roles.sql)."""
+    """The same database, logged in as ``role`` (the roles of geojobs/sql/migrations/0002_roles.sql)."""
     return make_conninfo(db_url, user=role)
 
 
@@ -61,7 +61,7 @@ def wait_for(predicate: Any, timeout: float = 30.0, interval: float = 0.05) -> A
 
 def job_row(conn: psycopg.Connection[Any], job_id: int) -> dict[str, Any]:
     """The job's row as a dict."""
-    from workers import queue
+    from geojobs import queue
 
     row = queue.get(conn, job_id)
     assert row is not None

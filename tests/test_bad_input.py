@@ -21,6 +21,8 @@ import psycopg
 import pytest
 from psycopg import sql
 
+from geojobs import queue, registry
+from geojobs.runner import Worker, WorkerSettings
 from tests.bad_inputs import (
     CANARY,
     FIXTURE_SQL,
@@ -33,8 +35,6 @@ from tests.bad_inputs import (
 from tests.conftest import _create, _drop
 from tests.snapshot import diff, snapshot
 from tests.support import as_role, job_row
-from workers import queue, registry
-from workers.runner import Worker, WorkerSettings
 
 pytestmark = pytest.mark.db
 
@@ -173,7 +173,7 @@ def test_the_snapshot_sees_every_kind_of_change(databases: _Databases) -> None:
 def test_non_finite_numbers_are_refused_except_where_meaningful() -> None:
     """Params refuse NaN/Infinity (JobParams), but NaN stays a valid raster nodata."""
     from geojobs.errors import InvalidParams
-    from workers.params import validate_params
+    from geojobs.params import validate_params
 
     raster_clip = registry.load("raster_clip")
     base = {"raster": "a.tif", "clip_table": "public.georgia_counties"}

@@ -14,9 +14,8 @@ import pytest
 from psycopg import sql
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
-from geojobs import db
+from geojobs import db, registry
 from tests.support import ROOT, job_row, worker_env
-from workers import registry
 
 
 def geojobs(db_url: str, *args: str) -> subprocess.CompletedProcess[str]:

@@ -17,9 +17,9 @@ import pytest
 from psycopg import sql
 from shapely.geometry import Point, Polygon
 
+from geojobs import queue
 from geojobs.layers import write_layer
 from tests.support import job_row, run_worker
-from workers import queue
 
 pytestmark = pytest.mark.db
 

@@ -11,8 +11,8 @@ from typing import Any
 import psycopg
 import pytest
 
+from geojobs import queue
 from tests.support import job_row, run_worker
-from workers import queue
 
 pytestmark = pytest.mark.db
 

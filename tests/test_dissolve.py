@@ -8,8 +8,8 @@ import psycopg
 import pytest
 from psycopg import sql
 
+from geojobs import queue
 from tests.support import job_row, run_worker
-from workers import queue
 
 pytestmark = pytest.mark.db
 
@@ -131,7 +131,7 @@ def test_a_job_that_cannot_complete_leaves_no_table(db_url: str,
                                                     conn: psycopg.Connection[Any]) -> None:
     """The result table and the completed status are one transaction."""
     import workers.dissolve as dissolve_module
-    from workers.runner import Worker, WorkerSettings
+    from geojobs.runner import Worker, WorkerSettings
 
     job_id = queue.enqueue(conn, "dissolve", {"input_table": "public.nc_counties",
                                               "output_table": "results.never"})

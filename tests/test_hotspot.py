@@ -14,9 +14,9 @@ import psycopg
 import pytest
 from psycopg import sql
 
+from geojobs import queue
 from geojobs.layers import write_layer
 from tests.support import job_row, run_worker
-from workers import queue
 
 pytestmark = pytest.mark.db
 

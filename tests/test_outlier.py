@@ -13,8 +13,8 @@ import psycopg
 import pytest
 from psycopg import sql
 
+from geojobs import queue
 from tests.support import job_row, run_worker
-from workers import queue
 
 pytestmark = pytest.mark.db
 

@@ -1,4 +1,4 @@
-"""Least privilege: the roles of sql/migrations/0002_roles.sql, checked by logging in as them.
+"""Least privilege: the roles of geojobs/sql/migrations/0002_roles.sql, checked by logging in as them.
 
 The worker role runs real jobs, yet even with validation bypassed (``write_layer`` called
 directly, or a handler that ignores its params) it cannot create, change or drop anything
@@ -19,13 +19,12 @@ import pytest
 from psycopg import errors
 from shapely.geometry import Point
 
-from geojobs import db
+from geojobs import db, queue
 from geojobs.layers import write_layer
+from geojobs.runner import Worker, WorkerSettings
 from tests.conftest import _create, _drop
 from tests.snapshot import diff, snapshot
 from tests.support import FRONTEND_ROLE, WORKER_ROLE, as_role, job_row, run_worker
-from workers import queue
-from workers.runner import Worker, WorkerSettings
 
 pytestmark = pytest.mark.db
 

@@ -13,9 +13,9 @@ from typing import Any
 import psycopg
 import pytest
 
+from geojobs import queue
+from geojobs.runner import Worker, WorkerSettings
 from tests.support import job_row, run_worker, start_worker, wait_for
-from workers import queue
-from workers.runner import Worker, WorkerSettings
 
 pytestmark = pytest.mark.db
 

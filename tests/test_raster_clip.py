@@ -14,8 +14,8 @@ import shapely
 from rasterio.mask import mask
 from rasterio.transform import from_origin
 
+from geojobs import queue
 from tests.support import job_row, run_worker
-from workers import queue
 
 pytestmark = pytest.mark.db
 

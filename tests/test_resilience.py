@@ -10,8 +10,8 @@ from typing import Any
 import psycopg
 import pytest
 
+from geojobs import queue
 from tests.support import as_role, job_row, start_worker, wait_for
-from workers import queue
 
 pytestmark = pytest.mark.db
 

@@ -18,8 +18,8 @@ from typing import Any
 import psycopg
 import pytest
 
+from geojobs import queue, registry, sdnotify
 from tests.support import ROOT, job_row, start_worker, wait_for
-from workers import queue, registry, sdnotify
 
 UNITS = sorted((ROOT / "systemd").glob("*_worker.service"))
 ENV_EXAMPLE = ROOT / "systemd" / "geojobs.env.example"

@@ -11,10 +11,10 @@ from typing import Any
 
 from pydantic import Field
 
+from geojobs.context import JobContext
 from geojobs.filters import FilterSpec
-from workers.context import JobContext
-from workers.overlay_common import OverlayParams, run_overlay
-from workers.params import ColumnName, InputTable
+from geojobs.overlay_job import OverlayParams, run_overlay
+from geojobs.params import ColumnName, InputTable
 
 JOB_TYPE = "clip"
 
@@ -63,6 +63,6 @@ def run(ctx: JobContext, params: Params) -> dict[str, Any]:
 
 
 if __name__ == "__main__":
-    from workers.main import main
+    from geojobs.worker_cli import main
 
     raise SystemExit(main(JOB_TYPE))

@@ -16,11 +16,11 @@ from pydantic import AfterValidator, Field, model_validator
 
 from geojobs import layer_sql
 from geojobs import view_sql as q
+from geojobs.context import JobContext
 from geojobs.errors import InvalidInput, OutputExists
 from geojobs.filters import BBox, Condition, FilterSpec, check_bbox, compose_where, require_srid
 from geojobs.layers import Layer, describe_layer, split_name
-from workers.context import JobContext
-from workers.params import ColumnName, InputTable, JobParams, OutputTable
+from geojobs.params import ColumnName, InputTable, JobParams, OutputTable
 
 JOB_TYPE = "create_view"
 
@@ -276,6 +276,6 @@ def _count(conn: psycopg.Connection[Any], view: sql.Identifier) -> int:
 
 
 if __name__ == "__main__":
-    from workers.main import main
+    from geojobs.worker_cli import main
 
     raise SystemExit(main(JOB_TYPE))

@@ -12,9 +12,9 @@ from typing import Any, Literal
 from pydantic import Field
 
 from analysis.dissolve import dissolve
+from geojobs.context import JobContext
 from geojobs.layers import check_output_free, describe_layer, read_layer, write_layer
-from workers.context import JobContext
-from workers.params import ColumnName, InputTable, OutputParams
+from geojobs.params import ColumnName, InputTable, OutputParams
 
 JOB_TYPE = "dissolve"
 
@@ -80,6 +80,6 @@ def run(ctx: JobContext, params: Params) -> dict[str, Any]:
 
 
 if __name__ == "__main__":
-    from workers.main import main
+    from geojobs.worker_cli import main
 
     raise SystemExit(main(JOB_TYPE))

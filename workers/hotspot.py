@@ -14,10 +14,10 @@ from typing import Any
 from pydantic import Field
 
 from analysis.hotspot import hotspot
+from geojobs.context import JobContext
 from geojobs.errors import InvalidParams
-from workers.context import JobContext
-from workers.local_stats import GridParams, LocalParams, run_local
-from workers.params import ColumnName
+from geojobs.local_stats import GridParams, LocalParams, run_local
+from geojobs.params import ColumnName
 
 JOB_TYPE = "hotspot"
 
@@ -56,8 +56,8 @@ def run(ctx: JobContext, params: Params) -> dict[str, Any]:
 
 
 if __name__ == "__main__":
-    from workers.local_stats import warm_up_worker
-    from workers.main import main
+    from geojobs.local_stats import warm_up_worker
+    from geojobs.worker_cli import main
 
     warm_up_worker(JOB_TYPE)
     raise SystemExit(main(JOB_TYPE))

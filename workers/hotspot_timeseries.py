@@ -15,10 +15,10 @@ import geopandas as gpd
 from pydantic import Field
 
 from analysis.emerging import emerging_hot_spots, input_shape, parse_time_step
+from geojobs.context import JobContext
 from geojobs.errors import InvalidInput, InvalidParams
 from geojobs.layers import check_output_free, describe_layer, read_layer, write_layer
-from workers.context import JobContext
-from workers.params import ColumnName, InputTable, JobParams, OutputParams, OutputTable
+from geojobs.params import ColumnName, InputTable, JobParams, OutputParams, OutputTable
 
 JOB_TYPE = "hotspot_timeseries"
 
@@ -212,6 +212,6 @@ def run(ctx: JobContext, params: Params) -> dict[str, Any]:
 
 
 if __name__ == "__main__":
-    from workers.main import main
+    from geojobs.worker_cli import main
 
     raise SystemExit(main(JOB_TYPE))

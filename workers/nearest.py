@@ -19,10 +19,10 @@ from psycopg import sql
 from pydantic import Field, field_validator
 
 from analysis.nearest import default_method, nearest
+from geojobs.context import JobContext
 from geojobs.errors import InvalidInput
 from geojobs.layers import Layer, check_output_free, describe_layer, read_layer, write_layer
-from workers.context import JobContext
-from workers.params import ColumnName, InputTable, OutputParams
+from geojobs.params import ColumnName, InputTable, OutputParams
 
 JOB_TYPE = "nearest"
 
@@ -136,6 +136,6 @@ def run(ctx: JobContext, params: Params) -> dict[str, Any]:
 
 
 if __name__ == "__main__":
-    from workers.main import main
+    from geojobs.worker_cli import main
 
     raise SystemExit(main(JOB_TYPE))

@@ -11,8 +11,8 @@ from typing import Any
 
 from pydantic import Field
 
-from workers.context import JobContext
-from workers.params import JobParams
+from geojobs.context import JobContext
+from geojobs.params import JobParams
 
 JOB_TYPE = "noop"
 
@@ -49,6 +49,6 @@ def run(ctx: JobContext, params: Params) -> dict[str, Any]:
 
 
 if __name__ == "__main__":
-    from workers.main import main
+    from geojobs.worker_cli import main
 
     raise SystemExit(main(JOB_TYPE))

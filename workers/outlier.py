@@ -12,8 +12,8 @@ from __future__ import annotations
 from typing import Any
 
 from analysis.outlier import outlier
-from workers.context import JobContext
-from workers.local_stats import LocalParams, run_local
+from geojobs.context import JobContext
+from geojobs.local_stats import LocalParams, run_local
 
 JOB_TYPE = "outlier"
 
@@ -41,8 +41,8 @@ def run(ctx: JobContext, params: Params) -> dict[str, Any]:
 
 
 if __name__ == "__main__":
-    from workers.local_stats import warm_up_worker
-    from workers.main import main
+    from geojobs.local_stats import warm_up_worker
+    from geojobs.worker_cli import main
 
     warm_up_worker(JOB_TYPE)
     raise SystemExit(main(JOB_TYPE))

@@ -17,10 +17,10 @@ from pydantic import Field, field_validator
 from analysis.raster_clip import clip_raster
 from analysis.safe_paths import resolve_input, resolve_output
 from geojobs.config import output_dir, raster_dir
+from geojobs.context import JobContext
 from geojobs.errors import InvalidInput
 from geojobs.layers import Layer, describe_layer, read_layer
-from workers.context import JobContext
-from workers.params import ColumnName, InputTable, JobParams
+from geojobs.params import ColumnName, InputTable, JobParams
 
 JOB_TYPE = "raster_clip"
 
@@ -103,6 +103,6 @@ def run(ctx: JobContext, params: Params) -> dict[str, Any]:
 
 
 if __name__ == "__main__":
-    from workers.main import main
+    from geojobs.worker_cli import main
 
     raise SystemExit(main(JOB_TYPE))

@@ -12,10 +12,10 @@ from typing import Any, Literal
 from pydantic import Field
 
 from analysis.overlay import OverlayResult, clip, erase
+from geojobs.context import JobContext
 from geojobs.filters import FilterSpec, compose_where, require_srid
 from geojobs.layers import Layer, check_output_free, describe_layer, read_layer, write_layer
-from workers.context import JobContext
-from workers.params import ColumnName, InputTable, OutputParams
+from geojobs.params import ColumnName, InputTable, OutputParams
 
 __all__ = ["OverlayParams", "output_geometry_type", "run_overlay"]
 

@@ -24,12 +24,12 @@ import psutil
 import psycopg
 
 from analysis.errors import AnalysisError
+from geojobs import queue, registry, sdnotify
 from geojobs.config import database_url
+from geojobs.context import JobContext
 from geojobs.db import connect
 from geojobs.errors import GeojobsError, JobInterrupted
-from workers import queue, registry, sdnotify
-from workers.context import JobContext
-from workers.params import validate_params
+from geojobs.params import validate_params
 
 __all__ = ["WorkerSettings", "Worker"]
 

@@ -1,4 +1,4 @@
-"""The job queue: the only module that runs queue SQL (named queries in ``sql/queries.sql``).
+"""The job queue: the only module that runs queue SQL (named queries in ``geojobs/sql/queries.sql``).
 
 Knows jobs, workers and attempts; knows nothing of geography.
 """
@@ -27,7 +27,7 @@ _NAME_LINE = re.compile(r"^-- name: (\w+)\s*$", re.MULTILINE)
 
 @cache
 def queries() -> dict[str, str]:
-    """Parse ``sql/queries.sql`` into ``{name: sql}``, once."""
+    """Parse ``geojobs/sql/queries.sql`` into ``{name: sql}``, once."""
     text = (SQL_DIR / "queries.sql").read_text()
     parts = _NAME_LINE.split(text)
     return {name: body.strip() for name, body in zip(parts[1::2], parts[2::2], strict=True)}

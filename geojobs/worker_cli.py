@@ -5,8 +5,8 @@ from __future__ import annotations
 import argparse
 import sys
 
-from workers.logs import setup_logging
-from workers.runner import Worker, WorkerSettings
+from geojobs.logs import setup_logging
+from geojobs.runner import Worker, WorkerSettings
 
 __all__ = ["add_worker_arguments", "run_worker", "main"]
 

@@ -21,9 +21,9 @@ from pydantic import Field
 
 from analysis.jit import warm_up
 from analysis.local_input import DEFAULT_PERMUTATIONS, DEFAULT_SEED, MAX_PERMUTATIONS, LocalSummary
+from geojobs.context import JobContext
 from geojobs.layers import check_output_free, describe_layer, read_layer, write_layer
-from workers.context import JobContext
-from workers.params import ColumnName, InputTable, JobParams, OutputParams
+from geojobs.params import ColumnName, InputTable, JobParams, OutputParams
 
 __all__ = ["WeightsParams", "GridParams", "LocalParams", "run_local", "warm_up_worker"]
 
