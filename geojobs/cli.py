@@ -7,9 +7,10 @@ import dataclasses
 import json
 import sys
 import time
+from pathlib import Path
 from typing import Any
 
-from geojobs import db, queue, registry
+from geojobs import db, queue, registry, units
 from geojobs.demo import run_demo
 from geojobs.errors import GeojobsError
 from geojobs.params import validate_params
@@ -108,6 +109,28 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return run_demo()
 
 
+def cmd_units(args: argparse.Namespace) -> int:
+    options = {"prefix": args.prefix, "user": args.user, "python": args.python}
+    try:
+        if args.action == "render" and args.output is None:
+            for name, text in units.render_all(**options).items():
+                print(f"# --- {name} ---\n{text}")
+            return 0
+        if args.action == "render":
+            written = units.write_units(args.output, **options)
+        else:
+            written = units.install(args.output or units.SYSTEM_DIR, **options)
+    except ValueError as exc:
+        raise GeojobsError(str(exc)) from None
+    for path in written:
+        print(path)
+    if args.action == "install":
+        names = " ".join(p.stem for p in written)
+        print(f"enable and start the workers you need: systemctl enable --now {names}",
+              file=sys.stderr)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="geojobs", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -140,6 +163,19 @@ def build_parser() -> argparse.ArgumentParser:
     p_worker.add_argument("job_type")
     add_worker_arguments(p_worker)
     p_worker.set_defaults(func=cmd_worker)
+
+    p_units = sub.add_parser("units", help="systemd units: render them, or install them on this host")
+    p_units.add_argument("action", choices=["render", "install"],
+                         help="render: print them (or write them to --output); install: write them "
+                              "to /etc/systemd/system (or --output) and reload systemd")
+    p_units.add_argument("--prefix", default=units.DEFAULT_PREFIX,
+                         help=f"install directory (default {units.DEFAULT_PREFIX})")
+    p_units.add_argument("--user", default=units.DEFAULT_USER,
+                         help=f"account the services run as (default {units.DEFAULT_USER})")
+    p_units.add_argument("--python", help="interpreter with geojobs installed "
+                                          "(default PREFIX/.venv/bin/python)")
+    p_units.add_argument("--output", type=Path, help="directory to write the unit files to")
+    p_units.set_defaults(func=cmd_units)
 
     p_demo = sub.add_parser("demo", help="load sample data, queue jobs, run them, show them")
     p_demo.set_defaults(func=cmd_demo)
