@@ -13,12 +13,14 @@ from collections import defaultdict
 from collections.abc import AsyncIterator, Callable
 from functools import cache
 from typing import Any
+from urllib.parse import quote, urlencode
 
 import asyncpg
+from psycopg.conninfo import conninfo_to_dict
 
 from geojobs.config import SQL_DIR
 
-__all__ = ["api_queries", "Store", "JOB_CHANNEL", "CALLBACK_CHANNEL"]
+__all__ = ["api_queries", "asyncpg_dsn", "Store", "JOB_CHANNEL", "CALLBACK_CHANNEL"]
 
 log = logging.getLogger("geojobs.api")
 
@@ -48,6 +50,22 @@ def _asyncpg_query(name: str) -> tuple[str, tuple[str, ...]]:
     return _PARAM.sub(number, api_queries()[name]), tuple(order)
 
 
+def asyncpg_dsn(dsn: str) -> str:
+    """A libpq connection string (URI or ``key=value`` form) as the URI asyncpg wants."""
+    if dsn.startswith(("postgresql://", "postgres://")):
+        return dsn
+    info = {k: str(v) for k, v in conninfo_to_dict(dsn).items() if v is not None}
+    user = quote(info.pop("user", ""), safe="")
+    password = info.pop("password", None)
+    auth = f"{user}:{quote(password, safe='')}@" if password else (f"{user}@" if user else "")
+    host = info.pop("host", "")
+    port = info.pop("port", "")
+    dbname = quote(info.pop("dbname", ""), safe="")
+    netloc = f"[{host}]" if ":" in host else host
+    query = urlencode(info)
+    return f"postgresql://{auth}{netloc}{':' + port if port else ''}/{dbname}" + (f"?{query}" if query else "")
+
+
 async def _init_connection(conn: asyncpg.Connection) -> None:
     for kind in ("json", "jsonb"):
         await conn.set_type_codec(kind, encoder=json.dumps, decoder=json.loads, schema="pg_catalog")
@@ -57,7 +75,7 @@ class Store:
     """The pool, the queries by name, and the job-change listener of one API process."""
 
     def __init__(self, dsn: str, pool_size: int) -> None:
-        self.dsn = dsn
+        self.dsn = asyncpg_dsn(dsn)
         self.pool_size = pool_size
         self._pool: asyncpg.Pool | None = None
         self._listener: asyncpg.Connection | None = None
