@@ -67,7 +67,8 @@ def start_server(db_url: str, output_dir: Path, **settings: str) -> subprocess.P
     deadline = time.monotonic() + 30
     while time.monotonic() < deadline:
         if process.poll() is not None:
-            raise RuntimeError(f"the API server exited: {(output_dir.parent / f'api-{port}.log').read_text()}")
+            log_text = (output_dir.parent / f"api-{port}.log").read_text()
+            raise RuntimeError(f"the API server exited: {log_text}")
         try:
             if httpx.get(f"http://127.0.0.1:{port}/conformance", timeout=1, trust_env=False).is_success:
                 return process

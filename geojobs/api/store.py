@@ -63,7 +63,8 @@ def asyncpg_dsn(dsn: str) -> str:
     dbname = quote(info.pop("dbname", ""), safe="")
     netloc = f"[{host}]" if ":" in host else host
     query = urlencode(info)
-    return f"postgresql://{auth}{netloc}{':' + port if port else ''}/{dbname}" + (f"?{query}" if query else "")
+    uri = f"postgresql://{auth}{netloc}{':' + port if port else ''}/{dbname}"
+    return f"{uri}?{query}" if query else uri
 
 
 async def _init_connection(conn: asyncpg.Connection) -> None:
