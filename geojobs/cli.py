@@ -131,6 +131,36 @@ def cmd_units(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_serve(args: argparse.Namespace) -> int:
+    import uvicorn
+
+    uvicorn.run("geojobs.api:create_app", factory=True, host=args.host, port=args.port,
+                workers=args.workers, log_level=args.log_level, proxy_headers=False)
+    return 0
+
+
+def cmd_keys(args: argparse.Namespace) -> int:
+    from geojobs.api import keys
+
+    with db.connect() as conn:
+        if args.action == "list":
+            for row in keys.list_keys(conn):
+                state = f"revoked {row['revoked_at']:%Y-%m-%d %H:%M}" if row["revoked_at"] else "active"
+                print(f"{row['name']:<24} {'admin' if row['admin'] else 'user':<6} {state}")
+            return 0
+        if not args.name:
+            raise GeojobsError(f"keys {args.action} needs a NAME")
+        if args.action == "create":
+            print(keys.create_key(conn, args.name, admin=args.admin))
+            print(f"(the key of {args.name}; it is shown only now)", file=sys.stderr)
+            return 0
+        if keys.revoke_key(conn, args.name):
+            print(f"revoked the key of {args.name}")
+            return 0
+        print(f"no active key named {args.name}", file=sys.stderr)
+        return 1
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="geojobs", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -176,6 +206,18 @@ def build_parser() -> argparse.ArgumentParser:
                                           "(default PREFIX/.venv/bin/python)")
     p_units.add_argument("--output", type=Path, help="directory to write the unit files to")
     p_units.set_defaults(func=cmd_units)
+    p_serve = sub.add_parser("serve", help="serve the HTTP API (OGC API - Processes)")
+    p_serve.add_argument("--host", default="127.0.0.1")
+    p_serve.add_argument("--port", type=int, default=8000)
+    p_serve.add_argument("--workers", type=int, default=1, help="uvicorn worker processes")
+    p_serve.add_argument("--log-level", default="info")
+    p_serve.set_defaults(func=cmd_serve)
+
+    p_keys = sub.add_parser("keys", help="API users and their keys")
+    p_keys.add_argument("action", choices=["create", "list", "revoke"])
+    p_keys.add_argument("name", nargs="?")
+    p_keys.add_argument("--admin", action="store_true", help="the user sees every job")
+    p_keys.set_defaults(func=cmd_keys)
 
     p_demo = sub.add_parser("demo", help="load sample data, queue jobs, run them, show them")
     p_demo.set_defaults(func=cmd_demo)
