@@ -5,6 +5,7 @@ Knows jobs, workers and attempts; knows nothing of geography.
 
 from __future__ import annotations
 
+import json
 import math
 import re
 from dataclasses import dataclass
@@ -24,8 +25,8 @@ __all__ = ["ClaimedJob", "queries", "claim", "complete", "fail", "release", "hea
            "claim_quiet", "cancel_own"]
 
 NOTIFY_CHANNEL = "geojobs"
-JOB_EVENTS_CHANNEL = "geojobs_job_events"
-"""Channel on which a job's id is announced whenever its status or progress changes."""
+JOB_EVENTS_CHANNEL = "geojobs_jobs"
+"""Channel announcing each change of a job's status or progress: JSON {id, status, progress, submitted_by}."""
 _NAME_LINE = re.compile(r"^-- name: (\w+)\s*$", re.MULTILINE)
 
 
@@ -151,8 +152,8 @@ def job_events(conn: psycopg.Connection, timeout: float | None) -> set[int]:
     ids: set[int] = set()
     limit = None if timeout is None or math.isinf(timeout) else max(timeout, 0.0)
     for note in conn.notifies(timeout=limit, stop_after=1):
-        if note.channel == JOB_EVENTS_CHANNEL and note.payload.isdigit():
-            ids.add(int(note.payload))
+        if note.channel == JOB_EVENTS_CHANNEL:
+            ids.add(int(json.loads(note.payload)["id"]))
     return ids
 
 

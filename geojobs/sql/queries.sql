@@ -116,8 +116,8 @@ SELECT count(*) FROM background_jobs
 WHERE status = 'queued' AND job_type = %(job_type)s AND available_at <= now();
 
 -- name: listen_job_events
--- Be woken when a job's status or progress changes (payload: the job id; migration 0002b).
-LISTEN geojobs_job_events;
+-- Be woken when a job's status or progress changes (JSON payload with the id; migration 0003).
+LISTEN geojobs_jobs;
 
 -- name: claim_quiet
 -- For one job: how long it has been queued, and how long since a worker of its type last showed
