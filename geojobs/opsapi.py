@@ -99,7 +99,10 @@ class OperationsEndpoints:
 
 
 def create_app(database_url: str | None = None) -> FastAPI:
-    """A small app serving only the operations routes (until they join the main API app)."""
+    """A small app serving only the operations routes, for a host that runs no HTTP API.
+
+    The API app (``geojobs serve``) mounts the same routes.
+    """
     app = FastAPI(title="geojobs operations", docs_url=None, redoc_url=None)
     app.include_router(OperationsEndpoints(database_url=database_url).router)
     return app

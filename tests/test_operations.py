@@ -23,6 +23,7 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from geojobs import cli, health, metrics, queue
+from tests.api_support import start_server, stop
 from tests.support import ROOT, start_worker, wait_for, worker_env
 
 pytestmark = pytest.mark.db
@@ -334,3 +335,26 @@ def test_metrics_scrape_time_is_reported(conn: psycopg.Connection[Any]) -> None:
     found = samples(metrics.render(conn).decode())
     assert 0 < value(found, "geojobs_metrics_scrape_seconds") <= time.perf_counter() - started
     assert value(found, "geojobs_database_up") == 1
+
+
+def test_the_api_app_serves_metrics_and_health_without_a_key(
+        registry_table: psycopg.Connection[Any], db_url: str, tmp_path: Any) -> None:
+    """``geojobs serve``, logged in as geojobs_api: both routes work with that role's grants."""
+    conn = registry_table
+    conn.execute("GRANT SELECT ON geojobs_workers TO geojobs_api")  # as migration 0007 does
+    add_finished(conn, "noop", "failed", 1.5, 120.0)
+    add_worker(conn, "h1:1:a", "noop")
+    queue.enqueue(conn, "noop", {})
+    (tmp_path / "out").mkdir()
+    process = start_server(db_url, tmp_path / "out")
+    try:
+        base = f"http://127.0.0.1:{process.port}"  # type: ignore[attr-defined]
+        scraped = httpx.get(base + "/metrics", timeout=10, trust_env=False)
+        assert scraped.status_code == 200, scraped.text
+        found = samples(scraped.text)
+        assert value(found, "geojobs_jobs_finished_total", job_type="noop", status="failed") == 1
+        assert value(found, "geojobs_workers", job_type="noop") == 1
+        verdict = httpx.get(base + "/health", timeout=10, trust_env=False)
+        assert verdict.status_code == 200 and verdict.json()["status"] == "ok"
+    finally:
+        stop(process)

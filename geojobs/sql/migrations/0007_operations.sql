@@ -99,6 +99,9 @@ BEGIN
     IF EXISTS (SELECT 1 FROM pg_roles WHERE rolname = 'geojobs_api') THEN
         GRANT SELECT ON geojobs_metrics_finished, geojobs_metrics_state TO geojobs_api;
         GRANT EXECUTE ON FUNCTION geojobs_metrics_fold(double precision) TO geojobs_api;
+        IF to_regclass('geojobs_workers') IS NOT NULL THEN
+            GRANT SELECT ON geojobs_workers TO geojobs_api;
+        END IF;
     END IF;
 END
 $$;
