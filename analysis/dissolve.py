@@ -23,6 +23,7 @@ import pandas as pd
 import shapely
 
 from analysis.errors import AnalysisError, EmptyInput, GeometryTypeError
+from analysis.multi import multi_of_dimension
 
 __all__ = ["AGGREGATES", "DissolveSummary", "dissolve"]
 
@@ -186,16 +187,7 @@ def dissolve(
     for column, how in aggregates.items():
         out[f"{how}_{column}"] = _aggregate(frame, codes, firsts, column, how).to_numpy()
     out["feature_count"] = np.array([len(g) for g in groups], dtype=np.int64)
-    multi = _to_multi(unions, dimension)
+    multi = multi_of_dimension(unions, dimension)
     return gpd.GeoDataFrame(out, geometry=gpd.GeoSeries(multi, crs=gdf.crs), crs=gdf.crs
                             ).rename_geometry("geom"), summary
 
-
-def _to_multi(geoms: np.ndarray, dimension: int) -> np.ndarray:
-    """Every group as a Multi* of the layer's dimension (dropping lower-dimension debris)."""
-    make = {0: shapely.multipoints, 1: shapely.multilinestrings, 2: shapely.multipolygons}[dimension]
-    out = np.empty(len(geoms), dtype=object)
-    for i, geom in enumerate(geoms):
-        parts = shapely.get_parts(geom)
-        out[i] = make(parts[shapely.get_dimensions(parts) == dimension])
-    return out
