@@ -9,6 +9,9 @@ from __future__ import annotations
 
 import io
 import json
+import os
+import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -22,6 +25,7 @@ from psycopg import sql
 
 from geojobs.export import FORMATS, export_table
 from tests.api_support import ApiServer, api_server
+from tests.support import ROOT
 
 pytestmark = pytest.mark.db
 
@@ -148,3 +152,37 @@ def test_chunked_export_keeps_every_row(api: ApiServer, fmt: str, tmp_path: Path
     assert count == len(want)
     got = gpd.read_parquet(path) if fmt == "parquet" else pyogrio.read_dataframe(path)
     same_features(got, want, "state_name")
+
+
+def run_cli(api: ApiServer, *args: str) -> subprocess.CompletedProcess[str]:
+    env = dict(os.environ, DATABASE_URL=api.db_url, PYTHONPATH=str(ROOT))
+    return subprocess.run([sys.executable, "-m", "geojobs.cli", "export", *args], env=env,
+                          cwd=ROOT, capture_output=True, text=True, timeout=120)
+
+
+def test_cli_export_of_a_job_and_of_a_table(api: ApiServer, job_id: str, tmp_path: Path) -> None:
+    out = tmp_path / "regions.gpkg"
+    done = run_cli(api, job_id, "--format", "gpkg", "-o", str(out))
+    assert done.returncode == 0, done.stderr
+    same_features(pyogrio.read_dataframe(out), oracle(api, TABLE), "sub_region")
+    assert pyogrio.read_info(out)["dataset_metadata"]["geojobs_job_id"] == job_id
+    states = tmp_path / "states.parquet"
+    done = run_cli(api, "--table", "public.us_states", "-o", str(states))
+    assert done.returncode == 0, done.stderr
+    same_features(gpd.read_parquet(states), oracle(api, "public.us_states"), "state_name")
+
+
+def test_cli_export_bad_input(api: ApiServer, job_id: str, tmp_path: Path) -> None:
+    done = run_cli(api, job_id, "-o", str(tmp_path / "x.shp"))
+    assert done.returncode != 0 and "--format" in done.stderr
+    assert not (tmp_path / "x.shp").exists()
+    done = run_cli(api, "999999", "-o", str(tmp_path / "x.gpkg"))
+    assert done.returncode != 0 and "JOB_ID" in done.stderr
+    done = run_cli(api, "--table", "results.nope", "-o", str(tmp_path / "x.gpkg"))
+    assert done.returncode != 0 and "results.nope" in done.stderr
+    assert not (tmp_path / "x.gpkg").exists()
+    existing = tmp_path / "kept.gpkg"
+    existing.write_text("keep")
+    done = run_cli(api, job_id, "-o", str(existing))
+    assert done.returncode != 0 and "--overwrite" in done.stderr
+    assert existing.read_text() == "keep"
