@@ -54,7 +54,7 @@ CREATE TABLE IF NOT EXISTS api_deliveries (
     delivered_at  timestamptz,
     given_up_at   timestamptz,
     last_error    text,
-    CONSTRAINT api_deliveries_once UNIQUE (job_id, uri, state)
+    UNIQUE (job_id, uri, state)
 );
 CREATE INDEX IF NOT EXISTS api_deliveries_pending_idx ON api_deliveries (next_at)
     WHERE delivered_at IS NULL AND given_up_at IS NULL;
@@ -69,30 +69,24 @@ SET search_path = public, pg_temp
 AS $$
 DECLARE
     sub api_subscribers;
-    new_state text;
-    target text;
+    state text;
+    uri text;
 BEGIN
     PERFORM pg_notify('geojobs_jobs', json_build_object(
         'id', NEW.id, 'status', NEW.status, 'progress', NEW.progress,
         'submitted_by', NEW.submitted_by)::text);
     IF TG_OP = 'UPDATE' AND NEW.status IS DISTINCT FROM OLD.status THEN
-        SELECT * INTO sub FROM api_subscribers s WHERE s.job_id = NEW.id;
+        SELECT * INTO sub FROM api_subscribers WHERE job_id = NEW.id;
         IF FOUND THEN
-            new_state := CASE NEW.status WHEN 'running' THEN 'running'
-                                         WHEN 'completed' THEN 'successful'
-                                         WHEN 'failed' THEN 'failed' END;
-            target := CASE new_state WHEN 'running' THEN sub.in_progress_uri
-                                     WHEN 'successful' THEN sub.success_uri
-                                     WHEN 'failed' THEN sub.failed_uri END;
-            IF target IS NOT NULL THEN
-                BEGIN  -- a callback must never stop a job's own update
-                    INSERT INTO api_deliveries AS d (job_id, uri, state)
-                    VALUES (NEW.id, target, new_state)
-                    ON CONFLICT ON CONSTRAINT api_deliveries_once DO NOTHING;
-                    PERFORM pg_notify('geojobs_callbacks', NEW.id::text);
-                EXCEPTION WHEN OTHERS THEN
-                    RAISE WARNING 'geojobs: callback of job % not recorded: %', NEW.id, SQLERRM;
-                END;
+            state := CASE NEW.status WHEN 'running' THEN 'running' WHEN 'completed' THEN 'successful'
+                                     WHEN 'failed' THEN 'failed' ELSE NULL END;
+            uri := CASE state WHEN 'running' THEN sub.in_progress_uri
+                              WHEN 'successful' THEN sub.success_uri
+                              WHEN 'failed' THEN sub.failed_uri ELSE NULL END;
+            IF uri IS NOT NULL THEN
+                INSERT INTO api_deliveries (job_id, uri, state) VALUES (NEW.id, uri, state)
+                ON CONFLICT (job_id, uri, state) DO NOTHING;
+                PERFORM pg_notify('geojobs_callbacks', NEW.id::text);
             END IF;
         END IF;
     END IF;
