@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass, field
 from typing import Annotated, Any, Literal
 from urllib.parse import urlencode
@@ -255,7 +255,13 @@ class ProcessesEndpoints:
                 raise
             assert row is not None
             jid, created = int(row["job_id"]), bool(row["created"])
-            job = await _job(store, user, jid)
+            job: Mapping[str, Any]
+            if created and preference.wait is None:  # as inserted: no second round trip
+                job = {"id": jid, "job_type": processID, "status": "queued", "progress": None,
+                       "error": None, "result": None, "created_at": row["created_at"],
+                       "started_at": None, "finished_at": None, "updated_at": row["created_at"]}
+            else:
+                job = await _job(store, user, jid)
             applied = []
             if preference.wait is not None and created:
                 job = await self._wait(store, user, jid, job, preference.wait)
@@ -402,8 +408,8 @@ class ProcessesEndpoints:
             raise Forbidden(f"inputs.{field_name}: {target} was not written by your jobs; "
                             "it may not be overwritten", field=f"inputs.{field_name}")
 
-    async def _wait(self, store: Store, user: User, jid: int, job: asyncpg.Record,
-                    seconds: int) -> asyncpg.Record:
+    async def _wait(self, store: Store, user: User, jid: int, job: Mapping[str, Any],
+                    seconds: int) -> Mapping[str, Any]:
         """The job once it is final, or as it is after ``seconds``; woken by NOTIFY."""
         deadline = time.monotonic() + seconds
         async with store.watch(jid) as changes:
