@@ -215,7 +215,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--uvicorn-workers", type=int, default=1)
     parser.add_argument("--json", type=Path, help="also save the figures here")
     args = parser.parse_args(argv)
-    sizes = (30, 200, 5) if args.quick else (500, 3000, 40)
+    sizes = (30, 200, 5) if args.quick else (400, 2000, 40)
     print(f"machine: {machine()}", flush=True)
     out = run(n_latency=sizes[0], n_throughput=sizes[1], n_sse=sizes[2],
               uvicorn_workers=args.uvicorn_workers)

@@ -259,7 +259,7 @@ def test_job_list_filters(api: ApiServer) -> None:
 
 def test_server_sent_events_in_order_until_final(api: ApiServer) -> None:
     with api.client("alice") as http:
-        job = submit(http, "noop", {"sleep_seconds": 1.5, "steps": 5}).json()["jobID"]
+        job = submit(http, "noop", {"sleep_seconds": 3, "steps": 10}).json()["jobID"]
         events = []
         with http.stream("GET", f"/jobs/{job}/events") as stream:
             assert stream.headers["content-type"].startswith("text/event-stream")
