@@ -2,7 +2,8 @@
 
 - Submit latency: jobs submitted one at a time, alternating ``POST /processes/noop/execution``
   (one keep-alive HTTP connection) and ``INSERT INTO background_jobs`` (one psycopg
-  connection, autocommit); p50/p95 of each and the API's added time at p50.
+  connection, autocommit); p50/p95 of each, the API's added time at p50, and the API server's
+  CPU time per submit (its process and children, from /proc).
 - Submits per second with 1 and 16 concurrent clients: asyncio with httpx (API) against
   asyncio with 16 psycopg async connections (SQL), both in this one client process.
 - ``GET /jobs/{id}`` per second with 16 clients.
@@ -29,6 +30,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import psutil
 import psycopg
 from psycopg.conninfo import make_conninfo
 from psycopg.types.json import Jsonb
@@ -69,25 +71,38 @@ def _ms(seconds: float) -> float:
     return seconds * 1000.0
 
 
-def submit_latency(api: httpx.Client, sql: psycopg.Connection[Any], n: int) -> list[dict[str, Any]]:
-    """Sequential submits, API and SQL alternating; milliseconds."""
-    api_t, sql_t = [], []
+def _cpu(pid: int) -> float:
+    """CPU seconds used so far by a process and its children."""
+    proc = psutil.Process(pid)
+    times = [proc.cpu_times(), *(c.cpu_times() for c in proc.children(recursive=True))]
+    return sum(t.user + t.system for t in times)
+
+
+def submit_latency(api: httpx.Client, sql: psycopg.Connection[Any], n: int,
+                   server_pid: int) -> list[dict[str, Any]]:
+    """Sequential submits, API and SQL alternating; milliseconds, and the API server's CPU
+    milliseconds per submit (what the load of the machine does not change)."""
+    api_t, sql_t, api_cpu = [], [], 0.0
     body = {"inputs": {}}
     for _ in range(20):  # warm both paths
         api.post("/processes/noop/execution", json=body)
         sql.execute(INSERT, ("noop", Jsonb({})))
     for _ in range(n):
+        c0 = _cpu(server_pid)
         t0 = time.perf_counter()
         response = api.post("/processes/noop/execution", json=body)
         api_t.append(time.perf_counter() - t0)
+        api_cpu += _cpu(server_pid) - c0
         assert response.status_code == 201, response.text
         t0 = time.perf_counter()
         sql.execute(INSERT, ("noop", Jsonb({}))).fetchone()
         sql_t.append(time.perf_counter() - t0)
     a50, a95 = percentiles([_ms(t) for t in api_t])
     s50, s95 = percentiles([_ms(t) for t in sql_t])
-    return [{"path": "HTTP API", "n": n, "p50_ms": a50, "p95_ms": a95, "added_p50_ms": a50 - s50},
-            {"path": "SQL INSERT", "n": n, "p50_ms": s50, "p95_ms": s95, "added_p50_ms": 0.0}]
+    return [{"path": "HTTP API", "n": n, "p50_ms": a50, "p95_ms": a95, "added_p50_ms": a50 - s50,
+             "server_cpu_ms": _ms(api_cpu / n)},
+            {"path": "SQL INSERT", "n": n, "p50_ms": s50, "p95_ms": s95, "added_p50_ms": 0.0,
+             "server_cpu_ms": float("nan")}]
 
 
 async def _spread(total: int, clients: int, one: Callable[[int], Awaitable[None]]) -> float:
@@ -187,7 +202,7 @@ def run(*, n_latency: int, n_throughput: int, n_sse: int, uvicorn_workers: int) 
             with httpx.Client(base_url=url, headers={"Authorization": f"Bearer {key}"},
                               trust_env=False, timeout=60) as http, \
                     psycopg.connect(db_url, autocommit=True) as sql:
-                out["latency"] = submit_latency(http, sql, n_latency)
+                out["latency"] = submit_latency(http, sql, n_latency, server.pid)
                 print_table(f"Submit latency, sequential (uvicorn workers: {uvicorn_workers})",
                             out["latency"])
                 out["throughput"] = [asyncio.run(throughput(url, key, db_url, n_throughput, c))
@@ -217,6 +232,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     sizes = (30, 200, 5) if args.quick else (400, 2000, 40)
     print(f"machine: {machine()}", flush=True)
+    print(f"command: python -m bench.api {' '.join(argv or sys.argv[1:])}", flush=True)
     out = run(n_latency=sizes[0], n_throughput=sizes[1], n_sse=sizes[2],
               uvicorn_workers=args.uvicorn_workers)
     if args.json:

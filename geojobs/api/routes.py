@@ -183,11 +183,14 @@ class ProcessesEndpoints:
                          "type": "application/json", "title": "processes"},
                         {"href": f"{base}/jobs", "rel": REL + "job-list",
                          "type": "application/json", "title": "jobs"},
+                        *({**link, "href": base + link["href"]}
+                          for link in getattr(request.app.state, "landing_links", [])),
                     ]}
 
         @router.get("/conformance", summary="Conformance classes", tags=["Capabilities"])
-        def conformance() -> dict[str, list[str]]:
-            return {"conformsTo": CONFORMANCE}
+        def conformance(request: Request) -> dict[str, list[str]]:
+            extra = getattr(request.app.state, "conformance", [])
+            return {"conformsTo": CONFORMANCE + [c for c in extra if c not in CONFORMANCE]}
 
         @router.get("/api", summary="OpenAPI 3.0 definition", tags=["Capabilities"],
                     response_class=JSONResponse)
