@@ -297,7 +297,7 @@ class ProcessesEndpoints:
                 unknown = [s for s in names if s not in SQL_STATUS]
                 if unknown:
                     raise BadRequest(f"status: unknown {unknown}; use {list(SQL_STATUS)}", field="status")
-                statuses = [SQL_STATUS[s] for s in names]
+                statuses = [ours for s in names for ours in SQL_STATUS[s]]
             types = [t for part in processID for t in part.split(",") if t] if processID else None
             start = end = None
             if datetime is not None:
@@ -336,7 +336,7 @@ class ProcessesEndpoints:
             store: Annotated[Store, Depends(get_store)],
         ) -> Response:
             job = await _job(store, user, jid)
-            if job["status"] in ("queued", "running"):
+            if job["status"] in ("waiting", "queued", "running"):
                 raise ResultNotReady(f"job {jid} is {OGC_STATUS[job['status']]}", field="jobID")
             if job["status"] == "failed":
                 raise JobFailed(f"job {jid} failed: {job['error']}", field="jobID")
@@ -368,7 +368,7 @@ class ProcessesEndpoints:
         ) -> Response:
             job = await _job(store, user, jid)
             base = base_url(request)
-            if job["status"] in ("queued", "running"):
+            if job["status"] in ("waiting", "queued", "running"):
                 if await store.fetchval("cancel_job", id=jid, username=user.scope):
                     job = await _job(store, user, jid)
                     return JSONResponse(status_info(job, base), headers=NO_STORE)

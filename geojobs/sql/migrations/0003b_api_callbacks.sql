@@ -1,7 +1,8 @@
 -- 0003b: the job-change trigger of 0003 named its PL/pgSQL variables like the columns of
 -- api_deliveries, so recording a callback failed (ambiguous reference) and with it the job's
 -- own update. The variables are renamed, and a callback that cannot be recorded now only
--- warns: it never stops a job's update.
+-- warns: it never stops a job's update. Dismissing over HTTP also cancels jobs that wait for
+-- others (the waiting status of migration 0005).
 
 CREATE OR REPLACE FUNCTION background_jobs_notify_change() RETURNS trigger
 LANGUAGE plpgsql SECURITY DEFINER
@@ -38,4 +39,18 @@ BEGIN
     END IF;
     RETURN NULL;
 END;
+$$;
+
+CREATE OR REPLACE FUNCTION geojobs_cancel_as(job_id bigint, username text) RETURNS boolean
+LANGUAGE sql SECURITY DEFINER
+SET search_path = public, pg_temp
+AS $$
+    WITH cancelled AS (
+        UPDATE public.background_jobs
+        SET status = 'cancelled', finished_at = now(), error = 'dismissed by ' || username
+        WHERE id = job_id AND status IN ('waiting', 'queued', 'running')
+          AND (submitted_by = username OR username IS NULL)
+        RETURNING id
+    )
+    SELECT EXISTS (SELECT 1 FROM cancelled);
 $$;
