@@ -228,9 +228,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.api", description=__doc__)
     parser.add_argument("--quick", action="store_true", help="small sizes: check, not measure")
     parser.add_argument("--uvicorn-workers", type=int, default=1)
+    parser.add_argument("--latency-jobs", type=int, help="sequential submits (default 400)")
+    parser.add_argument("--submits", type=int, help="submits per throughput case (default 2000)")
+    parser.add_argument("--sse-jobs", type=int, help="jobs followed over SSE (default 40)")
     parser.add_argument("--json", type=Path, help="also save the figures here")
     args = parser.parse_args(argv)
     sizes = (30, 200, 5) if args.quick else (400, 2000, 40)
+    sizes = (args.latency_jobs or sizes[0], args.submits or sizes[1], args.sse_jobs or sizes[2])
     print(f"machine: {machine()}", flush=True)
     print(f"command: python -m bench.api {' '.join(argv or sys.argv[1:])}", flush=True)
     out = run(n_latency=sizes[0], n_throughput=sizes[1], n_sse=sizes[2],
