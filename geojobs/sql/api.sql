@@ -100,5 +100,6 @@ SET attempts = attempts + 1, last_error = %(error)s,
 WHERE id = %(id)s;
 
 -- name: next_delivery
--- When the next pending callback is due (NULL: none).
-SELECT min(next_at) FROM api_deliveries WHERE delivered_at IS NULL AND given_up_at IS NULL;
+-- Seconds until the next pending callback is due (NULL: none pending).
+SELECT extract(epoch FROM min(next_at) - now())::float8 FROM api_deliveries
+WHERE delivered_at IS NULL AND given_up_at IS NULL;
