@@ -11,7 +11,7 @@
     job.frame()                  # the result table as a GeoDataFrame
 
 Parameters are validated with the job type's ``Params`` before anything is inserted. Waiting is
-woken by the database (LISTEN on ``geojobs_job_events``, sent when a job's status or progress
+woken by the database (LISTEN on ``geojobs_jobs``, sent when a job's status or progress
 changes), not by polling; while the job sits in the queue with no worker of its type claiming
 anything, the wait says so once, after ``stall_seconds``.
 """

@@ -73,6 +73,7 @@ class BackgroundJob(Base):
     result: Mapped[dict[str, Any] | None] = mapped_column(JSONB)
     error: Mapped[str | None] = mapped_column(Text)
     submitted_by: Mapped[str | None] = mapped_column(Text, server_default=text("SESSION_USER"))
+    idempotency_key: Mapped[str | None] = mapped_column(Text)
 
     def __repr__(self) -> str:
         return f"<BackgroundJob {self.id} {self.job_type} {self.status}>"
