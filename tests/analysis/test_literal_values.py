@@ -89,7 +89,8 @@ def test_gi_star_pseudo_p_hot_side(chain: gpd.GeoDataFrame) -> None:
 
 @pytest.mark.xfail(strict=True, reason="esda folds the pseudo p-value as min(#sim >= obs, R - #sim >= obs):"
                    " on the cold side it counts only draws strictly below the observed value, so a"
-                   " tie (likely with five features) yields 1 / (R + 1)")
+                   " tie (likely with five features) yields 1 / (R + 1); on esda's folding see"
+                   " https://github.com/pysal/esda/issues/199")
 def test_gi_star_pseudo_p_cold_side(chain: gpd.GeoDataFrame) -> None:
     """i=0 (x 1, observed neighbour 2): draws 2, 3, 5, 9; P(sim <= observed) = 1/4.
     i=1 (x 2, observed 1+3 = 4): pairs of {1, 3, 5, 9} sum to 4, 6, 10, 8, 12, 14: 1/6."""
