@@ -41,9 +41,8 @@ from analysis.local_input import (
 )
 from analysis.weights import WeightsSpec
 
-__all__ = ["HOTSPOT_COLUMNS", "CONFIDENCE_LEVELS", "hotspot", "gi_bins"]
+__all__ = ["CONFIDENCE_LEVELS", "hotspot", "gi_bins"]
 
-HOTSPOT_COLUMNS = ("gi_zscore", "gi_pvalue", "gi_psim", "gi_bin", "n_neighbors")
 CONFIDENCE_LEVELS = ((3, 0.01), (2, 0.05), (1, 0.10))
 """Bin magnitude and the p-value it must be below (99 %, 95 %, 90 % confidence)."""
 

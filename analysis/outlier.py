@@ -37,9 +37,8 @@ from analysis.local_input import (
 )
 from analysis.weights import WeightsSpec
 
-__all__ = ["OUTLIER_COLUMNS", "ALPHA", "QUADRANTS", "outlier"]
+__all__ = ["ALPHA", "QUADRANTS", "outlier"]
 
-OUTLIER_COLUMNS = ("lmi_index", "lmi_zscore", "lmi_pvalue", "co_type", "n_neighbors")
 ALPHA = 0.05
 QUADRANTS = {1: "HH", 2: "LH", 3: "LL", 4: "HL"}
 """esda's quadrant codes (``geoda_quads=False``) and ArcGIS's COType labels."""

@@ -29,7 +29,6 @@ __all__ = ["Layer", "describe_layer", "read_layer", "write_layer", "split_name",
 # Column types read as they are; anything else is read as text (numeric as double precision).
 _NATIVE = {"int2", "int4", "int8", "float4", "float8", "bool", "text", "date", "timestamp",
            "timestamptz"}
-_AS_TEXT = {"varchar", "bpchar", "name", "char"}
 _MULTI = {"Point": "MultiPoint", "LineString": "MultiLineString", "Polygon": "MultiPolygon"}
 
 

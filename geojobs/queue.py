@@ -12,16 +12,19 @@ from functools import cache
 from typing import Any
 
 import psycopg
+from psycopg import sql
 from psycopg.rows import dict_row
 from psycopg.types.json import Jsonb
 
 from geojobs.config import SQL_DIR
 
 __all__ = ["ClaimedJob", "queries", "claim", "complete", "fail", "release", "heartbeat",
-           "requeue_stale", "enqueue", "get", "list_jobs", "cancel", "retry", "count_ready",
-           "NOTIFY_CHANNEL"]
+           "requeue_stale", "enqueue", "get", "list_jobs", "cancel", "retry",
+           "listen", "NOTIFY_CHANNEL"]
 
 NOTIFY_CHANNEL = "geojobs"
+"""The channel the ``background_jobs`` trigger notifies (payload: the job type) when a job
+becomes ready; the migration's trigger names it too, as SQL cannot import this constant."""
 _NAME_LINE = re.compile(r"^-- name: (\w+)\s*$", re.MULTILINE)
 
 
@@ -127,7 +130,6 @@ def retry(conn: psycopg.Connection, job_id: int) -> bool:
     return _run(conn, "retry_job", {"id": job_id}).fetchone() is not None
 
 
-def count_ready(conn: psycopg.Connection, job_type: str) -> int:
-    """Jobs of ``job_type`` ready to run now."""
-    row = _run(conn, "count_ready", {"job_type": job_type}).fetchone()
-    return int(row[0]) if row else 0
+def listen(conn: psycopg.Connection) -> None:
+    """Subscribe ``conn`` to the wake-ups sent when a job becomes ready."""
+    conn.execute(sql.SQL("LISTEN {}").format(sql.Identifier(NOTIFY_CHANNEL)))

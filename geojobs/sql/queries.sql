@@ -109,8 +109,3 @@ SET status = 'queued', attempts = 0, available_at = now(), finished_at = NULL, s
     worker_id = NULL, error = NULL, result = NULL, progress = NULL
 WHERE id = %(id)s AND status IN ('failed', 'cancelled')
 RETURNING id;
-
--- name: count_ready
--- How many jobs of one type are ready now.
-SELECT count(*) FROM background_jobs
-WHERE status = 'queued' AND job_type = %(job_type)s AND available_at <= now();
