@@ -16,8 +16,8 @@ from pydantic import Field
 from analysis.hotspot import hotspot
 from geojobs.context import JobContext
 from geojobs.errors import InvalidParams
-from geojobs.local_stats import GridParams, LocalParams, run_local
-from geojobs.params import ColumnName
+from geojobs.local_stats import LocalParams, run_local
+from geojobs.params import ColumnName, GridParams
 
 JOB_TYPE = "hotspot"
 
