@@ -99,7 +99,7 @@ def run_overlay(
         "output_table": output,
         "rows": rows,
         "srid": layer.srid,
-        **summary.as_dict(),
+        **summary.to_dict(),
         "engine": "shapely",
         "warnings": _warnings(how, result, other_filter is not None),
     }

@@ -86,7 +86,7 @@ def run(ctx: JobContext, params: Params) -> dict[str, Any]:
                          overwrite=params.overwrite,
                          progress=lambda f: ctx.progress(0.05 + 0.9 * f))
     return {
-        **result.as_dict(),
+        **result.to_dict(),
         "output_raster": str(target.relative_to(output_dir().resolve())),
         "clip_features": len(shapes),
         "clip_srid": layer.srid,
