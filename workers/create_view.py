@@ -162,9 +162,9 @@ def run(ctx: JobContext, params: Params) -> dict[str, Any]:
     if params.materialized:
         if geometry_column is not None:
             ctx.conn.execute(
-                q.GIST_INDEX.format(
+                layer_sql.GIST_INDEX.format(
                     name=sql.Identifier(f"{name[:55]}_geom_gix"),
-                    view=view,
+                    table=view,
                     geom=sql.Identifier(geometry_column),
                 )
             )
@@ -305,7 +305,7 @@ def _refresh(conn: psycopg.Connection[Any], view_name: str) -> dict[str, Any]:
 
 
 def _count(conn: psycopg.Connection[Any], view: sql.Identifier) -> int:
-    row = conn.execute(q.COUNT_ROWS.format(view=view)).fetchone()
+    row = conn.execute(layer_sql.COUNT_ROWS.format(table=view)).fetchone()
     return int(row[0]) if row else 0
 
 
