@@ -9,7 +9,7 @@ test. Fewer than 30 features give a warning, fewer than 3 a failure.
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -70,6 +70,34 @@ class LocalSummary(Summary):
     fdr_cutoffs: dict[str, float | None] | None = None
     grid: dict[str, Any] | None = None
     warnings: list[str] = field(default_factory=list)
+
+    @classmethod
+    def of(
+        cls, statistic: str, data: LocalInput, *, permutations: int, seed: int, fdr: bool,
+        counts: dict[str, int], fdr_cutoffs: dict[str, float | None] | None,
+        grid: dict[str, Any] | None = None, warnings: Sequence[str] = (),
+    ) -> LocalSummary:
+        """The summary of ``statistic`` run on ``data``: what was left out, the weights, the
+        choices, and ``warnings`` followed by the input's (each once)."""
+        sw = data.weights
+        return cls(
+            statistic=statistic,
+            n_features=len(data.frame),
+            n_analysed=len(data.analysed),
+            n_null_values=data.n_null_values,
+            n_null_geometries=data.n_null_geometries,
+            n_islands=len(sw.islands),
+            islands=data.island_labels(),
+            crs=sw.crs,
+            weights=sw.describe(),
+            permutations=permutations,
+            seed=seed,
+            fdr=fdr,
+            counts=counts,
+            fdr_cutoffs=fdr_cutoffs,
+            grid=grid,
+            warnings=list(dict.fromkeys([*warnings, *data.warnings])),
+        )
 
 
 @dataclass
