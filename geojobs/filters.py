@@ -171,7 +171,7 @@ def compose_where(
     """The WHERE condition (without the keyword) for ``spec`` on a table.
 
     ``columns`` maps each column of the table to its PostgreSQL type as
-    ``format_type`` prints it (see :func:`table_columns`).  ``srid`` is the
+    ``format_type`` prints it (:attr:`Layer.type_names`).  ``srid`` is the
     SRID of ``geometry_column``, needed only for a bbox.  An empty spec gives
     ``TRUE``.
     """

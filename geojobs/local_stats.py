@@ -13,14 +13,14 @@ import logging
 import os
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from typing import Any
+from typing import Any, Literal
 
 import geopandas as gpd
 import pandas as pd
 from pydantic import Field
 
-from analysis.jit import warm_up
 from analysis.local_input import DEFAULT_PERMUTATIONS, DEFAULT_SEED, MAX_PERMUTATIONS, LocalSummary
+from analysis.warmup import warm_up
 from geojobs.context import JobContext
 from geojobs.layers import (
     check_output_free,
@@ -96,7 +96,7 @@ def run_local(ctx: JobContext, params: LocalParams, analysis: Analysis, *,
     return {"output_table": output, "rows": rows, "srid": srid, **summary.to_dict()}
 
 
-def warm_up_worker(job_type: str) -> None:
+def warm_up_worker(job_type: Literal["hotspot", "outlier"]) -> None:
     """Compile esda's permutation kernels before claiming jobs (then freeze what is loaded
     out of the garbage collector's scans), unless
     ``GEOJOBS_JIT_WARMUP=0`` (e.g. a worker that will only see ``permutations: 0``)."""

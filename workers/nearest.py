@@ -18,6 +18,7 @@ from typing import Any, Literal
 from pydantic import Field, field_validator
 
 from analysis.nearest import default_method, nearest
+from geojobs import worker_cli
 from geojobs.context import JobContext
 from geojobs.errors import InvalidInput
 from geojobs.filters import FilterSpec, filter_clause
@@ -126,6 +127,4 @@ def run(ctx: JobContext, params: Params) -> dict[str, Any]:
 
 
 if __name__ == "__main__":
-    from geojobs.worker_cli import main
-
-    raise SystemExit(main(JOB_TYPE))
+    raise SystemExit(worker_cli.main(JOB_TYPE))
