@@ -10,7 +10,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from geojobs import db, pipelines, queue, registry, units
+from geojobs import db, health, pipelines, queue, registry, top, units
 from geojobs.demo import run_demo
 from geojobs.errors import GeojobsError
 from geojobs.params import validate_params
@@ -142,6 +142,29 @@ def cmd_worker(args: argparse.Namespace) -> int:
     return run_worker(args.job_type, args)
 
 
+def _job_types(values: list[str] | None) -> list[str] | None:
+    """The --type filters, each checked against the registry."""
+    for value in values or []:
+        if value not in registry.JOB_TYPES:
+            raise GeojobsError(f"--type: unknown job type {value!r}; known: {registry.names()}")
+    return values or None
+
+
+def cmd_health(args: argparse.Namespace) -> int:
+    verdict = health.check(job_types=_job_types(args.type))
+    if args.json:
+        _print_json(verdict.as_dict())
+    else:
+        print(verdict.line())
+    return verdict.code
+
+
+def cmd_top(args: argparse.Namespace) -> int:
+    if args.interval <= 0:
+        raise GeojobsError(f"--interval: must be above 0 seconds, got {args.interval}")
+    return top.run_top(job_types=_job_types(args.type), interval=args.interval, once=args.once)
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
     return run_demo()
 
@@ -241,6 +264,19 @@ def build_parser() -> argparse.ArgumentParser:
     p_worker.add_argument("job_type")
     add_worker_arguments(p_worker)
     p_worker.set_defaults(func=cmd_worker)
+
+    p_health = sub.add_parser("health", help="OK/WARNING/CRITICAL with reasons; exits 0/1/2 "
+                              "(Nagios plugin convention)")
+    p_health.add_argument("--type", action="append", help="only this job type (repeatable)")
+    p_health.add_argument("--json", action="store_true", help="the same document as GET /health")
+    p_health.set_defaults(func=cmd_health)
+
+    p_top = sub.add_parser("top", help="live view of workers, running jobs, queues and failures")
+    p_top.add_argument("--type", action="append", help="only this job type (repeatable)")
+    p_top.add_argument("--interval", type=float, default=1.0,
+                       help="seconds between redraws when no notification arrives (default 1)")
+    p_top.add_argument("--once", action="store_true", help="print one screen and exit")
+    p_top.set_defaults(func=cmd_top)
 
     p_units = sub.add_parser("units", help="systemd units: render them, or install them on this host")
     p_units.add_argument("action", choices=["render", "install"],
