@@ -2,7 +2,9 @@
 
 Each analysis returns its counts, choices and warnings as a dataclass deriving from
 :class:`Summary`; the job merges ``summary.to_dict()`` into its result next to the output
-table's name, rows and SRID. ``to_dict`` makes the values JSON-ready, because the result is
+table's name, rows and SRID. A field declared with ``field(metadata=FLATTEN)`` holds a dict
+whose keys go to the top level of the result (what depends on the input's shape, say),
+overriding the fields before it. ``to_dict`` makes the values JSON-ready, because the result is
 stored as ``jsonb``: numpy scalars become Python numbers, tuples lists, and a float that JSON
 cannot hold (NaN, an infinity) its name as a string ("nan", "inf", "-inf").
 """
@@ -15,7 +17,10 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["Summary", "json_ready"]
+__all__ = ["FLATTEN", "Summary", "json_ready"]
+
+FLATTEN = {"flatten": True}
+"""Field metadata: merge this dict field's keys into the summary's top level."""
 
 
 class Summary:
@@ -24,7 +29,14 @@ class Summary:
     def to_dict(self) -> dict[str, Any]:
         """Every field, JSON-ready (see the module docstring)."""
         assert dataclasses.is_dataclass(self), "a Summary is a dataclass"
-        return {f.name: json_ready(getattr(self, f.name)) for f in dataclasses.fields(self)}
+        out: dict[str, Any] = {}
+        for f in dataclasses.fields(self):
+            value = json_ready(getattr(self, f.name))
+            if f.metadata.get("flatten"):
+                out.update(value)
+            else:
+                out[f.name] = value
+        return out
 
 
 def json_ready(value: Any) -> Any:

@@ -178,7 +178,6 @@ def run(ctx: JobContext, params: Params) -> dict[str, Any]:
             overwrite=params.overwrite,
             field="slices_table",
         )
-    summary = result.summary
     return {
         "output_table": output,
         "rows": rows,
@@ -187,8 +186,7 @@ def run(ctx: JobContext, params: Params) -> dict[str, Any]:
         "input_shape": shape,
         "input_rows": len(gdf),
         "srid": srid,
-        **{k: v for k, v in summary.items() if k != "warnings"},
-        "warnings": summary.get("warnings", []),
+        **result.summary.to_dict(),
     }
 
 

@@ -11,7 +11,7 @@ from analysis.dissolve import DissolveSummary
 from analysis.local_input import LocalSummary
 from analysis.overlay import OverlaySummary
 from analysis.raster_clip import ClipResult
-from analysis.summary import Summary
+from analysis.summary import FLATTEN, Summary
 
 
 @dataclass(frozen=True)
@@ -52,3 +52,15 @@ def test_every_analysis_summary_is_json_as_postgres_takes_it() -> None:
                                       "coverage_union_groups": 0, "warnings": ["w"]}
     assert summaries[2].to_dict()["nodata"] == "nan"
     assert summaries[2].to_dict()["bounds"] == [0.0, 0.0, 1.0, 1.0]
+
+
+@dataclass
+class _Flat(Summary):
+    crs: str | None
+    panel: dict[str, object] = field(default_factory=dict, metadata=FLATTEN)
+    warnings: list[str] = field(default_factory=list)
+
+
+def test_a_flattened_field_merges_its_keys_over_the_fields_before_it() -> None:
+    summary = _Flat(crs="EPSG:4326", panel={"crs": "EPSG:32616", "grid": {"cells": np.int64(4)}})
+    assert summary.to_dict() == {"crs": "EPSG:32616", "grid": {"cells": 4}, "warnings": []}
