@@ -400,7 +400,7 @@ class ProcessesEndpoints:
         """403 when ``overwrite`` would replace a table another user's job wrote."""
         if not getattr(params, "overwrite", False) or user.admin:
             return
-        field_name = "output_table" if hasattr(params, "output_table") else "view_name"
+        field_name = "output_table"  # every job type that writes a table names it so
         target = getattr(params, field_name, None)
         if not target:
             return
