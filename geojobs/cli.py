@@ -145,6 +145,9 @@ def cmd_worker(args: argparse.Namespace) -> int:
 def cmd_warm(args: argparse.Namespace) -> int:
     """Run every job type's warm-up once, so that numba's on-disk cache is built at install
     time and no worker on this host compiles at its first start."""
+    for name in args.job_types:
+        if name not in registry.JOB_TYPES:
+            raise GeojobsError(f"job_types: unknown job type {name!r}; known: {registry.names()}")
     for name in args.job_types or registry.names():
         jobtype = registry.load(name)
         if jobtype.warm_up is None:

@@ -98,3 +98,10 @@ def test_io_benchmark_smoke(db_url: str) -> None:
     assert ("read", "geojobs read_layer") in paths and ("write", "geojobs write_layer") in paths
     assert ("read", "geopandas read_postgis") in paths and len(rows) == 7
     assert all(r["wall_s"] > 0 and r["size"] == 300 for r in rows)
+
+
+def test_start_benchmark_smoke(db_url: str) -> None:
+    from bench import start
+
+    rows = start.run(["noop"], db_url, repeat=1)
+    assert rows[0]["job_type"] == "noop" and 0 < rows[0]["best_s"] < 120
