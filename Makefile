@@ -31,6 +31,7 @@ $(VENV)/.installed: pyproject.toml
 	@test -x $(VENV)/bin/python || $(PYTHON) -m venv $(VENV)
 	$(VENV)/bin/pip install -q --upgrade pip
 	$(VENV)/bin/pip install -q -e '.[dev,bench]'
+	$(VENV)/bin/geojobs warm
 	@touch $@
 
 db: install

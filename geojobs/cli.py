@@ -142,6 +142,22 @@ def cmd_worker(args: argparse.Namespace) -> int:
     return run_worker(args.job_type, args)
 
 
+def cmd_warm(args: argparse.Namespace) -> int:
+    """Run every job type's warm-up once, so that numba's on-disk cache is built at install
+    time and no worker on this host compiles at its first start."""
+    for name in args.job_types:
+        if name not in registry.JOB_TYPES:
+            raise GeojobsError(f"job_types: unknown job type {name!r}; known: {registry.names()}")
+    for name in args.job_types or registry.names():
+        jobtype = registry.load(name)
+        if jobtype.warm_up is None:
+            continue
+        started = time.perf_counter()
+        jobtype.warm_up()
+        print(f"{name}: warm in {time.perf_counter() - started:.1f} s")
+    return 0
+
+
 def _job_types(values: list[str] | None) -> list[str] | None:
     """The --type filters, each checked against the registry."""
     for value in values or []:
@@ -302,6 +318,11 @@ def build_parser() -> argparse.ArgumentParser:
     p_keys.add_argument("name", nargs="?")
     p_keys.add_argument("--admin", action="store_true", help="the user sees every job")
     p_keys.set_defaults(func=cmd_keys)
+
+    p_warm = sub.add_parser("warm", help="build the numba caches of the job types that have "
+                            "kernels (run once after installing, as make install does)")
+    p_warm.add_argument("job_types", nargs="*", help="job types (default: all)")
+    p_warm.set_defaults(func=cmd_warm)
 
     p_demo = sub.add_parser("demo", help="load sample data, queue jobs, run them, show them")
     p_demo.set_defaults(func=cmd_demo)

@@ -110,3 +110,10 @@ def test_api_benchmark_smoke() -> None:
     assert [r["clients"] for r in out["throughput"]] == [1, 16]
     assert all(r["api_submits_per_s"] > 0 and r["api_get_job_per_s"] > 0 for r in out["throughput"])
     assert out["sse"][0]["jobs"] == 2 and out["sse"][0]["completion_to_sse_p50_ms"] > 0
+
+
+def test_start_benchmark_smoke(db_url: str) -> None:
+    from bench import start
+
+    rows = start.run(["noop"], db_url, repeat=1)
+    assert rows[0]["job_type"] == "noop" and 0 < rows[0]["best_s"] < 120
