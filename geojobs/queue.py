@@ -19,9 +19,13 @@ from geojobs.config import SQL_DIR
 
 __all__ = ["ClaimedJob", "queries", "claim", "complete", "fail", "release", "heartbeat",
            "requeue_stale", "enqueue", "get", "list_jobs", "cancel", "retry", "count_ready",
-           "NOTIFY_CHANNEL"]
+           "NOTIFY_CHANNEL", "CANCEL_CHANNEL", "job_state", "terminate_backend",
+           "register_worker", "touch_worker", "unregister_worker", "prune_workers",
+           "list_workers", "live_workers"]
 
 NOTIFY_CHANNEL = "geojobs"
+CANCEL_CHANNEL = "geojobs_cancel"
+"""A running job was cancelled: payload the job id (trigger of migration 0004)."""
 _NAME_LINE = re.compile(r"^-- name: (\w+)\s*$", re.MULTILINE)
 
 
@@ -47,6 +51,8 @@ class ClaimedJob:
     attempt: int
     max_attempts: int
     worker_id: str
+    timeout_seconds: int | None = None
+    memory_limit_mb: int | None = None
 
 
 def claim(conn: psycopg.Connection, job_type: str, worker_id: str) -> ClaimedJob | None:
@@ -54,8 +60,9 @@ def claim(conn: psycopg.Connection, job_type: str, worker_id: str) -> ClaimedJob
     row = _run(conn, "claim_job", {"job_type": job_type, "worker_id": worker_id}).fetchone()
     if row is None:
         return None
-    job_id, jtype, params, attempts, max_attempts = row
-    return ClaimedJob(job_id, jtype, params, attempts, max_attempts, worker_id)
+    job_id, jtype, params, attempts, max_attempts, timeout_seconds, memory_limit_mb = row
+    return ClaimedJob(job_id, jtype, params, attempts, max_attempts, worker_id, timeout_seconds,
+                      memory_limit_mb)
 
 
 def _lease(job: ClaimedJob) -> dict[str, Any]:
@@ -130,4 +137,53 @@ def retry(conn: psycopg.Connection, job_id: int) -> bool:
 def count_ready(conn: psycopg.Connection, job_type: str) -> int:
     """Jobs of ``job_type`` ready to run now."""
     row = _run(conn, "count_ready", {"job_type": job_type}).fetchone()
+    return int(row[0]) if row else 0
+
+
+def job_state(conn: psycopg.Connection, job_id: int) -> tuple[str, str | None, int] | None:
+    """(status, worker_id, attempts) of a job, or None when it no longer exists."""
+    row = _run(conn, "job_state", {"id": job_id}).fetchone()
+    return (row[0], row[1], row[2]) if row else None
+
+
+def terminate_backend(conn: psycopg.Connection, pid: int) -> bool:
+    """End one database session (a killed job process's) now; True when it is gone."""
+    row = _run(conn, "terminate_backend", {"pid": pid}).fetchone()
+    return bool(row and row[0])
+
+
+def register_worker(conn: psycopg.Connection, *, worker_id: str, job_type: str, host: str,
+                    pid: int, version: str, rss_mb: float) -> None:
+    """Add (or refresh) this worker's row in ``geojobs_workers``."""
+    _run(conn, "register_worker", {"worker_id": worker_id, "job_type": job_type, "host": host,
+                                   "pid": pid, "version": version, "rss_mb": rss_mb})
+
+
+def touch_worker(conn: psycopg.Connection, worker_id: str, *, current_job: int | None,
+                 jobs_run: int, rss_mb: float) -> bool:
+    """Refresh this worker's row; False when it was pruned meanwhile (register again)."""
+    cur = _run(conn, "touch_worker", {"worker_id": worker_id, "current_job": current_job,
+                                      "jobs_run": jobs_run, "rss_mb": rss_mb})
+    return cur.fetchone() is not None
+
+
+def unregister_worker(conn: psycopg.Connection, worker_id: str) -> None:
+    """Remove this worker's row (it is stopping)."""
+    _run(conn, "unregister_worker", {"worker_id": worker_id})
+
+
+def prune_workers(conn: psycopg.Connection, lease_seconds: float) -> list[str]:
+    """Delete the rows of workers not seen for longer than the lease."""
+    return [r[0] for r in _run(conn, "prune_workers", {"lease_seconds": lease_seconds})]
+
+
+def list_workers(conn: psycopg.Connection) -> list[dict[str, Any]]:
+    """Every registered worker, with ``seen_seconds_ago``."""
+    with conn.cursor(row_factory=dict_row) as cur:
+        return cur.execute(queries()["list_workers"], {}).fetchall()
+
+
+def live_workers(conn: psycopg.Connection, job_type: str, seconds: float) -> int:
+    """Workers of ``job_type`` seen within the last ``seconds``."""
+    row = _run(conn, "live_workers", {"job_type": job_type, "seconds": seconds}).fetchone()
     return int(row[0]) if row else 0

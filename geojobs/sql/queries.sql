@@ -18,7 +18,8 @@ WHERE j.id = (
     LIMIT 1
     FOR UPDATE SKIP LOCKED
 )
-RETURNING j.id, j.job_type, j.params, j.attempts, j.max_attempts;
+RETURNING j.id, j.job_type, j.params, j.attempts, j.max_attempts, j.timeout_seconds,
+          j.memory_limit_mb;
 
 -- name: complete_job
 -- Record success, only if this worker still holds this attempt (compare-and-set).
@@ -96,7 +97,7 @@ ORDER BY id DESC
 LIMIT %(limit)s;
 
 -- name: cancel_job
--- Cancel a queued or running job; a running one stops at its next progress check.
+-- Cancel a queued or running job; the worker of a running one is told by NOTIFY and stops it.
 UPDATE background_jobs
 SET status = 'cancelled', finished_at = now(), error = 'cancelled by request'
 WHERE id = %(id)s AND status IN ('queued', 'running')
@@ -114,3 +115,47 @@ RETURNING id;
 -- How many jobs of one type are ready now.
 SELECT count(*) FROM background_jobs
 WHERE status = 'queued' AND job_type = %(job_type)s AND available_at <= now();
+
+-- name: job_state
+-- Status and holder of one job: why a heartbeat was refused (cancelled, or the lease lost).
+SELECT status, worker_id, attempts FROM background_jobs WHERE id = %(id)s;
+
+-- name: terminate_backend
+-- End the database session of a killed job process at once (its transaction rolls back),
+-- waiting up to one second for it to be gone.
+SELECT pg_terminate_backend(%(pid)s, 1000);
+
+-- name: register_worker
+-- A worker process announces itself (or again, after a reconnection).
+INSERT INTO geojobs_workers (worker_id, job_type, host, pid, version, rss_mb)
+VALUES (%(worker_id)s, %(job_type)s, %(host)s, %(pid)s, %(version)s, %(rss_mb)s)
+ON CONFLICT (worker_id) DO UPDATE
+SET last_seen = now(), current_job = NULL, rss_mb = EXCLUDED.rss_mb;
+
+-- name: touch_worker
+-- A worker is alive: its current job, jobs run and resident memory.
+UPDATE geojobs_workers
+SET last_seen = now(), current_job = %(current_job)s, jobs_run = %(jobs_run)s, rss_mb = %(rss_mb)s
+WHERE worker_id = %(worker_id)s
+RETURNING worker_id;
+
+-- name: unregister_worker
+-- A worker stops.
+DELETE FROM geojobs_workers WHERE worker_id = %(worker_id)s;
+
+-- name: prune_workers
+-- Forget workers not seen for longer than the lease.
+DELETE FROM geojobs_workers WHERE last_seen < now() - make_interval(secs => %(lease_seconds)s)
+RETURNING worker_id;
+
+-- name: list_workers
+-- Every registered worker, with the seconds since it was last seen.
+SELECT worker_id, job_type, host, pid, version, started_at, last_seen, current_job, jobs_run,
+       rss_mb, extract(epoch FROM now() - last_seen)::float8 AS seen_seconds_ago
+FROM geojobs_workers
+ORDER BY job_type, started_at;
+
+-- name: live_workers
+-- How many workers of one type were seen within the given seconds.
+SELECT count(*) FROM geojobs_workers
+WHERE job_type = %(job_type)s AND last_seen >= now() - make_interval(secs => %(seconds)s);
