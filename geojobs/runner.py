@@ -325,6 +325,9 @@ class Worker:
                 outcome = self._supervise(job, child, started)
             except (BrokenPipeError, EOFError, ConnectionResetError):
                 outcome = self._child_died(child)
+            except BaseException:
+                self._kill(child)  # never leave a child working on a job nobody watches
+                raise
         finally:
             self.jobs_run += 1
             with self._current_lock:
@@ -358,8 +361,6 @@ class Worker:
                    started: float) -> tuple[Any, ...]:
         """Wait for the child's outcome; stop it on cancel, timeout, memory or a lost lease."""
         settings = self.settings
-        control = self._control
-        assert control is not None
         timeout = float(job.timeout_seconds or default_timeout(job.job_type, self.module))
         deadline = started + timeout
         limit_mb = settings.job_memory_limit(job)
@@ -368,14 +369,16 @@ class Worker:
         except psutil.Error:
             child_ps = None
         progress: float | None = None
-        last_write = started
+        last_write = last_beat = started
         next_memory_check = started + settings.memory_check_seconds
         pipe_fd = child.pipe.fileno()
         while True:
             now = time.monotonic()
             wait = min(deadline, next_memory_check,
                        last_write + settings.heartbeat_seconds * 0.9) - now
-            fds = [pipe_fd] if control.broken else [pipe_fd, control.fileno()]
+            control = self._control
+            up = control is not None and not control.closed
+            fds = [pipe_fd, control.fileno()] if up and control is not None else [pipe_fd]
             ready, _, _ = select.select(fds, [], [], max(wait, 0.0))
             if pipe_fd in ready:
                 message = child.pipe.recv()
@@ -388,7 +391,7 @@ class Worker:
                 else:
                     return message
             now = time.monotonic()
-            if len(ready) > 1 or (pipe_fd not in ready and ready):
+            if control is not None and (len(ready) > 1 or (pipe_fd not in ready and ready)):
                 if self._cancel_noted(control, job):
                     self._kill(child)
                     return ("cancelled",)
@@ -406,15 +409,25 @@ class Worker:
                 self._kill(child)
                 retry = bool(getattr(self.module, "TIMEOUTS_ARE_TRANSIENT", False))
                 return ("failed", f"timed out after {timeout:.0f} s", retry, "")
-            if now - last_write >= settings.heartbeat_seconds * 0.9 and not control.broken:
+            if now - last_write >= settings.heartbeat_seconds * 0.9:
                 last_write = now
                 sdnotify.watchdog()
                 try:
+                    control = self._connections()  # again, if the database dropped it
                     held = queue.heartbeat(control, job, progress)
                     self._touch(control, job.id)
                 except psycopg.OperationalError as exc:
-                    log.warning("job %s: heartbeat failed (%s); will retry", job.id, exc)
+                    log.warning("job %s: heartbeat failed (%s); will retry", job.id,
+                                str(exc).strip().splitlines()[0] if str(exc) else exc)
+                    self._drop_connections()
+                    if now - last_beat > settings.lease_seconds * 0.75:
+                        # Fence ourselves off before the lease runs out and another worker
+                        # takes the job: its work must never run twice at the same time.
+                        self._kill(child)
+                        return ("interrupted", f"could not renew the lease for "
+                                               f"{now - last_beat:.1f} s")
                     continue
+                last_beat = now
                 if not held:
                     state = queue.job_state(control, job.id)
                     self._kill(child)
@@ -442,6 +455,7 @@ class Worker:
         elif kind == "interrupted":
             log.warning("%s stopped after %.2f s: %s", label, elapsed, outcome[1])
         elif kind == "db_down":
+            log.warning("%s stopped after %.2f s: its connection was lost", label, elapsed)
             raise psycopg.OperationalError(outcome[1])  # reconnect; the lease brings it back
         else:
             _, message, retry, tb = outcome

@@ -18,6 +18,7 @@ import psutil
 import psycopg
 import pytest
 import shapely
+from psycopg import sql
 
 from geojobs import queue
 from tests.support import as_role, job_row, start_worker, wait_for
@@ -51,7 +52,8 @@ def _insert(conn: psycopg.Connection[Any], job_type: str, params: dict[str, Any]
             **columns: Any) -> int:
     job_id = queue.enqueue(conn, job_type, params, max_attempts=3)
     for name, value in columns.items():  # the tests' own fixed column names
-        conn.execute(f"UPDATE background_jobs SET {name} = %s WHERE id = %s", (value, job_id))
+        conn.execute(sql.SQL("UPDATE background_jobs SET {} = %s WHERE id = %s").format(
+            sql.Identifier(name)), (value, job_id))
     return job_id
 
 
@@ -216,6 +218,6 @@ def test_bad_limits_are_refused_naming_the_column(conn: psycopg.Connection[Any],
                                                   value: int) -> None:
     before = conn.execute("SELECT count(*) FROM background_jobs").fetchone()
     with pytest.raises(psycopg.errors.CheckViolation, match=column):
-        conn.execute(f"INSERT INTO background_jobs (job_type, {column}) VALUES ('noop', %s)",
-                     (value,))
+        conn.execute(sql.SQL("INSERT INTO background_jobs (job_type, {}) VALUES ('noop', %s)")
+                     .format(sql.Identifier(column)), (value,))
     assert conn.execute("SELECT count(*) FROM background_jobs").fetchone() == before
