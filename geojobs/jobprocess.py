@@ -22,7 +22,6 @@ import time
 import traceback
 from collections.abc import Callable
 from multiprocessing.connection import Connection, Pipe
-from types import ModuleType
 from typing import Any
 
 import psycopg
@@ -32,6 +31,7 @@ from geojobs import queue
 from geojobs.context import JobContext
 from geojobs.db import connect
 from geojobs.errors import GeojobsError
+from geojobs.jobtype import JobType
 from geojobs.params import validate_params
 
 __all__ = ["JobProcess", "classify_failure"]
@@ -55,7 +55,7 @@ def classify_failure(exc: BaseException) -> tuple[str, bool]:
 class JobProcess:
     """One forked child and the parent's end of its pipe."""
 
-    def __init__(self, module: ModuleType, database_url: str, keep: list[Any]) -> None:
+    def __init__(self, module: JobType, database_url: str, keep: list[Any]) -> None:
         self.module = module
         self.database_url = database_url
         self.backend_pid: int | None = None
@@ -110,7 +110,7 @@ class JobProcess:
         self.reap(timeout=2.0)
 
 
-def _child_main(pipe: Connection, module: ModuleType, database_url: str) -> None:
+def _child_main(pipe: Connection, module: JobType, database_url: str) -> None:
     """The child's loop: a job in, an outcome out, until the pipe closes."""
     signal.set_wakeup_fd(-1)
     for signum in (signal.SIGTERM, signal.SIGINT):
@@ -151,7 +151,7 @@ def _reporter(pipe: Connection) -> Callable[[float], None]:
     return report
 
 
-def _run_one(job: queue.ClaimedJob, conn: psycopg.Connection[Any], module: ModuleType,
+def _run_one(job: queue.ClaimedJob, conn: psycopg.Connection[Any], module: JobType,
              report: Callable[[float], None]) -> tuple[Any, ...]:
     """Run one job in one transaction with its completion; the outcome message."""
     try:

@@ -20,16 +20,16 @@ import threading
 import time
 import uuid
 from dataclasses import dataclass, field
-from types import ModuleType
 from typing import Any
 
 import psutil
 import psycopg
 
-from geojobs import __version__, queue, registry, sdnotify
+from geojobs import __version__, logs, queue, registry, sdnotify
 from geojobs.config import database_url
 from geojobs.db import connect
 from geojobs.jobprocess import JobProcess
+from geojobs.jobtype import JobType
 
 __all__ = ["WorkerSettings", "Worker"]
 
@@ -76,12 +76,12 @@ DEFAULT_TIMEOUT_SECONDS = 6 * 3600
 """Time limit of a job whose row and job type name none."""
 
 
-def default_timeout(job_type: str, module: ModuleType) -> float:
+def default_timeout(jobtype: JobType) -> float:
     """``GEOJOBS_TIMEOUT_<TYPE>``, else the job type's ``DEFAULT_TIMEOUT_SECONDS``, else 6 h."""
-    raw = os.environ.get(f"GEOJOBS_TIMEOUT_{job_type.upper()}")
+    raw = os.environ.get(f"GEOJOBS_TIMEOUT_{jobtype.JOB_TYPE.upper()}")
     if raw:
         return float(raw)
-    return float(getattr(module, "DEFAULT_TIMEOUT_SECONDS", DEFAULT_TIMEOUT_SECONDS))
+    return float(jobtype.DEFAULT_TIMEOUT_SECONDS or DEFAULT_TIMEOUT_SECONDS)
 
 
 class Worker:
@@ -91,7 +91,7 @@ class Worker:
         self.settings = settings
         self.host = socket.gethostname()
         self.worker_id = f"{self.host}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
-        self.module: ModuleType = registry.load(settings.job_type)
+        self.jobtype: JobType = registry.load(settings.job_type)
         self._control: psycopg.Connection[Any] | None = None
         self._child: JobProcess | None = None
         self._stopping = threading.Event()
@@ -228,6 +228,7 @@ class Worker:
         """
         if handle_signals:
             self._install_signal_handling()
+        logs.set_worker(self.worker_id, self.settings.job_type)
         log.info("worker %s for %s started", self.worker_id, self.settings.job_type)
         sdnotify.notify("READY=1", f"STATUS=worker for {self.settings.job_type}")
         failures = 0
@@ -307,11 +308,15 @@ class Worker:
             self._child.reap()
             self._child = None
         if self._child is None:
-            self._child = JobProcess(self.module, self.settings.database_url,
+            self._child = JobProcess(self.jobtype, self.settings.database_url,
                                      keep=[self._control])
         return self._child
 
     def _run_job(self, job: queue.ClaimedJob) -> None:
+        with logs.job_fields(job.id, job.job_type, job.attempt, job.worker_id):
+            self._run_job_logged(job)
+
+    def _run_job_logged(self, job: queue.ClaimedJob) -> None:
         control = self._connections()
         with self._current_lock:
             self._current = job
@@ -361,7 +366,7 @@ class Worker:
                    started: float) -> tuple[Any, ...]:
         """Wait for the child's outcome; stop it on cancel, timeout, memory or a lost lease."""
         settings = self.settings
-        timeout = float(job.timeout_seconds or default_timeout(job.job_type, self.module))
+        timeout = float(job.timeout_seconds or default_timeout(self.jobtype))
         deadline = started + timeout
         limit_mb = settings.job_memory_limit(job)
         try:
@@ -407,7 +412,7 @@ class Worker:
                             f"resident memory {rss_mb:.0f} MB")
             if now >= deadline:
                 self._kill(child)
-                retry = bool(getattr(self.module, "TIMEOUTS_ARE_TRANSIENT", False))
+                retry = self.jobtype.TIMEOUTS_ARE_TRANSIENT
                 return ("failed", f"timed out after {timeout:.0f} s", retry, "")
             if now - last_write >= settings.heartbeat_seconds * 0.9:
                 last_write = now
