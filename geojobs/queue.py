@@ -28,7 +28,8 @@ __all__ = ["ClaimedJob", "queries", "claim", "complete", "fail", "release", "hea
            "cancel_pipeline",
            "CANCEL_CHANNEL", "job_state", "terminate_backend",
            "register_worker", "touch_worker", "unregister_worker", "prune_workers",
-           "list_workers", "live_workers"]
+           "list_workers", "live_workers", "enqueue_controlled", "pin", "worker_of_job",
+           "janitor_next_expired", "janitor_mark_expired", "janitor_delete_jobs"]
 
 NOTIFY_CHANNEL = "geojobs"
 JOB_EVENTS_CHANNEL = "geojobs_jobs"
@@ -272,3 +273,48 @@ def pipeline_steps(conn: psycopg.Connection, pipeline_id: int) -> list[dict[str,
 def cancel_pipeline(conn: psycopg.Connection, pipeline_id: int) -> list[int]:
     """Cancel every unfinished step of a pipeline run; return the ids cancelled."""
     return [int(r[0]) for r in _run(conn, "cancel_pipeline", {"id": pipeline_id})]
+
+
+def enqueue_controlled(
+    conn: psycopg.Connection, job_type: str, params: Any, *, priority: int = 0,
+    max_attempts: int = 4, timeout_seconds: int | None = None, memory_limit_mb: int | None = None,
+    idempotency_key: str | None = None,
+) -> tuple[int, bool]:
+    """Insert a job with limits and an idempotency key: (id, True), or the id of the job this
+    submitter already queued with that key and False."""
+    values = {"job_type": job_type, "params": Jsonb(params), "priority": priority,
+              "max_attempts": max_attempts, "timeout_seconds": timeout_seconds,
+              "memory_limit_mb": memory_limit_mb, "idempotency_key": idempotency_key}
+    for _ in range(3):  # a concurrent insert of the same key may be invisible to the first try
+        row = _run(conn, "enqueue_job_controlled", values).fetchone()
+        if row is not None:
+            return int(row[0]), bool(row[1])
+    raise GeojobsError("idempotency_key: the job with this key could not be read back")
+
+
+def pin(conn: psycopg.Connection, job_id: int, pinned: bool) -> bool:
+    """Keep (or stop keeping) a job's outputs past their expiry; False when there is no such job."""
+    return _run(conn, "pin_job", {"id": job_id, "pinned": pinned}).fetchone() is not None
+
+
+def worker_of_job(conn: psycopg.Connection, job_id: int) -> dict[str, Any] | None:
+    """The registry row of the worker that holds or last held the job, while it is registered."""
+    with conn.cursor(row_factory=dict_row) as cur:
+        return cur.execute(queries()["worker_of_job"], {"id": job_id}).fetchone()
+
+
+def janitor_next_expired(conn: psycopg.Connection,
+                         params: dict[str, Any]) -> tuple[int, dict[str, Any]] | None:
+    """Lock the next finished job whose outputs are expired: (id, result), or None."""
+    row = _run(conn, "janitor_expired_outputs", params).fetchone()
+    return (int(row[0]), row[1]) if row else None
+
+
+def janitor_mark_expired(conn: psycopg.Connection, job_id: int) -> None:
+    """Record on the job that its outputs were dropped (``result.expired_at``)."""
+    _run(conn, "janitor_mark_expired", {"id": job_id})
+
+
+def janitor_delete_jobs(conn: psycopg.Connection, params: dict[str, Any]) -> list[int]:
+    """Delete a batch of finished job rows past the job TTL; their ids."""
+    return [int(r[0]) for r in _run(conn, "janitor_delete_jobs", params)]

@@ -214,3 +214,76 @@ SET status = 'cancelled', finished_at = now(), error = 'cancelled by request'
 WHERE id IN (SELECT job_id FROM pipeline_steps WHERE pipeline_id = %(id)s AND NOT reused)
   AND status IN ('waiting', 'queued', 'running')
 RETURNING id;
+
+-- name: enqueue_job_controlled
+-- Insert a job with limits and an idempotency key; a key already used by this submitter
+-- returns the first job instead (inserted = false).
+WITH inserted AS (
+    INSERT INTO background_jobs (job_type, params, priority, max_attempts, timeout_seconds,
+                                 memory_limit_mb, idempotency_key)
+    VALUES (%(job_type)s, %(params)s, %(priority)s, %(max_attempts)s, %(timeout_seconds)s,
+            %(memory_limit_mb)s, %(idempotency_key)s)
+    ON CONFLICT (submitted_by, idempotency_key) WHERE idempotency_key IS NOT NULL DO NOTHING
+    RETURNING id
+)
+SELECT id, true FROM inserted
+UNION ALL
+SELECT id, false FROM background_jobs
+WHERE submitted_by = session_user AND idempotency_key = %(idempotency_key)s
+  AND NOT EXISTS (SELECT 1 FROM inserted);
+
+-- name: pin_job
+-- Keep (or stop keeping) a finished job's outputs past their expiry.
+UPDATE background_jobs SET pinned = %(pinned)s WHERE id = %(id)s RETURNING id;
+
+-- name: worker_of_job
+-- The registry row of the worker holding or last holding a job, if it is still registered.
+SELECT w.worker_id, w.host, w.pid, w.version, w.last_seen
+FROM background_jobs AS j JOIN geojobs_workers AS w ON w.worker_id = j.worker_id
+WHERE j.id = %(id)s;
+
+-- name: janitor_expired_outputs
+-- Finished jobs whose outputs are past their expiry (expires_at, else finished_at + the result
+-- TTL; or the job row itself past the job TTL), not pinned, not yet dropped, and read by no
+-- unfinished job (by name in its params, or as a dependency). Locked, skipping rows another
+-- janitor holds.
+SELECT j.id, j.result
+FROM background_jobs AS j
+WHERE j.status IN ('completed', 'failed', 'cancelled') AND NOT j.pinned
+  AND j.result IS NOT NULL AND NOT j.result ? 'expired_at'
+  AND (COALESCE(j.expires_at, j.finished_at + make_interval(days => %(result_ttl_days)s)) < now()
+       OR j.finished_at < now() - make_interval(days => %(job_ttl_days)s))
+  AND NOT EXISTS (
+      SELECT 1 FROM background_jobs AS o
+      WHERE o.status IN ('waiting', 'queued', 'running')
+        AND (o.depends_on @> ARRAY[j.id]
+             OR strpos(o.params::text, COALESCE(j.result->>'output_table',
+                                                j.result->>'output_view', '\0')) > 0))
+ORDER BY j.finished_at
+LIMIT %(limit)s
+FOR UPDATE OF j SKIP LOCKED;
+
+-- name: janitor_mark_expired
+-- Record that a job's outputs were dropped.
+UPDATE background_jobs
+SET result = result || jsonb_build_object('expired_at', now())
+WHERE id = %(id)s;
+
+-- name: janitor_delete_jobs
+-- Delete finished job rows past the job TTL whose outputs are gone (or never existed), not
+-- pinned and needed by no unfinished job.
+DELETE FROM background_jobs AS j
+WHERE j.id IN (
+    SELECT id FROM background_jobs
+    WHERE status IN ('completed', 'failed', 'cancelled') AND NOT pinned
+      AND finished_at < now() - make_interval(days => %(job_ttl_days)s)
+      AND (result IS NULL OR result ? 'expired_at'
+           OR NOT (result ?| ARRAY['output_table', 'output_view', 'output_raster']))
+    ORDER BY finished_at
+    LIMIT %(limit)s
+    FOR UPDATE SKIP LOCKED
+)
+AND NOT EXISTS (SELECT 1 FROM background_jobs AS o
+                WHERE o.status IN ('waiting', 'queued', 'running') AND o.depends_on @> ARRAY[j.id])
+AND NOT EXISTS (SELECT 1 FROM pipeline_steps AS s WHERE s.job_id = j.id)
+RETURNING j.id;
