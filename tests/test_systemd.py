@@ -22,6 +22,7 @@ from geojobs import queue, registry, sdnotify, units
 from tests.support import ROOT, job_row, start_worker, wait_for
 
 UNITS = sorted((ROOT / "systemd").glob("*_worker.service"))
+PLATFORM = sorted(u.name for u in units.PLATFORM_UNITS)
 ENV_EXAMPLE = ROOT / "systemd" / "geojobs.env.example"
 
 
@@ -88,15 +89,16 @@ def _installed(tmp_path: Path) -> list[Path]:
                             text=True, capture_output=True, timeout=60)
     assert result.returncode == 0, result.stderr
     written = sorted(Path(line) for line in result.stdout.split())
-    assert [p.name for p in written] == sorted(u.name for u in UNITS)
-    return written
+    assert [p.name for p in written] == sorted([u.name for u in UNITS] + PLATFORM)
+    return [p for p in written if p.name.endswith("_worker.service")]
 
 
 def test_shipped_units_are_the_rendered_ones() -> None:
     """systemd/ holds exactly what the template renders with the defaults: no drift."""
     rendered = units.render_all()
-    assert {u.name for u in UNITS} == set(rendered), "run: geojobs units render --output systemd"
-    for unit in UNITS:
+    shipped = UNITS + [ROOT / "systemd" / name for name in PLATFORM]
+    assert {u.name for u in shipped} == set(rendered), "run: geojobs units render --output systemd"
+    for unit in shipped:
         assert unit.read_text() == rendered[unit.name], (
             f"{unit.name} differs from the template; run: geojobs units render --output systemd")
 

@@ -86,7 +86,8 @@ RETURNING id;
 -- name: get_job
 -- One job row.
 SELECT id, job_type, params, status, priority, attempts, max_attempts, available_at, created_at,
-       started_at, finished_at, heartbeat_at, worker_id, progress, result, error, depends_on
+       started_at, finished_at, heartbeat_at, worker_id, progress, result, error, depends_on,
+       timeout_seconds, memory_limit_mb, expires_at, pinned, idempotency_key
 FROM background_jobs WHERE id = %(id)s;
 
 -- name: list_jobs
@@ -251,8 +252,8 @@ SELECT j.id, j.result
 FROM background_jobs AS j
 WHERE j.status IN ('completed', 'failed', 'cancelled') AND NOT j.pinned
   AND j.result IS NOT NULL AND NOT j.result ? 'expired_at'
-  AND (COALESCE(j.expires_at, j.finished_at + make_interval(days => %(result_ttl_days)s)) < now()
-       OR j.finished_at < now() - make_interval(days => %(job_ttl_days)s))
+  AND (COALESCE(j.expires_at, j.finished_at + make_interval(secs => %(result_ttl_days)s * 86400)) < now()
+       OR j.finished_at < now() - make_interval(secs => %(job_ttl_days)s * 86400))
   AND NOT EXISTS (
       SELECT 1 FROM background_jobs AS o
       WHERE o.status IN ('waiting', 'queued', 'running')
@@ -276,7 +277,7 @@ DELETE FROM background_jobs AS j
 WHERE j.id IN (
     SELECT id FROM background_jobs
     WHERE status IN ('completed', 'failed', 'cancelled') AND NOT pinned
-      AND finished_at < now() - make_interval(days => %(job_ttl_days)s)
+      AND finished_at < now() - make_interval(secs => %(job_ttl_days)s * 86400)
       AND (result IS NULL OR result ? 'expired_at'
            OR NOT (result ?| ARRAY['output_table', 'output_view', 'output_raster']))
     ORDER BY finished_at
