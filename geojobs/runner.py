@@ -100,6 +100,7 @@ class Worker:
         self._current_lock = threading.Lock()
         self._last_stale_check = 0.0
         self._last_touch = 0.0
+        self._last_cap_check = 0.0
         self.jobs_run = 0
         self._process = psutil.Process()
 
@@ -249,6 +250,9 @@ class Worker:
                     self._run_job(job)
                     if once:
                         break
+                    if time.monotonic() - self._last_cap_check < 1.0:
+                        continue  # at most once a second: a /proc read per job costs throughput
+                    self._last_cap_check = time.monotonic()
                     rss_mb = self._rss_mb()
                     if rss_mb > self.settings.memory_cap_mb:
                         log.warning("resident memory %.0f MB is over the cap of %.0f MB: exiting "
@@ -369,10 +373,7 @@ class Worker:
         timeout = float(job.timeout_seconds or default_timeout(self.jobtype))
         deadline = started + timeout
         limit_mb = settings.job_memory_limit(job)
-        try:
-            child_ps: psutil.Process | None = psutil.Process(child.pid)
-        except psutil.Error:
-            child_ps = None
+        child_ps: psutil.Process | None = None  # made at the first check: most jobs end before
         progress: float | None = None
         last_write = last_beat = started
         next_memory_check = started + settings.memory_check_seconds
@@ -400,9 +401,10 @@ class Worker:
                 if self._cancel_noted(control, job):
                     self._kill(child)
                     return ("cancelled",)
-            if now >= next_memory_check and child_ps is not None:
+            if now >= next_memory_check:
                 next_memory_check = now + settings.memory_check_seconds
                 try:
+                    child_ps = child_ps or psutil.Process(child.pid)
                     rss_mb = child_ps.memory_info().rss / 2**20
                 except psutil.Error:
                     rss_mb = 0.0
