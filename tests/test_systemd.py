@@ -22,8 +22,8 @@ from geojobs import queue, registry, sdnotify, units
 from tests.support import ROOT, job_row, start_worker, wait_for
 
 UNITS = sorted((ROOT / "systemd").glob("*_worker.service"))
-ALL_UNITS = sorted((ROOT / "systemd").glob("*.service"))
-"""The worker units and the platform's (the API's)."""
+ALL_UNITS = sorted([*(ROOT / "systemd").glob("*.service"), *(ROOT / "systemd").glob("*.timer")])
+"""The worker units and the platform's (the API, the janitor and its timer)."""
 ENV_EXAMPLE = ROOT / "systemd" / "geojobs.env.example"
 
 
