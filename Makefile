@@ -6,15 +6,20 @@ VENV := .venv
 PG_VERSION ?= 15
 export DATABASE_URL ?= postgresql://127.0.0.1:5432/geojobs
 
-.PHONY: install postgis postgres venv db demo test lint bench soak clean
+.PHONY: install postgis tools postgres venv db demo test lint bench soak clean
 
-install: postgis postgres venv
+install: postgis tools postgres venv
 
 postgis:
 	@if [ ! -f /usr/share/postgresql/$(PG_VERSION)/extension/postgis.control ]; then \
 		echo "installing PostGIS for PostgreSQL $(PG_VERSION)"; \
 		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq postgresql-$(PG_VERSION)-postgis-3; \
 	fi
+
+# logrotate: the per-worker log files' rotation is tested with the real thing; tmux: `geojobs top`.
+tools:
+	@command -v logrotate >/dev/null && command -v tmux >/dev/null || { \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq logrotate tmux; }
 
 postgres:
 	@pg_isready -q -h 127.0.0.1 -p 5432 || pg_ctlcluster --skip-systemctl-redirect $(PG_VERSION) main start

@@ -10,7 +10,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from geojobs import db, queue, registry, units
+from geojobs import db, health, pipelines, queue, registry, top, units
 from geojobs.demo import run_demo
 from geojobs.errors import GeojobsError
 from geojobs.params import validate_params
@@ -100,9 +100,69 @@ def cmd_jobs(args: argparse.Namespace) -> int:
         return 0 if done else 1
 
 
+def cmd_pipeline(args: argparse.Namespace) -> int:
+    with db.connect() as conn:
+        if args.action == "submit":
+            pipeline_id, jobs = pipelines.submit(conn, pipelines.load_spec(args.target), args.set)
+        elif args.action == "rerun":
+            if not args.from_step:
+                raise GeojobsError("pipeline rerun needs --from STEP")
+            pipeline_id, jobs = pipelines.rerun(conn, _pipeline_id(args.target), args.from_step,
+                                                args.set)
+        elif args.action == "cancel":
+            cancelled = pipelines.cancel(conn, _pipeline_id(args.target))
+            print(f"cancelled jobs: {' '.join(map(str, cancelled)) or 'none (all had ended)'}")
+            return 0
+        else:
+            run = pipelines.show(conn, _pipeline_id(args.target))
+            if args.json:
+                _print_json(run)
+            else:
+                print(pipelines.format_tree(run))
+            return 0
+        print(f"pipeline {pipeline_id}")
+        for step, job_id in jobs.items():
+            print(f"{step} {job_id}")
+        if args.wait:
+            run = pipelines.wait(conn, pipeline_id)
+            print(pipelines.format_tree(run), file=sys.stderr)
+            return 0 if run["status"] == "completed" else 1
+    return 0
+
+
+def _pipeline_id(text: str) -> int:
+    try:
+        return int(text)
+    except ValueError:
+        raise GeojobsError(f"pipeline id must be a number, got {text!r}") from None
+
+
 def cmd_worker(args: argparse.Namespace) -> int:
     registry.load(args.job_type)
     return run_worker(args.job_type, args)
+
+
+def _job_types(values: list[str] | None) -> list[str] | None:
+    """The --type filters, each checked against the registry."""
+    for value in values or []:
+        if value not in registry.JOB_TYPES:
+            raise GeojobsError(f"--type: unknown job type {value!r}; known: {registry.names()}")
+    return values or None
+
+
+def cmd_health(args: argparse.Namespace) -> int:
+    verdict = health.check(job_types=_job_types(args.type))
+    if args.json:
+        _print_json(verdict.as_dict())
+    else:
+        print(verdict.line())
+    return verdict.code
+
+
+def cmd_top(args: argparse.Namespace) -> int:
+    if args.interval <= 0:
+        raise GeojobsError(f"--interval: must be above 0 seconds, got {args.interval}")
+    return top.run_top(job_types=_job_types(args.type), interval=args.interval, once=args.once)
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
@@ -129,6 +189,36 @@ def cmd_units(args: argparse.Namespace) -> int:
         print(f"enable and start the workers you need: systemctl enable --now {names}",
               file=sys.stderr)
     return 0
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    import uvicorn
+
+    uvicorn.run("geojobs.api:create_app", factory=True, host=args.host, port=args.port,
+                workers=args.workers, log_level=args.log_level, proxy_headers=False)
+    return 0
+
+
+def cmd_keys(args: argparse.Namespace) -> int:
+    from geojobs.api import keys
+
+    with db.connect() as conn:
+        if args.action == "list":
+            for row in keys.list_keys(conn):
+                state = f"revoked {row['revoked_at']:%Y-%m-%d %H:%M}" if row["revoked_at"] else "active"
+                print(f"{row['name']:<24} {'admin' if row['admin'] else 'user':<6} {state}")
+            return 0
+        if not args.name:
+            raise GeojobsError(f"keys {args.action} needs a NAME")
+        if args.action == "create":
+            print(keys.create_key(conn, args.name, admin=args.admin))
+            print(f"(the key of {args.name}; it is shown only now)", file=sys.stderr)
+            return 0
+        if keys.revoke_key(conn, args.name):
+            print(f"revoked the key of {args.name}")
+            return 0
+        print(f"no active key named {args.name}", file=sys.stderr)
+        return 1
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -159,10 +249,34 @@ def build_parser() -> argparse.ArgumentParser:
     p_jobs.add_argument("--limit", type=int, default=50)
     p_jobs.set_defaults(func=cmd_jobs)
 
+    p_pipe = sub.add_parser("pipeline", help="submit, show, re-run or cancel a pipeline of jobs")
+    p_pipe.add_argument("action", choices=["submit", "show", "rerun", "cancel"])
+    p_pipe.add_argument("target", help="spec file (.json, .yaml) for submit, else pipeline id")
+    p_pipe.add_argument("--set", action="append", default=[], metavar="STEP.KEY=VALUE",
+                        help="override a step parameter (value as JSON, else a string)")
+    p_pipe.add_argument("--from", dest="from_step", metavar="STEP",
+                        help="rerun: the step to run again, with everything downstream")
+    p_pipe.add_argument("--wait", action="store_true", help="submit/rerun: wait until it ends")
+    p_pipe.add_argument("--json", action="store_true", help="show: as JSON")
+    p_pipe.set_defaults(func=cmd_pipeline)
+
     p_worker = sub.add_parser("worker", help="run a worker for one job type")
     p_worker.add_argument("job_type")
     add_worker_arguments(p_worker)
     p_worker.set_defaults(func=cmd_worker)
+
+    p_health = sub.add_parser("health", help="OK/WARNING/CRITICAL with reasons; exits 0/1/2 "
+                              "(Nagios plugin convention)")
+    p_health.add_argument("--type", action="append", help="only this job type (repeatable)")
+    p_health.add_argument("--json", action="store_true", help="the same document as GET /health")
+    p_health.set_defaults(func=cmd_health)
+
+    p_top = sub.add_parser("top", help="live view of workers, running jobs, queues and failures")
+    p_top.add_argument("--type", action="append", help="only this job type (repeatable)")
+    p_top.add_argument("--interval", type=float, default=1.0,
+                       help="seconds between redraws when no notification arrives (default 1)")
+    p_top.add_argument("--once", action="store_true", help="print one screen and exit")
+    p_top.set_defaults(func=cmd_top)
 
     p_units = sub.add_parser("units", help="systemd units: render them, or install them on this host")
     p_units.add_argument("action", choices=["render", "install"],
@@ -176,6 +290,18 @@ def build_parser() -> argparse.ArgumentParser:
                                           "(default PREFIX/.venv/bin/python)")
     p_units.add_argument("--output", type=Path, help="directory to write the unit files to")
     p_units.set_defaults(func=cmd_units)
+    p_serve = sub.add_parser("serve", help="serve the HTTP API (OGC API - Processes)")
+    p_serve.add_argument("--host", default="127.0.0.1")
+    p_serve.add_argument("--port", type=int, default=8000)
+    p_serve.add_argument("--workers", type=int, default=1, help="uvicorn worker processes")
+    p_serve.add_argument("--log-level", default="info")
+    p_serve.set_defaults(func=cmd_serve)
+
+    p_keys = sub.add_parser("keys", help="API users and their keys")
+    p_keys.add_argument("action", choices=["create", "list", "revoke"])
+    p_keys.add_argument("name", nargs="?")
+    p_keys.add_argument("--admin", action="store_true", help="the user sees every job")
+    p_keys.set_defaults(func=cmd_keys)
 
     p_demo = sub.add_parser("demo", help="load sample data, queue jobs, run them, show them")
     p_demo.set_defaults(func=cmd_demo)

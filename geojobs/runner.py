@@ -23,7 +23,7 @@ import psutil
 import psycopg
 
 from analysis.errors import AnalysisError
-from geojobs import queue, registry, sdnotify
+from geojobs import logs, queue, registry, sdnotify
 from geojobs.config import database_url
 from geojobs.context import JobContext
 from geojobs.db import connect
@@ -249,6 +249,7 @@ class Worker:
         """
         if handle_signals:
             self._install_signal_handling()
+        logs.set_worker(self.worker_id, self.settings.job_type)
         log.info("worker %s for %s started", self.worker_id, self.settings.job_type)
         sdnotify.notify("READY=1", f"STATUS=worker for {self.settings.job_type}")
         failures = 0
@@ -308,6 +309,10 @@ class Worker:
     # -- one job -------------------------------------------------------------------------
 
     def _run_job(self, job: queue.ClaimedJob) -> None:
+        with logs.job_fields(job.id, job.job_type, job.attempt, job.worker_id):
+            self._run_job_logged(job)
+
+    def _run_job_logged(self, job: queue.ClaimedJob) -> None:
         control, job_conn = self._connections()
         with self._current_lock:
             self._current = job
