@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -110,3 +111,12 @@ def test_warm_up_runs_however_the_worker_starts(db_url: str, command: list[str])
     assert result.returncode == 0, result.stderr
     ready = result.stderr.find("hotspot: numba kernels ready")
     assert 0 <= ready < result.stderr.find(" started"), result.stderr
+
+
+def test_readme_lists_every_job_type() -> None:
+    """README's job-type table has a row for every registered type and none for an unknown one."""
+    text = (ROOT / "README.md").read_text()
+    table = text[text.index("## Job types"):text.index("\n## ", text.index("## Job types") + 1)]
+    listed = set(re.findall(r"^\| \[?`(\w+)`", table, flags=re.M)) | set(
+        re.findall(r", \[`(\w+)`\]", table))
+    assert listed == set(registry.names())

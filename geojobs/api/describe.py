@@ -7,7 +7,6 @@ from typing import Any
 
 from geojobs import registry
 from geojobs.api.oas import to_oas30
-from geojobs.jobtype import JobType
 
 __all__ = ["JOB_CONTROL", "process_summary", "process_description", "OUTPUTS"]
 
@@ -32,11 +31,6 @@ OUTPUTS: dict[str, Any] = {
 }
 
 
-def _description(jobtype: JobType) -> tuple[str, str]:
-    """Title (the docstring's first paragraph) and description (all of it), as plain text."""
-    return jobtype.summary or jobtype.JOB_TYPE, jobtype.description
-
-
 @cache
 def _described(job_type: str) -> dict[str, Any]:
     module = registry.load(job_type)
@@ -53,7 +47,7 @@ def _described(job_type: str) -> dict[str, Any]:
             "maxOccurs": 1,
         }
         inputs[name] = entry
-    title, text = _description(module)
+    title, text = module.summary, module.description
     outputs = dict(OUTPUTS)
     if job_type == "raster_clip":
         outputs = {"result": OUTPUTS["result"], "cog": {
