@@ -358,3 +358,12 @@ def test_the_api_app_serves_metrics_and_health_without_a_key(
         assert verdict.status_code == 200 and verdict.json()["status"] == "ok"
     finally:
         stop(process)
+
+
+def test_metrics_benchmark_smoke(capsys: pytest.CaptureFixture[str]) -> None:
+    from bench import metrics as metrics_bench
+
+    assert metrics_bench.main(["--quick"]) == 0
+    out = capsys.readouterr().out
+    assert "(10,000 finished jobs" in out or "scrape of 10,000 finished jobs" in out
+    assert "steady scrape" in out
