@@ -28,13 +28,13 @@ import shapely
 from numpy.typing import NDArray
 
 from analysis.errors import AnalysisError, GeometryTypeError
+from analysis.multi import MULTI_MAKERS
 
 __all__ = ["OverlayResult", "OverlaySummary", "clip", "erase", "keep_dimension"]
 
 Geoms = NDArray[np.object_]
 
 _COLLECTION = 7
-_MULTI = {0: shapely.multipoints, 1: shapely.multilinestrings, 2: shapely.multipolygons}
 
 
 @dataclass(frozen=True)
@@ -98,7 +98,7 @@ def keep_dimension(geoms: Geoms, dims: NDArray[np.integer]) -> Geoms:
         owner = np.concatenate([owner[~nested], owner[nested][sub_owner]])
     keep = (shapely.get_dimensions(parts) == dims[owner]) & ~shapely.is_empty(parts)
     parts, owner = parts[keep], owner[keep]
-    for dim, make_multi in _MULTI.items():
+    for dim, make_multi in MULTI_MAKERS.items():
         mine = dims[owner] == dim
         if not mine.any():
             continue

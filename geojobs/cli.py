@@ -10,7 +10,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from geojobs import db, health, queue, registry, top, units
+from geojobs import db, health, pipelines, queue, registry, top, units
 from geojobs.demo import run_demo
 from geojobs.errors import GeojobsError
 from geojobs.params import validate_params
@@ -98,6 +98,43 @@ def cmd_jobs(args: argparse.Namespace) -> int:
         print(f"job {args.id} {args.action}{'led' if args.action == 'cancel' else ' queued'}"
               if done else f"job {args.id} is not {state}")
         return 0 if done else 1
+
+
+def cmd_pipeline(args: argparse.Namespace) -> int:
+    with db.connect() as conn:
+        if args.action == "submit":
+            pipeline_id, jobs = pipelines.submit(conn, pipelines.load_spec(args.target), args.set)
+        elif args.action == "rerun":
+            if not args.from_step:
+                raise GeojobsError("pipeline rerun needs --from STEP")
+            pipeline_id, jobs = pipelines.rerun(conn, _pipeline_id(args.target), args.from_step,
+                                                args.set)
+        elif args.action == "cancel":
+            cancelled = pipelines.cancel(conn, _pipeline_id(args.target))
+            print(f"cancelled jobs: {' '.join(map(str, cancelled)) or 'none (all had ended)'}")
+            return 0
+        else:
+            run = pipelines.show(conn, _pipeline_id(args.target))
+            if args.json:
+                _print_json(run)
+            else:
+                print(pipelines.format_tree(run))
+            return 0
+        print(f"pipeline {pipeline_id}")
+        for step, job_id in jobs.items():
+            print(f"{step} {job_id}")
+        if args.wait:
+            run = pipelines.wait(conn, pipeline_id)
+            print(pipelines.format_tree(run), file=sys.stderr)
+            return 0 if run["status"] == "completed" else 1
+    return 0
+
+
+def _pipeline_id(text: str) -> int:
+    try:
+        return int(text)
+    except ValueError:
+        raise GeojobsError(f"pipeline id must be a number, got {text!r}") from None
 
 
 def cmd_worker(args: argparse.Namespace) -> int:
@@ -211,6 +248,17 @@ def build_parser() -> argparse.ArgumentParser:
     p_jobs.add_argument("--type")
     p_jobs.add_argument("--limit", type=int, default=50)
     p_jobs.set_defaults(func=cmd_jobs)
+
+    p_pipe = sub.add_parser("pipeline", help="submit, show, re-run or cancel a pipeline of jobs")
+    p_pipe.add_argument("action", choices=["submit", "show", "rerun", "cancel"])
+    p_pipe.add_argument("target", help="spec file (.json, .yaml) for submit, else pipeline id")
+    p_pipe.add_argument("--set", action="append", default=[], metavar="STEP.KEY=VALUE",
+                        help="override a step parameter (value as JSON, else a string)")
+    p_pipe.add_argument("--from", dest="from_step", metavar="STEP",
+                        help="rerun: the step to run again, with everything downstream")
+    p_pipe.add_argument("--wait", action="store_true", help="submit/rerun: wait until it ends")
+    p_pipe.add_argument("--json", action="store_true", help="show: as JSON")
+    p_pipe.set_defaults(func=cmd_pipeline)
 
     p_worker = sub.add_parser("worker", help="run a worker for one job type")
     p_worker.add_argument("job_type")

@@ -30,7 +30,7 @@ from sqlalchemy import (
     Text,
     text,
 )
-from sqlalchemy.dialects.postgresql import JSONB, REAL
+from sqlalchemy.dialects.postgresql import ARRAY, JSONB, REAL
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 __all__ = ["Base", "BackgroundJob", "GeojobsMigration", "STATUSES", "result_table", "geometry_columns"]
@@ -73,6 +73,8 @@ class BackgroundJob(Base):
     result: Mapped[dict[str, Any] | None] = mapped_column(JSONB)
     error: Mapped[str | None] = mapped_column(Text)
     submitted_by: Mapped[str | None] = mapped_column(Text, server_default=text("SESSION_USER"))
+    idempotency_key: Mapped[str | None] = mapped_column(Text)
+    depends_on: Mapped[list[int] | None] = mapped_column(ARRAY(BigInteger))
 
     def __repr__(self) -> str:
         return f"<BackgroundJob {self.id} {self.job_type} {self.status}>"

@@ -9,12 +9,21 @@ from __future__ import annotations
 import re
 from typing import Annotated, Any, TypeVar
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    ValidationInfo,
+    ValidatorFunctionWrapHandler,
+    WrapValidator,
+)
 
 from geojobs.config import output_schemas
 from geojobs.errors import InvalidParams
 
-__all__ = ["JobParams", "OutputParams", "InputTable", "OutputTable", "ColumnName",
+__all__ = ["JobParams", "OutputParams", "InputTable", "OutputTable", "ColumnName", "OutputOf",
            "validate_params", "IDENTIFIER"]
 
 IDENTIFIER = re.compile(r"^[a-z_][a-z0-9_]*$")
@@ -53,8 +62,34 @@ def _check_column(value: str) -> str:
     return value
 
 
-InputTable = Annotated[str, AfterValidator(_check_input_table)]
-"""An existing table or view, 'table' or 'schema.table' (looked up in the catalog later)."""
+class OutputOf(BaseModel):
+    """A reference to another job's result table, resolved when the job is claimed."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    output_of: Annotated[int, Field(ge=1)] | Annotated[str, Field(min_length=1, max_length=63)] = (
+        Field(description="Id of a job among depends_on, or a step name inside a pipeline spec."))
+
+
+def _input_table_or_reference(value: Any, handler: ValidatorFunctionWrapHandler,
+                              info: ValidationInfo) -> str:
+    """A table name; or, when submitting (context ``references``), an ``output_of`` reference.
+
+    A submitted reference validates as the placeholder ``output_of:<ref>``; at run time the
+    queue has replaced it by the table, so one still there names a job without a table.
+    """
+    if isinstance(value, dict) and "output_of" in value:
+        if info.context and info.context.get("references"):
+            return f"output_of:{OutputOf.model_validate(value).output_of}"
+        raise ValueError(f"output_of {value['output_of']!r} did not resolve to a table: that job "
+                         "is not a completed dependency with an output_table in its result")
+    return _check_input_table(handler(value))
+
+
+InputTable = Annotated[str, WrapValidator(_input_table_or_reference,
+                                          json_schema_input_type=str | OutputOf)]
+"""An existing table or view, 'table' or 'schema.table' (looked up in the catalog later), or
+``{"output_of": <job id>}``: the output table of a job this one depends on."""
 OutputTable = Annotated[str, AfterValidator(_check_output_table)]
 """A table the job creates: plain identifiers, in an output schema (default ``results``)."""
 ColumnName = Annotated[str, AfterValidator(_check_column)]
@@ -90,13 +125,17 @@ def format_validation_error(error: ValidationError) -> str:
     return "; ".join(lines)
 
 
-def validate_params(model: type[P], raw: Any) -> P:
-    """Validate raw job parameters (parsed JSON) or raise :class:`InvalidParams`."""
+def validate_params(model: type[P], raw: Any, *, references: bool = False) -> P:
+    """Validate raw job parameters (parsed JSON) or raise :class:`InvalidParams`.
+
+    ``references`` accepts ``{"output_of": ...}`` where a table is expected (at submission,
+    before the queue resolves them at claim time).
+    """
     if raw is None:
         raw = {}
     if not isinstance(raw, dict):
         raise InvalidParams(f"params: must be a JSON object, got {type(raw).__name__}")
     try:
-        return model.model_validate(raw)
+        return model.model_validate(raw, context={"references": references})
     except ValidationError as exc:
         raise InvalidParams(format_validation_error(exc)) from None

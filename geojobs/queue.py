@@ -18,11 +18,14 @@ from psycopg.rows import dict_row
 from psycopg.types.json import Jsonb
 
 from geojobs.config import SQL_DIR
+from geojobs.errors import GeojobsError
 
 __all__ = ["ClaimedJob", "queries", "claim", "complete", "fail", "release", "heartbeat",
            "requeue_stale", "enqueue", "get", "list_jobs", "cancel", "retry", "count_ready",
            "NOTIFY_CHANNEL", "JOB_EVENTS_CHANNEL", "listen_job_events", "job_events",
-           "claim_quiet", "cancel_own"]
+           "claim_quiet", "cancel_own",
+           "insert_pipeline", "insert_pipeline_step", "get_pipeline", "pipeline_steps",
+           "cancel_pipeline"]
 
 NOTIFY_CHANNEL = "geojobs"
 JOB_EVENTS_CHANNEL = "geojobs_jobs"
@@ -98,11 +101,13 @@ def requeue_stale(conn: psycopg.Connection, lease_seconds: float) -> list[tuple[
 
 
 def enqueue(
-    conn: psycopg.Connection, job_type: str, params: Any, *, priority: int = 0, max_attempts: int = 4
+    conn: psycopg.Connection, job_type: str, params: Any, *, priority: int = 0, max_attempts: int = 4,
+    depends_on: list[int] | None = None,
 ) -> int:
-    """Insert a job and return its id."""
+    """Insert a job and return its id; with ``depends_on`` it waits for those jobs."""
     row = _run(conn, "enqueue_job", {"job_type": job_type, "params": Jsonb(params),
-                                     "priority": priority, "max_attempts": max_attempts}).fetchone()
+                                     "priority": priority, "max_attempts": max_attempts,
+                                     "depends_on": depends_on or None}).fetchone()
     assert row is not None
     return int(row[0])
 
@@ -123,13 +128,18 @@ def list_jobs(
 
 
 def cancel(conn: psycopg.Connection, job_id: int) -> bool:
-    """Cancel a queued or running job."""
+    """Cancel a waiting, queued or running job (its waiting dependents fail with it)."""
     return _run(conn, "cancel_job", {"id": job_id}).fetchone() is not None
 
 
 def retry(conn: psycopg.Connection, job_id: int) -> bool:
-    """Queue a failed or cancelled job again now."""
-    return _run(conn, "retry_job", {"id": job_id}).fetchone() is not None
+    """Queue a failed or cancelled job again now (waiting, if its dependencies have not
+    completed); the dependents it had failed wait again. A job whose dependency failed is
+    refused: retry that dependency."""
+    try:
+        return _run(conn, "retry_job", {"id": job_id}).fetchone() is not None
+    except psycopg.errors.ObjectNotInPrerequisiteState as exc:
+        raise GeojobsError(str(exc.diag.message_primary or exc)) from None
 
 
 def cancel_own(conn: psycopg.Connection, job_id: int) -> bool:
@@ -168,3 +178,40 @@ def count_ready(conn: psycopg.Connection, job_type: str) -> int:
     """Jobs of ``job_type`` ready to run now."""
     row = _run(conn, "count_ready", {"job_type": job_type}).fetchone()
     return int(row[0]) if row else 0
+
+
+def insert_pipeline(
+    conn: psycopg.Connection, name: str, spec: Any, *, replaces: int | None = None,
+    rerun_from: str | None = None,
+) -> int:
+    """Record a pipeline run and return its id (call inside the transaction inserting its jobs)."""
+    row = _run(conn, "insert_pipeline", {"name": name, "spec": Jsonb(spec), "replaces": replaces,
+                                         "rerun_from": rerun_from}).fetchone()
+    assert row is not None
+    return int(row[0])
+
+
+def insert_pipeline_step(
+    conn: psycopg.Connection, pipeline_id: int, step: str, position: int, job_id: int, *,
+    reused: bool = False,
+) -> None:
+    """Link one step of a pipeline run to its job."""
+    _run(conn, "insert_pipeline_step", {"pipeline_id": pipeline_id, "step": step,
+                                        "position": position, "job_id": job_id, "reused": reused})
+
+
+def get_pipeline(conn: psycopg.Connection, pipeline_id: int) -> dict[str, Any] | None:
+    """One pipeline run as a dict, or None."""
+    with conn.cursor(row_factory=dict_row) as cur:
+        return cur.execute(queries()["get_pipeline"], {"id": pipeline_id}).fetchone()
+
+
+def pipeline_steps(conn: psycopg.Connection, pipeline_id: int) -> list[dict[str, Any]]:
+    """The steps of a pipeline run, in spec order, with their jobs' state."""
+    with conn.cursor(row_factory=dict_row) as cur:
+        return cur.execute(queries()["pipeline_steps"], {"id": pipeline_id}).fetchall()
+
+
+def cancel_pipeline(conn: psycopg.Connection, pipeline_id: int) -> list[int]:
+    """Cancel every unfinished step of a pipeline run; return the ids cancelled."""
+    return [int(r[0]) for r in _run(conn, "cancel_pipeline", {"id": pipeline_id})]

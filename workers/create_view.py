@@ -14,6 +14,7 @@ import psycopg
 from psycopg import sql
 from pydantic import AfterValidator, Field, model_validator
 
+from analysis.multi import MULTI_TYPE_NAMES, multi_type_name
 from geojobs import layer_sql, worker_cli
 from geojobs import view_sql as q
 from geojobs.context import JobContext
@@ -33,7 +34,6 @@ _TYPES = {
     "MULTIPOLYGON": "MultiPolygon",
     "GEOMETRYCOLLECTION": "GeometryCollection",
 }
-_MULTI = {"Point": "MultiPoint", "LineString": "MultiLineString", "Polygon": "MultiPolygon"}
 
 
 class Params(JobParams):
@@ -212,11 +212,11 @@ def _cast(conn: psycopg.Connection[Any], layer: Layer, column: str) -> tuple[sql
     srid = srids.pop() if srids else layer.srid
     if not srid:
         raise InvalidInput(f"column {column!r} has no SRID", field="input_table")
-    multis = {_MULTI.get(t, t) for t in types}
+    multis = {multi_type_name(t) for t in types}
     if len(types) == 1:
         gtype = types.pop()
         template = q.TYPED_GEOMETRY
-    elif len(multis) == 1 and multis <= set(_MULTI.values()):
+    elif len(multis) == 1 and multis <= set(MULTI_TYPE_NAMES.values()):
         gtype = multis.pop()
         template = q.MULTI_GEOMETRY
     else:

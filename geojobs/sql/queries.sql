@@ -3,6 +3,8 @@
 
 -- name: claim_job
 -- Take the next ready job of one type and mark it running (one statement, SKIP LOCKED).
+-- Jobs with dependencies get their {"output_of": id} parameters resolved to those jobs'
+-- output tables (their dependencies are completed, or they would still be waiting).
 UPDATE background_jobs AS j
 SET status = 'running',
     attempts = j.attempts + 1,
@@ -18,7 +20,9 @@ WHERE j.id = (
     LIMIT 1
     FOR UPDATE SKIP LOCKED
 )
-RETURNING j.id, j.job_type, j.params, j.attempts, j.max_attempts;
+RETURNING j.id, j.job_type,
+          CASE WHEN j.depends_on IS NULL THEN j.params ELSE geojobs_resolve_outputs(j.params) END,
+          j.attempts, j.max_attempts;
 
 -- name: complete_job
 -- Record success, only if this worker still holds this attempt (compare-and-set).
@@ -74,15 +78,15 @@ WHERE j.id IN (
 RETURNING j.id, j.status;
 
 -- name: enqueue_job
--- Insert a job, as any front end would.
-INSERT INTO background_jobs (job_type, params, priority, max_attempts)
-VALUES (%(job_type)s, %(params)s, %(priority)s, %(max_attempts)s)
+-- Insert a job, as any front end would (depends_on NULL for an independent job).
+INSERT INTO background_jobs (job_type, params, priority, max_attempts, depends_on)
+VALUES (%(job_type)s, %(params)s, %(priority)s, %(max_attempts)s, %(depends_on)s::bigint[])
 RETURNING id;
 
 -- name: get_job
 -- One job row.
 SELECT id, job_type, params, status, priority, attempts, max_attempts, available_at, created_at,
-       started_at, finished_at, heartbeat_at, worker_id, progress, result, error
+       started_at, finished_at, heartbeat_at, worker_id, progress, result, error, depends_on
 FROM background_jobs WHERE id = %(id)s;
 
 -- name: list_jobs
@@ -96,10 +100,10 @@ ORDER BY id DESC
 LIMIT %(limit)s;
 
 -- name: cancel_job
--- Cancel a queued or running job; a running one stops at its next progress check.
+-- Cancel a waiting, queued or running job; a running one stops at its next progress check.
 UPDATE background_jobs
 SET status = 'cancelled', finished_at = now(), error = 'cancelled by request'
-WHERE id = %(id)s AND status IN ('queued', 'running')
+WHERE id = %(id)s AND status IN ('waiting', 'queued', 'running')
 RETURNING id, status;
 
 -- name: retry_job
@@ -133,3 +137,35 @@ FROM background_jobs AS j WHERE j.id = %(id)s;
 -- Cancel a queued or running job the calling login role submitted (geojobs_cancel, migration
 -- 0002): what a front end logged in as geojobs_frontend may do.
 SELECT geojobs_cancel(%(id)s);
+
+-- name: insert_pipeline
+-- Record a pipeline run (its steps' jobs are inserted in the same transaction).
+INSERT INTO pipelines (name, spec, replaces, rerun_from)
+VALUES (%(name)s, %(spec)s, %(replaces)s, %(rerun_from)s)
+RETURNING id;
+
+-- name: insert_pipeline_step
+-- Link a step of a pipeline run to its job (a new one, or a reused upstream one on a rerun).
+INSERT INTO pipeline_steps (pipeline_id, step, position, job_id, reused)
+VALUES (%(pipeline_id)s, %(step)s, %(position)s, %(job_id)s, %(reused)s);
+
+-- name: get_pipeline
+-- One pipeline run.
+SELECT id, name, spec, replaces, rerun_from, submitted_by, created_at
+FROM pipelines WHERE id = %(id)s;
+
+-- name: pipeline_steps
+-- The steps of a pipeline run in spec order, with their jobs' state.
+SELECT s.step, s.position, s.reused, j.id AS job_id, j.job_type, j.status, j.progress,
+       j.depends_on, j.attempts, j.max_attempts, j.result, j.error, j.started_at, j.finished_at
+FROM pipeline_steps AS s JOIN background_jobs AS j ON j.id = s.job_id
+WHERE s.pipeline_id = %(id)s
+ORDER BY s.position;
+
+-- name: cancel_pipeline
+-- Cancel every step of a pipeline run that has not finished (reused upstream jobs have).
+UPDATE background_jobs
+SET status = 'cancelled', finished_at = now(), error = 'cancelled by request'
+WHERE id IN (SELECT job_id FROM pipeline_steps WHERE pipeline_id = %(id)s AND NOT reused)
+  AND status IN ('waiting', 'queued', 'running')
+RETURNING id;
