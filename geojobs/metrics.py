@@ -43,6 +43,9 @@ FINAL_STATUSES = ("completed", "failed", "cancelled")
 OTHER_TYPE = "unregistered"
 """The label of rows whose job type no worker knows (kept out of the label values)."""
 
+FOLD_MAX_ROWS = 200_000
+"""At most this many finished jobs are folded by one scrape (a backlog drains over several)."""
+
 _NAME_LINE = re.compile(r"^-- name: (\w+)\s*$", re.MULTILINE)
 
 
@@ -102,7 +105,8 @@ def snapshot(conn: psycopg.Connection[Any], *, settle_seconds: float = 60.0,
         with conn.transaction():
             # A fold lost in a crash is simply done again: no need to wait for the WAL flush.
             conn.execute("SET LOCAL synchronous_commit = off")
-            row = conn.execute(q["fold_finished"], {"settle_seconds": settle_seconds}).fetchone()
+            row = conn.execute(q["fold_finished"], {"settle_seconds": settle_seconds,
+                                                    "max_rows": FOLD_MAX_ROWS}).fetchone()
             snap.folded = int(row[0]) if row else 0
     with conn.transaction():
         conn.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")

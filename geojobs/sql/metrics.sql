@@ -2,8 +2,9 @@
 -- Each query starts with a "-- name: <name>" line and a one-line comment.
 
 -- name: fold_finished
--- Fold jobs finished more than settle_seconds ago into geojobs_metrics_finished (migration 0007).
-SELECT geojobs_metrics_fold(%(settle_seconds)s);
+-- Fold jobs finished more than settle_seconds ago into geojobs_metrics_finished (at most
+-- max_rows of them; migration 0007b).
+SELECT geojobs_metrics_fold(%(settle_seconds)s, %(max_rows)s);
 
 -- name: optional_tables
 -- Which tables of other migrations exist (the worker registry).
@@ -26,8 +27,8 @@ WHERE status = 'running'
 GROUP BY job_type;
 
 -- name: finished_state
--- Up to when jobs are folded, and the duration histogram's upper bounds (seconds).
-SELECT folded_until, buckets FROM geojobs_metrics_state;
+-- Up to when jobs are folded (NULL: none yet), and the duration histogram's upper bounds (seconds).
+SELECT nullif(folded_until, '-infinity') AS folded_until, buckets FROM geojobs_metrics_state;
 
 -- name: finished_jobs
 -- Job outcomes by type, status and duration bucket: the folded counts plus the rows finished
@@ -41,7 +42,7 @@ FROM (
            geojobs_metrics_bucket(j.started_at, j.finished_at, %(buckets)s::float8[]), 1,
            coalesce(extract(epoch FROM j.finished_at - j.started_at), 0)
     FROM background_jobs j
-    WHERE j.status IN ('completed', 'failed', 'cancelled') AND j.finished_at > %(folded_until)s
+    WHERE j.status IN ('completed', 'failed', 'cancelled') AND j.finished_at > coalesce(%(folded_until)s::timestamptz, '-infinity')
 ) AS f
 GROUP BY f.job_type, f.status, f.bucket;
 
