@@ -35,7 +35,7 @@ from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 __all__ = ["Base", "BackgroundJob", "GeojobsMigration", "STATUSES", "result_table", "geometry_columns"]
 
-STATUSES = ("queued", "running", "completed", "failed", "cancelled")
+STATUSES = ("waiting", "queued", "running", "completed", "failed", "cancelled")
 """The values of ``background_jobs.status``."""
 
 _TIMESTAMPTZ = DateTime(timezone=True)
@@ -50,7 +50,8 @@ class BackgroundJob(Base):
 
     __tablename__ = "background_jobs"
     __table_args__ = (
-        CheckConstraint("status IN ('queued', 'running', 'completed', 'failed', 'cancelled')"),
+        CheckConstraint("status IN ('waiting', 'queued', 'running', 'completed', 'failed', 'cancelled')",
+                        name="background_jobs_status_check"),
         CheckConstraint("attempts >= 0"),
         CheckConstraint("max_attempts >= 1"),
         CheckConstraint("progress IS NULL OR (progress >= 0 AND progress <= 1)"),

@@ -22,7 +22,6 @@ from typing import Any
 import psutil
 import psycopg
 
-from analysis.errors import AnalysisError
 from geojobs import logs, queue, registry, sdnotify
 from geojobs.config import database_url
 from geojobs.context import JobContext
@@ -162,7 +161,7 @@ class Worker:
             # that loses one also aborts the job's own transaction, so the job is simply
             # queued again. Completions stay durable: they commit on the job connection.
             self._control.execute("SET synchronous_commit = off")
-            self._control.execute("LISTEN geojobs")
+            queue.listen(self._control)
         if self._job_conn is None or self._job_conn.closed:
             self._job_conn = connect(self.settings.database_url, connect_timeout=10)
         return self._control, self._job_conn
@@ -354,9 +353,9 @@ class Worker:
         self, control: psycopg.Connection[Any], job: queue.ClaimedJob, exc: BaseException,
         label: str, elapsed: float,
     ) -> None:
-        if isinstance(exc, GeojobsError | AnalysisError):
+        if isinstance(exc, GeojobsError):
             message = str(exc)
-            retry = getattr(exc, "retryable", False)
+            retry = exc.retryable
         elif isinstance(exc, psycopg.errors.InsufficientPrivilege):
             message = f"{type(exc).__name__}: {exc}"  # the worker role may not do this; a retry
             retry = False                               # would be refused the same way

@@ -114,14 +114,6 @@ SET status = 'queued', attempts = 0, available_at = now(), finished_at = NULL, s
 WHERE id = %(id)s AND status IN ('failed', 'cancelled')
 RETURNING id;
 
--- name: count_ready
--- How many jobs of one type are ready now.
-SELECT count(*) FROM background_jobs
-WHERE status = 'queued' AND job_type = %(job_type)s AND available_at <= now();
-
--- name: listen_job_events
--- Be woken when a job's status or progress changes (JSON payload with the id; migration 0003).
-LISTEN geojobs_jobs;
 
 -- name: claim_quiet
 -- For one job: how long it has been queued, and how long since a worker of its type last showed
