@@ -156,7 +156,8 @@ def registry_table(conn: psycopg.Connection[Any]) -> psycopg.Connection[Any]:
 def add_worker(conn: psycopg.Connection[Any], worker_id: str, job_type: str, *, seen_ago: float = 0,
                rss_mb: float = 100.0, current_job: int | None = None) -> None:
     conn.execute("INSERT INTO geojobs_workers (worker_id, job_type, host, pid, version, last_seen, "
-                 "rss_mb, current_job) VALUES (%s, %s, 'h1', 1, 'test', now() - make_interval(secs => %s), %s, %s)",
+                 "rss_mb, current_job) "
+                 "VALUES (%s, %s, 'h1', 1, 'test', now() - make_interval(secs => %s), %s, %s)",
                  (worker_id, job_type, seen_ago, rss_mb, current_job))
 
 
