@@ -5,13 +5,14 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
-import os
 import sys
 import time
 from pathlib import Path
 from typing import Any
 
 from geojobs import db, health, janitor, pipelines, queue, registry, top, units
+from geojobs.client import no_worker_message
+from geojobs.config import lease_seconds
 from geojobs.demo import run_demo
 from geojobs.errors import GeojobsError
 from geojobs.params import validate_params
@@ -70,9 +71,8 @@ def cmd_enqueue(args: argparse.Namespace) -> int:
                                    max_attempts=args.max_attempts)
         print(job_id)
         if args.wait:
-            if queue.live_workers(conn, args.job_type, _live_seconds()) == 0:
-                print(f"no {args.job_type} worker is running: start {args.job_type}_worker "
-                      f"(the job stays queued)", file=sys.stderr)
+            if queue.live_workers(conn, args.job_type, lease_seconds()) == 0:
+                print(f"{no_worker_message(args.job_type)} (the job stays queued)", file=sys.stderr)
             return _follow(conn, job_id)
     return 0
 
@@ -80,11 +80,6 @@ def cmd_enqueue(args: argparse.Namespace) -> int:
 def _check_limit(flag: str, value: int | None, low: int, high: int) -> None:
     if value is not None and not low <= value <= high:
         raise GeojobsError(f"{flag}: {value} is outside {low}..{high}")
-
-
-def _live_seconds() -> float:
-    """A worker not seen for longer than this is stale: the lease (GEOJOBS_LEASE_SECONDS, 60)."""
-    return float(os.environ.get("GEOJOBS_LEASE_SECONDS") or 60)
 
 
 def _follow(conn: Any, job_id: int) -> int:
@@ -137,7 +132,7 @@ def cmd_workers(args: argparse.Namespace) -> int:
     """The registered workers: live (seen within the lease) or stale."""
     with db.connect() as conn:
         workers = queue.list_workers(conn)
-    live = _live_seconds()
+    live = lease_seconds()
     print(f"{'worker':<34} {'type':<18} {'state':<6} {'seen':>6} {'jobs':>6} {'MB':>6}  job")
     for w in workers:
         state = "live" if w["seen_seconds_ago"] <= live else "stale"

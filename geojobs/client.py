@@ -31,6 +31,7 @@ from tqdm.auto import tqdm
 
 from geojobs import queue, registry
 from geojobs.config import database_url as default_database_url
+from geojobs.config import lease_seconds
 from geojobs.errors import GeojobsError, JobCancelled, JobFailed, JobNotFinished
 from geojobs.models import geometry_columns, result_table
 from geojobs.params import validate_params
@@ -40,6 +41,11 @@ __all__ = ["Jobs", "Job", "DEFAULT_STALL_SECONDS", "FINISHED"]
 DEFAULT_STALL_SECONDS = 30.0
 """How long a job may wait with no worker of its type claiming anything before the client says so."""
 FINISHED = frozenset({"completed", "failed", "cancelled"})
+
+
+def no_worker_message(job_type: str) -> str:
+    """What the client and ``geojobs enqueue --wait`` say when no live worker of ``job_type`` exists."""
+    return f"no {job_type} worker is running: start {job_type}_worker"
 
 
 def stall_message(job_type: str, seconds: float) -> str:
@@ -160,7 +166,8 @@ class Job:
         ``progress`` shows a progress bar (terminal or Jupyter). Woken by the job's own
         notifications; it reads the row only when one arrives. While the job is queued and no
         worker of its type has claimed any job for ``stall_seconds`` (default: the client's),
-        it says so once, on the bar or on stderr. ``timeout`` raises :class:`TimeoutError`.
+        it says so once, on the bar or on stderr; at once when the worker registry shows no
+        live worker of its type. ``timeout`` raises :class:`TimeoutError`.
         """
         stall = self.jobs.stall_seconds if stall_seconds is None else stall_seconds
         conn = self.jobs.conn
@@ -172,6 +179,9 @@ class Job:
         warned = False
         try:
             row = self.refresh()
+            if row["status"] == "queued" and not queue.live_workers(conn, self.job_type,
+                                                                    lease_seconds()):
+                self._say(no_worker_message(self.job_type), bar)
             while True:
                 if bar is not None:
                     bar.n = round(100 * float(row["progress"] or 0))
@@ -233,6 +243,9 @@ class Job:
         return queued_for if since_claim is None else min(queued_for, since_claim)
 
     def _say(self, message: str, bar: Any) -> None:
+        """Tell the user once per job (a later wait does not repeat it)."""
+        if message in self.messages:
+            return
         self.messages.append(message)
         if bar is not None:
             bar.write(message, file=sys.stderr)

@@ -51,3 +51,8 @@ def raster_dir() -> Path:
 def output_dir() -> Path:
     """Where file outputs are written (``GEOJOBS_OUTPUT_DIR``, default ``<data dir>/outputs``)."""
     return Path(os.environ.get("GEOJOBS_OUTPUT_DIR") or data_dir() / "outputs")
+
+
+def lease_seconds() -> float:
+    """A job's lease, and how long a silent worker counts as live (``GEOJOBS_LEASE_SECONDS``, 60)."""
+    return float(os.environ.get("GEOJOBS_LEASE_SECONDS") or 60)
