@@ -235,7 +235,8 @@ CREATE TRIGGER background_jobs_dependencies_cascade
     EXECUTE FUNCTION background_jobs_cascade();
 
 -- Pipelines: one row per submitted run; its steps map step names to jobs. A rerun is a new
--- run that names the run it replaces and reuses (links) the upstream steps' jobs.
+-- run that names the run it replaces and reuses (links) the upstream steps' jobs. A job row
+-- deleted (by retention) leaves its runs without that step.
 CREATE TABLE IF NOT EXISTS pipelines (
     id            bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
     name          text        NOT NULL DEFAULT '',
@@ -250,7 +251,7 @@ CREATE TABLE IF NOT EXISTS pipeline_steps (
     pipeline_id  bigint  NOT NULL REFERENCES pipelines (id) ON DELETE CASCADE,
     step         text    NOT NULL,
     position     integer NOT NULL,
-    job_id       bigint  NOT NULL REFERENCES background_jobs (id),
+    job_id       bigint  NOT NULL REFERENCES background_jobs (id) ON DELETE CASCADE,
     reused       boolean NOT NULL DEFAULT false,
     PRIMARY KEY (pipeline_id, step)
 );
