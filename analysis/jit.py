@@ -3,24 +3,20 @@
 esda compiles its conditional-permutation kernels (``esda.crand``) with numba on first use,
 which takes 10 to 30 s per process; they are not marked ``cache=True``. Turning numba's
 on-disk cache on for them (``Dispatcher.enable_caching``, numba's public API) lets a new
-worker process load most of the machine code instead, and :func:`warm_up` compiles what
+worker process load most of the machine code instead; :mod:`analysis.warmup` compiles what
 remains before a worker claims its first job, so no job pays for compilation.
 """
 
 from __future__ import annotations
 
 import logging
-import time
 
 import esda.crand
 import esda.getisord
 import esda.moran
 import esda.significance
-import geopandas as gpd
-import numpy as np
-import shapely
 
-__all__ = ["enable_esda_cache", "warm_up"]
+__all__ = ["enable_esda_cache"]
 
 log = logging.getLogger("geojobs.analysis")
 _MODULES = (esda.crand, esda.getisord, esda.moran, esda.significance)
@@ -48,19 +44,3 @@ def enable_esda_cache() -> int:
                 count += 1
     _enabled = True
     return count
-
-
-def warm_up(statistic: str) -> float:
-    """Compile the permutation kernels of ``"hotspot"`` or ``"outlier"`` on a tiny input;
-    returns the seconds it took."""
-    from analysis.hotspot import hotspot
-    from analysis.outlier import outlier
-
-    started = time.perf_counter()
-    # a 3 x 3 grid of squares with queen weights: the argument types of a typical job
-    x, y = np.meshgrid(np.arange(3.0), np.arange(3.0))
-    squares = shapely.box(x.ravel(), y.ravel(), x.ravel() + 1, y.ravel() + 1)
-    tiny = gpd.GeoDataFrame({"v": np.arange(1.0, 10.0) ** 2}, geometry=squares)
-    run = hotspot if statistic == "hotspot" else outlier
-    run(tiny, "v", permutations=9)
-    return time.perf_counter() - started

@@ -63,7 +63,7 @@ def best_of(job: Callable[[], Measurement], floor: Callable[[], tuple[float, flo
 
 def warm() -> None:
     """Compile esda's kernels in this process, as a worker does before its first claim."""
-    from analysis.jit import warm_up
+    from analysis.warmup import warm_up
 
     warm_up("hotspot")
     warm_up("outlier")

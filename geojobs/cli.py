@@ -3,14 +3,18 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import sys
 import time
+from pathlib import Path
 from typing import Any
 
-from geojobs import db, pipelines, queue, registry
+from geojobs import db, pipelines, queue, registry, units
+from geojobs.demo import run_demo
 from geojobs.errors import GeojobsError
 from geojobs.params import validate_params
+from geojobs.report import describe_types, print_jobs
 from geojobs.worker_cli import add_worker_arguments, run_worker
 
 FINAL = {"completed", "failed", "cancelled"}
@@ -30,28 +34,24 @@ def cmd_db_upgrade(args: argparse.Namespace) -> int:
 
 
 def cmd_types(args: argparse.Namespace) -> int:
-    described = []
-    for name in registry.names():
-        module = registry.load(name)
-        described.append({"job_type": name, "description": (module.__doc__ or "").strip(),
-                          "params_schema": module.Params.model_json_schema(),
-                          "example": module.EXAMPLE})
+    jobtypes = [registry.load(name) for name in registry.names()]
     if args.json:
-        _print_json(described)
+        _print_json([{"job_type": t.JOB_TYPE, "summary": t.summary, "description": t.description,
+                      "params_schema": t.params_schema(), "example": t.EXAMPLE,
+                      "parameters": [dataclasses.asdict(p) for p in t.parameters()]}
+                     for t in jobtypes])
     else:
-        for item in described:
-            print(f"{item['job_type']}: {item['description'].splitlines()[0]}")
-            print(f"  example: {json.dumps(item['example'])}")
+        print(describe_types(jobtypes), end="")
     return 0
 
 
 def cmd_enqueue(args: argparse.Namespace) -> int:
-    module = registry.load(args.job_type)
+    jobtype = registry.load(args.job_type)
     try:
         params = json.loads(args.params)
     except json.JSONDecodeError as exc:
         raise GeojobsError(f"--params is not valid JSON: {exc}") from None
-    validate_params(module.Params, params)  # fail here, before the job is queued
+    validate_params(jobtype.Params, params)  # fail here, before the job is queued
     with db.connect() as conn:
         job_id = queue.enqueue(conn, args.job_type, params, priority=args.priority,
                                max_attempts=args.max_attempts)
@@ -137,33 +137,65 @@ def _pipeline_id(text: str) -> int:
         raise GeojobsError(f"pipeline id must be a number, got {text!r}") from None
 
 
-def print_jobs(jobs: list[dict[str, Any]]) -> None:
-    """A table of jobs: id, type, status, attempts, duration, result table or error."""
-    print(f"{'id':>6}  {'type':<18} {'status':<10} {'try':>5} {'seconds':>8}  result / error")
-    for job in jobs:
-        seconds = ""
-        if job["started_at"] and job["finished_at"]:
-            seconds = f"{(job['finished_at'] - job['started_at']).total_seconds():.2f}"
-        outcome = (job["result"] or {}).get("output_table") or (job["result"] or {}).get(
-            "output_view") or (job["result"] or {}).get("output_raster") or ""
-        if job["result"] and "rows" in job["result"]:
-            outcome += f" ({job['result']['rows']} rows)"
-        if job["error"]:
-            outcome = job["error"][:80]
-        tries = f"{job['attempts']}/{job['max_attempts']}"
-        print(f"{job['id']:>6}  {job['job_type']:<18} {job['status']:<10} {tries:>5} "
-              f"{seconds:>8}  {outcome}")
-
-
 def cmd_worker(args: argparse.Namespace) -> int:
     registry.load(args.job_type)
     return run_worker(args.job_type, args)
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
-    from geojobs.demo import run_demo
-
     return run_demo()
+
+
+def cmd_units(args: argparse.Namespace) -> int:
+    options = {"prefix": args.prefix, "user": args.user, "python": args.python}
+    try:
+        if args.action == "render" and args.output is None:
+            for name, text in units.render_all(**options).items():
+                print(f"# --- {name} ---\n{text}")
+            return 0
+        if args.action == "render":
+            written = units.write_units(args.output, **options)
+        else:
+            written = units.install(args.output or units.SYSTEM_DIR, **options)
+    except ValueError as exc:
+        raise GeojobsError(str(exc)) from None
+    for path in written:
+        print(path)
+    if args.action == "install":
+        names = " ".join(p.stem for p in written)
+        print(f"enable and start the workers you need: systemctl enable --now {names}",
+              file=sys.stderr)
+    return 0
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    import uvicorn
+
+    uvicorn.run("geojobs.api:create_app", factory=True, host=args.host, port=args.port,
+                workers=args.workers, log_level=args.log_level, proxy_headers=False)
+    return 0
+
+
+def cmd_keys(args: argparse.Namespace) -> int:
+    from geojobs.api import keys
+
+    with db.connect() as conn:
+        if args.action == "list":
+            for row in keys.list_keys(conn):
+                state = f"revoked {row['revoked_at']:%Y-%m-%d %H:%M}" if row["revoked_at"] else "active"
+                print(f"{row['name']:<24} {'admin' if row['admin'] else 'user':<6} {state}")
+            return 0
+        if not args.name:
+            raise GeojobsError(f"keys {args.action} needs a NAME")
+        if args.action == "create":
+            print(keys.create_key(conn, args.name, admin=args.admin))
+            print(f"(the key of {args.name}; it is shown only now)", file=sys.stderr)
+            return 0
+        if keys.revoke_key(conn, args.name):
+            print(f"revoked the key of {args.name}")
+            return 0
+        print(f"no active key named {args.name}", file=sys.stderr)
+        return 1
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -209,6 +241,31 @@ def build_parser() -> argparse.ArgumentParser:
     p_worker.add_argument("job_type")
     add_worker_arguments(p_worker)
     p_worker.set_defaults(func=cmd_worker)
+
+    p_units = sub.add_parser("units", help="systemd units: render them, or install them on this host")
+    p_units.add_argument("action", choices=["render", "install"],
+                         help="render: print them (or write them to --output); install: write them "
+                              "to /etc/systemd/system (or --output) and reload systemd")
+    p_units.add_argument("--prefix", default=units.DEFAULT_PREFIX,
+                         help=f"install directory (default {units.DEFAULT_PREFIX})")
+    p_units.add_argument("--user", default=units.DEFAULT_USER,
+                         help=f"account the services run as (default {units.DEFAULT_USER})")
+    p_units.add_argument("--python", help="interpreter with geojobs installed "
+                                          "(default PREFIX/.venv/bin/python)")
+    p_units.add_argument("--output", type=Path, help="directory to write the unit files to")
+    p_units.set_defaults(func=cmd_units)
+    p_serve = sub.add_parser("serve", help="serve the HTTP API (OGC API - Processes)")
+    p_serve.add_argument("--host", default="127.0.0.1")
+    p_serve.add_argument("--port", type=int, default=8000)
+    p_serve.add_argument("--workers", type=int, default=1, help="uvicorn worker processes")
+    p_serve.add_argument("--log-level", default="info")
+    p_serve.set_defaults(func=cmd_serve)
+
+    p_keys = sub.add_parser("keys", help="API users and their keys")
+    p_keys.add_argument("action", choices=["create", "list", "revoke"])
+    p_keys.add_argument("name", nargs="?")
+    p_keys.add_argument("--admin", action="store_true", help="the user sees every job")
+    p_keys.set_defaults(func=cmd_keys)
 
     p_demo = sub.add_parser("demo", help="load sample data, queue jobs, run them, show them")
     p_demo.set_defaults(func=cmd_demo)

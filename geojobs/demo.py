@@ -1,7 +1,7 @@
 """``make demo``: sample data in, one job of each demo kind queued, workers run, table out.
 
-Each job type module may declare ``DEMO``: a list of parameter sets on the sample tables
-(geojobs.samples). The demo (re)loads the samples, queues every DEMO job, runs each job
+Each job type may declare ``DEMO`` (see :mod:`geojobs.jobtype`): parameter sets on the sample
+tables (geojobs.samples). The demo (re)loads the samples, queues every DEMO job, runs each job
 type's worker in its own process until the queue is empty, and prints the jobs.
 """
 
@@ -11,7 +11,7 @@ import subprocess
 import sys
 
 from geojobs import db, queue, registry
-from geojobs.cli import print_jobs
+from geojobs.report import print_jobs
 from geojobs.samples import SAMPLES, load_sample
 
 __all__ = ["run_demo"]
@@ -26,7 +26,7 @@ def run_demo() -> int:
             print(f"loaded sample {name} into {load_sample(conn, name)}")
         job_ids = []
         for job_type in registry.names():
-            for params in getattr(registry.load(job_type), "DEMO", []):
+            for params in registry.load(job_type).DEMO:
                 job_ids.append(queue.enqueue(conn, job_type, params))
         types = sorted({queue.get(conn, i)["job_type"] for i in job_ids})  # type: ignore[index]
     for job_type in types:

@@ -50,5 +50,24 @@ class ResultWriteFailed(GeojobsError):
     retryable = True
 
 
+class JobFailed(GeojobsError):
+    """The job failed."""
+
+    def __init__(self, job_id: int, job_type: str, error: str | None, *, status: str = "failed") -> None:
+        self.job_id, self.job_type, self.error, self.status = job_id, job_type, error, status
+        super().__init__(f"job {job_id} ({job_type}) {status}: {error or 'no error recorded'}")
+
+
+class JobCancelled(JobFailed):
+    """The job was cancelled before it completed."""
+
+    def __init__(self, job_id: int, job_type: str, error: str | None) -> None:
+        super().__init__(job_id, job_type, error, status="cancelled")
+
+
+class JobNotFinished(GeojobsError):
+    """The job has no result yet: it is still queued or running."""
+
+
 class JobInterrupted(Exception):
     """The job must stop now: it was cancelled or its lease was lost. Not an error of the job."""

@@ -19,8 +19,8 @@ import geopandas as gpd
 import pandas as pd
 from pydantic import Field
 
-from analysis.jit import warm_up
 from analysis.local_input import DEFAULT_PERMUTATIONS, DEFAULT_SEED, MAX_PERMUTATIONS, LocalSummary
+from analysis.warmup import warm_up
 from geojobs.context import JobContext
 from geojobs.layers import check_output_free, describe_layer, read_layer, write_layer
 from geojobs.params import ColumnName, InputTable, JobParams, OutputParams
@@ -122,7 +122,7 @@ def run_local(ctx: JobContext, params: LocalParams, analysis: Analysis, *,
     return {"output_table": output, "rows": rows, "srid": srid, **summary.to_dict()}
 
 
-def warm_up_worker(job_type: str) -> None:
+def warm_up_worker(job_type: Literal["hotspot", "outlier"]) -> None:
     """Compile esda's permutation kernels before claiming jobs (then freeze what is loaded
     out of the garbage collector's scans), unless
     ``GEOJOBS_JIT_WARMUP=0`` (e.g. a worker that will only see ``permutations: 0``)."""

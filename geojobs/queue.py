@@ -5,6 +5,8 @@ Knows jobs, workers and attempts; knows nothing of geography.
 
 from __future__ import annotations
 
+import json
+import math
 import re
 from dataclasses import dataclass
 from datetime import datetime
@@ -21,9 +23,12 @@ from geojobs.errors import GeojobsError
 __all__ = ["ClaimedJob", "queries", "claim", "complete", "fail", "release", "heartbeat",
            "requeue_stale", "enqueue", "get", "list_jobs", "cancel", "retry", "count_ready",
            "insert_pipeline", "insert_pipeline_step", "get_pipeline", "pipeline_steps",
-           "cancel_pipeline", "NOTIFY_CHANNEL"]
+           "cancel_pipeline", "NOTIFY_CHANNEL", "JOB_EVENTS_CHANNEL", "listen_job_events",
+           "job_events", "claim_quiet", "cancel_own"]
 
 NOTIFY_CHANNEL = "geojobs"
+JOB_EVENTS_CHANNEL = "geojobs_jobs"
+"""Channel announcing each change of a job's status or progress: JSON {id, status, progress, submitted_by}."""
 _NAME_LINE = re.compile(r"^-- name: (\w+)\s*$", re.MULTILINE)
 
 
@@ -134,6 +139,38 @@ def retry(conn: psycopg.Connection, job_id: int) -> bool:
         return _run(conn, "retry_job", {"id": job_id}).fetchone() is not None
     except psycopg.errors.ObjectNotInPrerequisiteState as exc:
         raise GeojobsError(str(exc.diag.message_primary or exc)) from None
+
+
+def cancel_own(conn: psycopg.Connection, job_id: int) -> bool:
+    """Cancel a queued or running job submitted by this login role (allowed to geojobs_frontend)."""
+    row = _run(conn, "cancel_own_job", {"id": job_id}).fetchone()
+    return bool(row and row[0])
+
+
+def listen_job_events(conn: psycopg.Connection) -> None:
+    """Subscribe ``conn`` (autocommit) to :data:`JOB_EVENTS_CHANNEL`."""
+    conn.execute(queries()["listen_job_events"])
+
+
+def job_events(conn: psycopg.Connection, timeout: float | None) -> set[int]:
+    """Ids of the jobs announced on ``conn`` within ``timeout`` seconds (None: no limit).
+
+    Returns as soon as one notification arrives, with any others already received; an empty
+    set when the time ran out.
+    """
+    ids: set[int] = set()
+    limit = None if timeout is None or math.isinf(timeout) else max(timeout, 0.0)
+    for note in conn.notifies(timeout=limit, stop_after=1):
+        if note.channel == JOB_EVENTS_CHANNEL:
+            ids.add(int(json.loads(note.payload)["id"]))
+    return ids
+
+
+def claim_quiet(conn: psycopg.Connection, job_id: int) -> tuple[float, float | None] | None:
+    """(seconds the job has been queued, seconds since a worker of its type last claimed a job or
+    sent a heartbeat for one; None when none ever did)."""
+    row = _run(conn, "claim_quiet", {"id": job_id}).fetchone()
+    return (float(row[0]), None if row[1] is None else float(row[1])) if row else None
 
 
 def count_ready(conn: psycopg.Connection, job_type: str) -> int:

@@ -1,15 +1,16 @@
 """Every job type, by name, and the module that implements it.
 
-A job type module declares ``JOB_TYPE``, a pydantic ``Params`` model, an ``EXAMPLE`` of its
-parameters and ``run(ctx, params) -> dict``. Adding a job type = one line here.
+Modules are named by string and imported only when a job type is loaded, so the platform never
+imports ``workers`` itself. A module follows the contract of :mod:`geojobs.jobtype`. Adding a
+job type = one line here.
 """
 
 from __future__ import annotations
 
 import importlib
-from types import ModuleType
 
 from geojobs.errors import InvalidParams
+from geojobs.jobtype import JobType, from_module
 
 __all__ = ["JOB_TYPES", "load", "names"]
 
@@ -32,14 +33,11 @@ def names() -> list[str]:
     return list(JOB_TYPES)
 
 
-def load(job_type: str) -> ModuleType:
-    """Import the module of ``job_type``; unknown types raise :class:`InvalidParams`."""
+def load(job_type: str) -> JobType:
+    """The job type ``job_type``, checked against the contract; unknown types raise
+    :class:`InvalidParams`, a module that breaks the contract :class:`TypeError`."""
     try:
         path = JOB_TYPES[job_type]
     except KeyError:
         raise InvalidParams(f"job_type: unknown job type {job_type!r}; known: {names()}") from None
-    module = importlib.import_module(path)
-    for attr in ("JOB_TYPE", "Params", "EXAMPLE", "run"):
-        if not hasattr(module, attr):
-            raise TypeError(f"{path} does not define {attr}")
-    return module
+    return from_module(importlib.import_module(path), job_type)

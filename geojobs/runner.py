@@ -17,7 +17,6 @@ import time
 import traceback
 import uuid
 from dataclasses import dataclass, field
-from types import ModuleType
 from typing import Any
 
 import psutil
@@ -29,6 +28,7 @@ from geojobs.config import database_url
 from geojobs.context import JobContext
 from geojobs.db import connect
 from geojobs.errors import GeojobsError, JobInterrupted
+from geojobs.jobtype import JobType
 from geojobs.params import validate_params
 
 __all__ = ["WorkerSettings", "Worker"]
@@ -142,7 +142,7 @@ class Worker:
     def __init__(self, settings: WorkerSettings) -> None:
         self.settings = settings
         self.worker_id = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
-        self.module: ModuleType = registry.load(settings.job_type)
+        self.jobtype: JobType = registry.load(settings.job_type)
         self._control: psycopg.Connection[Any] | None = None
         self._job_conn: psycopg.Connection[Any] | None = None
         self._stopping = threading.Event()
@@ -335,11 +335,11 @@ class Worker:
     def _execute(
         self, job: queue.ClaimedJob, job_conn: psycopg.Connection[Any], heartbeat: _Heartbeat
     ) -> dict[str, Any]:
-        params = validate_params(self.module.Params, job.params)
+        params = validate_params(self.jobtype.Params, job.params)
         ctx = JobContext(job_id=job.id, job_type=job.job_type, attempt=job.attempt,
                          worker_id=job.worker_id, conn=job_conn, report=heartbeat.report)
         with job_conn.transaction():
-            result = dict(self.module.run(ctx, params) or {})
+            result = dict(self.jobtype.run(ctx, params) or {})
             result.setdefault("warnings", [])
             if heartbeat.lost.is_set() or not queue.complete(job_conn, job, result):
                 raise JobInterrupted("the job was cancelled or taken back before it completed")

@@ -1,10 +1,15 @@
-"""Command line of one worker: ``python -m workers.<type> [--drain] [--once]``."""
+"""Command line of one worker: ``python -m workers.<type> [--drain] [--once]``.
+
+``geojobs worker <type>`` and the systemd units start workers through :func:`run_worker` too,
+so every worker runs its job type's ``warm_up`` hook before it claims a job.
+"""
 
 from __future__ import annotations
 
 import argparse
 import sys
 
+from geojobs import registry
 from geojobs.logs import setup_logging
 from geojobs.runner import Worker, WorkerSettings
 
@@ -23,8 +28,12 @@ def add_worker_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run_worker(job_type: str, args: argparse.Namespace) -> int:
-    """Build the worker from parsed flags and run it; returns the exit code."""
+    """Warm the job type up, build the worker from parsed flags and run it; returns the exit
+    code."""
+    jobtype = registry.load(job_type)
     setup_logging(job_type, log_file=args.log_file)
+    if jobtype.warm_up is not None:
+        jobtype.warm_up()
     settings = WorkerSettings(job_type=job_type)
     if args.memory_cap_mb is not None:
         settings.memory_cap_mb = args.memory_cap_mb

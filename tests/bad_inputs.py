@@ -170,8 +170,8 @@ def base_params(job_type: str) -> dict[str, Any]:
     """Valid params on the sample tables: the first DEMO job (else EXAMPLE), output fields off."""
     if job_type in BASE:
         return copy.deepcopy(BASE[job_type])
-    module = registry.load(job_type)
-    demo = getattr(module, "DEMO", None) or [module.EXAMPLE]
+    jobtype = registry.load(job_type)
+    demo = list(jobtype.DEMO) or [jobtype.EXAMPLE]
     return {k: v for k, v in copy.deepcopy(demo[0]).items()
             if k not in ("output_table", "overwrite", "replace", "output_raster")}
 
@@ -182,9 +182,9 @@ def _required(fields: dict[str, FieldInfo]) -> list[str]:
 
 def generic_cases(job_type: str) -> list[Case]:
     """The cases every job type must pass, from its Params model and EXAMPLE."""
-    module = registry.load(job_type)
+    jobtype = registry.load(job_type)
     example = base_params(job_type)
-    fields: dict[str, FieldInfo] = module.Params.model_fields
+    fields: dict[str, FieldInfo] = jobtype.Params.model_fields
     found = [
         Case(job_type, "params-list", [example], "params", "must be a JSON object"),
         Case(job_type, "params-string", "input_table", "params", "must be a JSON object"),

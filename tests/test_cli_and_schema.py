@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -79,21 +78,35 @@ def test_enqueue_validates_and_wait_follows(db_url: str, conn: psycopg.Connectio
     assert job_row(conn, job_id)["status"] == "queued"
 
 
-def test_every_job_type_has_a_unit() -> None:
-    units = {p.name for p in (ROOT / "systemd").glob("*_worker.service")}
-    assert units == {f"{name}_worker.service" for name in registry.names()}
-    for name in registry.names():
-        text = (ROOT / "systemd" / f"{name}_worker.service").read_text()
-        assert f"-m workers.{name}" in text and "Restart=always" in text
+def test_types_read_as_plain_text() -> None:
+    """Summaries in full and without reStructuredText; parameters with type, default, description."""
+    result = subprocess.run([sys.executable, "-m", "geojobs.cli", "types"], cwd=ROOT, text=True,
+                            capture_output=True, timeout=60, env={**worker_env(""), "COLUMNS": "100"})
+    assert result.returncode == 0, result.stderr
+    text = result.stdout
+    assert "``" not in text and ":mod:" not in text
+    joined = " ".join(text.split())  # summaries may wrap
+    assert "outlier: Anselin Local Moran's I clusters and outliers (ArcGIS's Cluster and Outlier " \
+           "Analysis)." in joined
+    assert "noop: A diagnostic job type that does nothing useful, on purpose." in joined
+    rows: dict[str, list[str]] = {}  # the first job type's row of each parameter name
+    for line in text.splitlines():
+        if line.startswith("  ") and not line.startswith("   "):
+            rows.setdefault(line.split()[0], line.split())
+    assert rows["permutations"][1:5] == ["integer", "0..99999", "999", "Conditional"]
+    assert rows["input_table"][1:3] == ["string", "required"]
+    assert rows["weights.transform"][1:3] == ["B|R", "null"]
+    assert all(len(line) <= 100 for line in text.splitlines() if not line.startswith("  example"))
 
 
-@pytest.mark.skipif(shutil.which("systemd-analyze") is None, reason="systemd-analyze missing")
-def test_units_verify(tmp_path: Path) -> None:
-    """systemd-analyze verify passes on every unit, installed at this checkout's paths."""
-    for unit in (ROOT / "systemd").glob("*.service"):
-        text = unit.read_text().replace("/opt/geojobs/.venv/bin/python", sys.executable)
-        text = text.replace("/opt/geojobs", str(ROOT)).replace("EnvironmentFile=/", "EnvironmentFile=-/")
-        (tmp_path / unit.name).write_text(text)
-    result = subprocess.run(["systemd-analyze", "verify", *map(str, sorted(tmp_path.iterdir()))],
-                            text=True, capture_output=True, timeout=60)
-    assert result.returncode == 0 and result.stderr.strip() == "", result.stderr
+@pytest.mark.db
+@pytest.mark.parametrize("command", [["-m", "workers.hotspot"], ["-m", "geojobs.cli", "worker", "hotspot"]],
+                         ids=["python-m", "geojobs-worker"])
+def test_warm_up_runs_however_the_worker_starts(db_url: str, command: list[str]) -> None:
+    """The job type's warm_up hook (numba compilation for hotspot) runs before the first claim."""
+    env = {**worker_env(db_url), "GEOJOBS_JIT_WARMUP": "1"}
+    result = subprocess.run([sys.executable, *command, "--drain"], env=env, cwd=ROOT, text=True,
+                            capture_output=True, timeout=240)
+    assert result.returncode == 0, result.stderr
+    ready = result.stderr.find("hotspot: numba kernels ready")
+    assert 0 <= ready < result.stderr.find(" started"), result.stderr

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any
 
 import psycopg
@@ -147,7 +148,7 @@ def test_a_job_that_cannot_complete_leaves_no_table(db_url: str,
                 queue.cancel(other, job_id)  # ...but the job is cancelled before it completes
             return result
 
-    worker.module = Cancelling  # type: ignore[assignment]
+    worker.jobtype = dataclasses.replace(worker.jobtype, run=Cancelling.run)
     worker.run(drain=True)
     assert job_row(conn, job_id)["status"] == "cancelled"
     assert conn.execute("SELECT to_regclass('results.never')").fetchone() == (None,)

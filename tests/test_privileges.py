@@ -7,6 +7,7 @@ outside the output schema. The front-end role can only queue, read and cancel it
 
 from __future__ import annotations
 
+import dataclasses
 import uuid
 from collections.abc import Callable
 from pathlib import Path
@@ -162,8 +163,7 @@ def test_job_bypassing_validation_fails_at_once_and_writes_nothing(
     job_id = queue.enqueue(conn, "noop", {})
     before = snapshot(conn)
     worker = Worker(WorkerSettings(job_type="noop", database_url=as_role(db_url)))
-    worker.module = SimpleNamespace(  # type: ignore[assignment]
-        Params=worker.module.Params, run=_writes_to(table))
+    worker.jobtype = dataclasses.replace(worker.jobtype, run=_writes_to(table))
     assert worker.run(drain=True) == 0
     row = job_row(conn, job_id)
     assert (row["status"], row["attempts"]) == ("failed", 1)

@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import collections
+import dataclasses
 import re
 import signal
 import time
 from datetime import timedelta
-from types import SimpleNamespace
 from typing import Any
 
 import psycopg
@@ -117,7 +117,7 @@ def test_any_handler_exception_is_recorded(db_url: str, conn: psycopg.Connection
     def explode(ctx: Any, params: Any) -> dict[str, Any]:
         raise exc
 
-    worker.module = SimpleNamespace(Params=worker.module.Params, run=explode)  # type: ignore[assignment]
+    worker.jobtype = dataclasses.replace(worker.jobtype, run=explode)
     assert worker.run(drain=True) == 0
     row = job_row(conn, job_id)
     assert row["status"] == "queued" and row["attempts"] == 1

@@ -18,7 +18,7 @@ from typing import Any
 import psycopg
 import pytest
 
-from geojobs import queue, registry, sdnotify
+from geojobs import queue, registry, sdnotify, units
 from tests.support import ROOT, job_row, start_worker, wait_for
 
 UNITS = sorted((ROOT / "systemd").glob("*_worker.service"))
@@ -27,8 +27,12 @@ ENV_EXAMPLE = ROOT / "systemd" / "geojobs.env.example"
 
 def _directives(path: Path) -> dict[str, list[str]]:
     """``Key`` -> every value it is given, across sections (systemd allows repeats)."""
+    return _directives_of(path.read_text())
+
+
+def _directives_of(text: str) -> dict[str, list[str]]:
     found: dict[str, list[str]] = {}
-    for line in path.read_text().splitlines():
+    for line in text.splitlines():
         line = line.strip()
         if line and not line.startswith(("#", ";", "[")) and "=" in line:
             key, _, value = line.partition("=")
@@ -78,14 +82,47 @@ def test_unit_is_hardened(unit: Path) -> None:
 
 
 def _installed(tmp_path: Path) -> list[Path]:
-    """The units as installed at this checkout's paths (the env file optional)."""
-    out = []
+    """The units as ``geojobs units install`` writes them for this checkout and interpreter."""
+    result = subprocess.run([sys.executable, "-m", "geojobs.cli", "units", "install", "--prefix",
+                             str(ROOT), "--python", sys.executable, "--output", str(tmp_path)],
+                            text=True, capture_output=True, timeout=60)
+    assert result.returncode == 0, result.stderr
+    written = sorted(Path(line) for line in result.stdout.split())
+    assert [p.name for p in written] == sorted(u.name for u in UNITS)
+    return written
+
+
+def test_shipped_units_are_the_rendered_ones() -> None:
+    """systemd/ holds exactly what the template renders with the defaults: no drift."""
+    rendered = units.render_all()
+    assert {u.name for u in UNITS} == set(rendered), "run: geojobs units render --output systemd"
     for unit in UNITS:
-        text = unit.read_text().replace("/opt/geojobs/.venv/bin/python", sys.executable)
-        text = text.replace("/opt/geojobs", str(ROOT)).replace("EnvironmentFile=/", "EnvironmentFile=-/")
-        (tmp_path / unit.name).write_text(text)
-        out.append(tmp_path / unit.name)
-    return out
+        assert unit.read_text() == rendered[unit.name], (
+            f"{unit.name} differs from the template; run: geojobs units render --output systemd")
+
+
+def test_render_takes_prefix_user_and_refuses_unsafe_values(tmp_path: Path) -> None:
+    text = units.render(units.worker_unit("dissolve"), prefix="/srv/gj", user="gis")
+    d = {k: v[-1] for k, v in _directives_of(text).items()}
+    assert d["ExecStart"] == "/srv/gj/.venv/bin/python -m workers.dissolve"
+    assert (d["User"], d["Group"], d["WorkingDirectory"]) == ("gis", "gis", "/srv/gj")
+    assert d["SyslogIdentifier"] == "geojobs-dissolve"
+    for bad in ({"prefix": "relative"}, {"prefix": "/a b"}, {"user": "root; rm"},
+                {"python": "/x/$HOME/python"}):
+        with pytest.raises(ValueError, match=next(iter(bad))):
+            units.render(units.worker_unit("noop"), **bad)
+
+
+@pytest.mark.skipif(shutil.which("systemd-analyze") is None, reason="systemd-analyze missing")
+def test_units_install_writes_units_that_verify(tmp_path: Path) -> None:
+    """``geojobs units install --output DIR`` writes every unit; ``systemd-analyze verify``
+    accepts them (the test machine has no systemd running, so no daemon-reload here)."""
+    written = _installed(tmp_path)
+    result = subprocess.run(["systemd-analyze", "verify", *map(str, written)],
+                            text=True, capture_output=True, timeout=60)
+    assert result.returncode == 0 and result.stderr.strip() == "", result.stderr
+    assert f"ExecStart={sys.executable} -m workers.hotspot" in (
+        tmp_path / "hotspot_worker.service").read_text()
 
 
 @pytest.mark.skipif(shutil.which("systemd-analyze") is None, reason="systemd-analyze missing")

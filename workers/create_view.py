@@ -14,7 +14,7 @@ import psycopg
 from psycopg import sql
 from pydantic import AfterValidator, Field, model_validator
 
-from geojobs import layer_sql
+from geojobs import layer_sql, worker_cli
 from geojobs import view_sql as q
 from geojobs.context import JobContext
 from geojobs.errors import InvalidInput, OutputExists
@@ -276,6 +276,4 @@ def _count(conn: psycopg.Connection[Any], view: sql.Identifier) -> int:
 
 
 if __name__ == "__main__":
-    from geojobs.worker_cli import main
-
-    raise SystemExit(main(JOB_TYPE))
+    raise SystemExit(worker_cli.main(JOB_TYPE))

@@ -12,6 +12,7 @@ from typing import Any, Literal
 from pydantic import Field
 
 from analysis.dissolve import dissolve
+from geojobs import worker_cli
 from geojobs.context import JobContext
 from geojobs.layers import check_output_free, describe_layer, read_layer, write_layer
 from geojobs.params import ColumnName, InputTable, OutputParams
@@ -80,6 +81,4 @@ def run(ctx: JobContext, params: Params) -> dict[str, Any]:
 
 
 if __name__ == "__main__":
-    from geojobs.worker_cli import main
-
-    raise SystemExit(main(JOB_TYPE))
+    raise SystemExit(worker_cli.main(JOB_TYPE))

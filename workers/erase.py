@@ -11,6 +11,7 @@ from typing import Any
 
 from pydantic import Field
 
+from geojobs import worker_cli
 from geojobs.context import JobContext
 from geojobs.filters import FilterSpec
 from geojobs.overlay_job import OverlayParams, run_overlay
@@ -63,6 +64,4 @@ def run(ctx: JobContext, params: Params) -> dict[str, Any]:
 
 
 if __name__ == "__main__":
-    from geojobs.worker_cli import main
-
-    raise SystemExit(main(JOB_TYPE))
+    raise SystemExit(worker_cli.main(JOB_TYPE))

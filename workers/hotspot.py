@@ -14,9 +14,10 @@ from typing import Any
 from pydantic import Field
 
 from analysis.hotspot import hotspot
+from geojobs import worker_cli
 from geojobs.context import JobContext
 from geojobs.errors import InvalidParams
-from geojobs.local_stats import GridParams, LocalParams, run_local
+from geojobs.local_stats import GridParams, LocalParams, run_local, warm_up_worker
 from geojobs.params import ColumnName
 
 JOB_TYPE = "hotspot"
@@ -55,9 +56,10 @@ def run(ctx: JobContext, params: Params) -> dict[str, Any]:
     return run_local(ctx, params, hotspot, value_column=params.value_column, grid=grid)
 
 
-if __name__ == "__main__":
-    from geojobs.local_stats import warm_up_worker
-    from geojobs.worker_cli import main
+def warm_up() -> None:
+    """Compile esda's Gi* permutation kernels before the first job."""
+    warm_up_worker("hotspot")
 
-    warm_up_worker(JOB_TYPE)
-    raise SystemExit(main(JOB_TYPE))
+
+if __name__ == "__main__":
+    raise SystemExit(worker_cli.main(JOB_TYPE))

@@ -15,6 +15,7 @@ import geopandas as gpd
 from pydantic import Field
 
 from analysis.emerging import emerging_hot_spots, input_shape, parse_time_step
+from geojobs import worker_cli
 from geojobs.context import JobContext
 from geojobs.errors import InvalidInput, InvalidParams
 from geojobs.layers import check_output_free, describe_layer, read_layer, write_layer
@@ -212,6 +213,4 @@ def run(ctx: JobContext, params: Params) -> dict[str, Any]:
 
 
 if __name__ == "__main__":
-    from geojobs.worker_cli import main
-
-    raise SystemExit(main(JOB_TYPE))
+    raise SystemExit(worker_cli.main(JOB_TYPE))

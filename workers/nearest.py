@@ -19,6 +19,7 @@ from psycopg import sql
 from pydantic import Field, field_validator
 
 from analysis.nearest import default_method, nearest
+from geojobs import worker_cli
 from geojobs.context import JobContext
 from geojobs.errors import InvalidInput
 from geojobs.layers import Layer, check_output_free, describe_layer, read_layer, write_layer
@@ -136,6 +137,4 @@ def run(ctx: JobContext, params: Params) -> dict[str, Any]:
 
 
 if __name__ == "__main__":
-    from geojobs.worker_cli import main
-
-    raise SystemExit(main(JOB_TYPE))
+    raise SystemExit(worker_cli.main(JOB_TYPE))

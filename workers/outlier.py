@@ -12,8 +12,9 @@ from __future__ import annotations
 from typing import Any
 
 from analysis.outlier import outlier
+from geojobs import worker_cli
 from geojobs.context import JobContext
-from geojobs.local_stats import LocalParams, run_local
+from geojobs.local_stats import LocalParams, run_local, warm_up_worker
 
 JOB_TYPE = "outlier"
 
@@ -40,9 +41,10 @@ def run(ctx: JobContext, params: Params) -> dict[str, Any]:
     return run_local(ctx, params, outlier, value_column=params.value_column)
 
 
-if __name__ == "__main__":
-    from geojobs.local_stats import warm_up_worker
-    from geojobs.worker_cli import main
+def warm_up() -> None:
+    """Compile esda's Local Moran's I permutation kernels before the first job."""
+    warm_up_worker("outlier")
 
-    warm_up_worker(JOB_TYPE)
-    raise SystemExit(main(JOB_TYPE))
+
+if __name__ == "__main__":
+    raise SystemExit(worker_cli.main(JOB_TYPE))

@@ -16,6 +16,7 @@ from pydantic import Field, field_validator
 
 from analysis.raster_clip import clip_raster
 from analysis.safe_paths import resolve_input, resolve_output
+from geojobs import worker_cli
 from geojobs.config import output_dir, raster_dir
 from geojobs.context import JobContext
 from geojobs.errors import InvalidInput
@@ -103,6 +104,4 @@ def run(ctx: JobContext, params: Params) -> dict[str, Any]:
 
 
 if __name__ == "__main__":
-    from geojobs.worker_cli import main
-
-    raise SystemExit(main(JOB_TYPE))
+    raise SystemExit(worker_cli.main(JOB_TYPE))

@@ -281,3 +281,18 @@ AS $$
     )
     SELECT EXISTS (SELECT 1 FROM cancelled);
 $$;
+
+-- The HTTP API's cancel (migration 0003) also cancels waiting jobs.
+CREATE OR REPLACE FUNCTION geojobs_cancel_as(job_id bigint, username text) RETURNS boolean
+LANGUAGE sql SECURITY DEFINER
+SET search_path = public, pg_temp
+AS $$
+    WITH cancelled AS (
+        UPDATE public.background_jobs
+        SET status = 'cancelled', finished_at = now(), error = 'dismissed by ' || username
+        WHERE id = job_id AND status IN ('waiting', 'queued', 'running')
+          AND (submitted_by = username OR username IS NULL)
+        RETURNING id
+    )
+    SELECT EXISTS (SELECT 1 FROM cancelled);
+$$;

@@ -1,0 +1,74 @@
+"""The HTTP API: OGC API - Processes on the job table (``geojobs serve``).
+
+:func:`create_app` builds the FastAPI app: the Processes routes of
+:class:`~geojobs.api.routes.ProcessesEndpoints`, the RFC 7807 error handlers of
+:mod:`geojobs.api.errors`, the asyncpg store and the callback dispatcher. Other routers (the
+result layers) mount into the same app.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any
+
+from fastapi import FastAPI, Request, Response
+from fastapi.middleware.cors import CORSMiddleware
+
+from geojobs.api.callbacks import Dispatcher
+from geojobs.api.errors import install_handlers
+from geojobs.api.oas import document_to_oas30
+from geojobs.api.routes import ProcessesEndpoints
+from geojobs.api.settings import ApiSettings, get_settings
+from geojobs.api.store import Store
+
+__all__ = ["create_app"]
+
+
+def create_app(settings: ApiSettings | None = None) -> FastAPI:
+    """A new API app with its own store; nothing connects before startup."""
+    settings = settings or get_settings()
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        store = Store(settings.database_url, settings.api_pool_size)
+        await store.start()
+        app.state.store = store
+        dispatcher = Dispatcher(store, settings, settings.api_public_url.rstrip("/"))
+        app.state.dispatcher = dispatcher
+        dispatcher.start()
+        try:
+            yield
+        finally:
+            await dispatcher.stop()
+            await store.stop()
+
+    app = FastAPI(title="geojobs", version="1.0.0", lifespan=lifespan, docs_url="/api.html",
+                  redoc_url=None, openapi_url="/openapi.json",
+                  description="OGC API - Processes - Part 1: Core 1.0.0 over the geojobs job table.")
+    app.state.settings = settings
+    install_handlers(app)
+    app.include_router(ProcessesEndpoints().router)
+
+    cache: dict[str, Any] = {}
+
+    def openapi_30() -> dict[str, Any]:
+        if "doc" not in cache:
+            cache["doc"] = document_to_oas30(app.openapi())
+        return cache["doc"]
+
+    app.state.openapi_30 = openapi_30
+
+    @app.middleware("http")
+    async def no_store(request: Request, call_next: Any) -> Response:
+        """Job state must never be cached: no-store unless a route chose otherwise."""
+        response: Response = await call_next(request)
+        response.headers.setdefault("Cache-Control", "no-store")
+        return response
+
+    if settings.cors_origins:
+        app.add_middleware(
+            CORSMiddleware, allow_origins=settings.cors_origins, allow_methods=["GET", "POST", "DELETE"],
+            allow_headers=["Authorization", "Content-Type", "Prefer", "Idempotency-Key"],
+            expose_headers=["Location", "Preference-Applied", "Retry-After"])
+    return app

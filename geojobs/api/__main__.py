@@ -1,0 +1,5 @@
+"""``python -m geojobs.api``: the same as ``geojobs serve``."""
+
+from geojobs.cli import main
+
+raise SystemExit(main(["serve"]))

@@ -1,0 +1,96 @@
+"""Jobs as OGC API - Processes shows them: statusInfo, results, and the status mapping."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+from geojobs.config import output_dir
+
+__all__ = ["OGC_STATUS", "SQL_STATUS", "FINAL", "status_info", "results_document", "iso",
+           "raster_path"]
+
+OGC_STATUS = {"waiting": "accepted", "queued": "accepted", "running": "running", "completed": "successful",
+              "failed": "failed", "cancelled": "dismissed"}
+"""Our status -> the OGC status code."""
+SQL_STATUS = {v: k for k, v in OGC_STATUS.items()}  # accepted -> queued (and waiting: routes)
+FINAL = {"completed", "failed", "cancelled"}
+
+
+def iso(value: datetime | None) -> str | None:
+    """RFC 3339 with Z, or None."""
+    if value is None:
+        return None
+    return value.isoformat().replace("+00:00", "Z")
+
+
+def _message(job: Mapping[str, Any]) -> str:
+    if job["error"]:
+        return str(job["error"])
+    status, progress = job["status"], job["progress"]
+    if status == "running":
+        return f"running, {round(100 * (progress or 0))} %"
+    return {"waiting": "waiting for its dependencies", "queued": "queued",
+            "completed": "completed", "cancelled": "dismissed"}.get(status, status)
+
+
+def status_info(job: Mapping[str, Any], base: str, *, status: str | None = None) -> dict[str, Any]:
+    """The statusInfo document of a job row (``status`` overrides the row's, e.g. after dismiss)."""
+    sql_status = status or job["status"]
+    progress = job["progress"]
+    if sql_status == "completed":
+        progress = 1.0
+    info: dict[str, Any] = {
+        "jobID": str(job["id"]),
+        "processID": job["job_type"],
+        "type": "process",
+        "status": OGC_STATUS[sql_status],
+        "message": _message({**job, "status": sql_status}),
+        "progress": int(round(100 * (progress or 0))),
+        "created": iso(job["created_at"]),
+        "started": iso(job["started_at"]),
+        "finished": iso(job["finished_at"]),
+        "updated": iso(job["updated_at"]),
+    }
+    href = f"{base}/jobs/{job['id']}"
+    links = [{"href": href, "rel": "self", "type": "application/json", "title": "job status"},
+             {"href": f"{base}/jobs", "rel": "up", "type": "application/json", "title": "jobs"}]
+    if sql_status == "completed":
+        links.append({"href": f"{href}/results",
+                      "rel": "http://www.opengis.net/def/rel/ogc/1.0/results",
+                      "type": "application/json", "title": "results"})
+    info["links"] = links
+    return info
+
+
+def raster_path(result: Mapping[str, Any]) -> Path | None:
+    """The file a raster job wrote, if it lies inside the output directory."""
+    relative = result.get("output_raster")
+    if not relative:
+        return None
+    root = output_dir().resolve()
+    path = (root / str(relative)).resolve()
+    return path if path.is_relative_to(root) else None
+
+
+def results_document(job: Mapping[str, Any], base: str) -> dict[str, Any]:
+    """``GET /jobs/{id}/results`` of a successful job: the result, its timings and links."""
+    result = dict(job["result"] or {})
+    started, finished, created = job["started_at"], job["finished_at"], job["created_at"]
+    result["timings"] = {
+        "created": iso(created), "started": iso(started), "finished": iso(finished),
+        "queued_seconds": (started - created).total_seconds() if started and created else None,
+        "run_seconds": (finished - started).total_seconds() if started and finished else None,
+    }
+    document: dict[str, Any] = {"result": result}
+    table = result.get("output_table") or result.get("output_view")
+    if table:
+        document["layer"] = {"href": f"{base}/collections/{table}", "rel": "data",
+                             "type": "application/json", "title": f"result layer {table}"}
+    if result.get("output_raster"):
+        document["cog"] = {"href": f"{base}/jobs/{job['id']}/results/cog", "rel": "enclosure",
+                           "type": "image/tiff; application=geotiff; profile=cloud-optimized",
+                           "title": "cloud-optimised GeoTIFF"}
+    return document

@@ -1,0 +1,55 @@
+"""The API's settings: one pydantic-settings class, ``GEOJOBS_…`` environment variables, read once."""
+
+from __future__ import annotations
+
+from functools import cache
+from typing import Annotated
+
+from pydantic import AliasChoices, BeforeValidator, Field
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+from geojobs.config import DEFAULT_DATABASE_URL
+
+__all__ = ["ApiSettings", "get_settings"]
+
+
+def _split(value: object) -> object:
+    if isinstance(value, str):
+        return [part.strip() for part in value.split(",") if part.strip()]
+    return value
+
+
+CommaList = Annotated[list[str], NoDecode, BeforeValidator(_split)]
+"""A list given in the environment as comma-separated text."""
+
+
+class ApiSettings(BaseSettings):
+    """Everything the HTTP API reads from the environment (see docs/api.md)."""
+
+    model_config = SettingsConfigDict(env_prefix="GEOJOBS_", extra="ignore")
+
+    database_url: str = Field(
+        default=DEFAULT_DATABASE_URL,
+        validation_alias=AliasChoices("GEOJOBS_API_DATABASE_URL", "DATABASE_URL"),
+        description="libpq URI the API logs in with (as geojobs_api in production).")
+    cors_origins: CommaList = Field(
+        default_factory=list, description="Origins allowed by CORS, comma-separated; none by default.")
+    callback_hosts: CommaList = Field(
+        default_factory=list,
+        description="Hosts callbacks may be sent to, comma-separated; loopback is always allowed.")
+    api_public_url: str = Field(
+        default="", description="Base URL of the API in links sent to callbacks; default the "
+        "address it serves on.")
+    api_max_queued: int = Field(default=100, ge=1, description="Queued jobs allowed per user.")
+    api_max_body: int = Field(default=1 << 20, ge=1024, description="Request body limit in bytes.")
+    api_max_wait: int = Field(default=60, ge=0, le=600, description="Largest Prefer: wait, seconds.")
+    api_pool_size: int = Field(default=10, ge=1, le=200, description="Database connections per process.")
+    api_callback_timeout: float = Field(default=10.0, gt=0, description="Seconds per callback POST.")
+    api_callback_backoff: float = Field(
+        default=5.0, gt=0, description="Seconds before the first callback retry; doubles each time.")
+
+
+@cache
+def get_settings() -> ApiSettings:
+    """The settings of this process, read from the environment once."""
+    return ApiSettings()

@@ -1,0 +1,103 @@
+-- The HTTP API's named queries (asyncpg in the API, psycopg in `geojobs keys`). Each query
+-- starts with a "-- name: <name>" line and a one-line comment; parameters are named.
+
+-- name: key_by_hash
+-- The active user whose key has this hash (Bearer).
+SELECT name, key_hash, admin FROM api_keys WHERE key_hash = %(key_hash)s AND revoked_at IS NULL;
+
+-- name: key_by_name
+-- The active user of this name (HTTP Basic).
+SELECT name, key_hash, admin FROM api_keys WHERE name = %(name)s AND revoked_at IS NULL;
+
+-- name: create_key
+-- A new user with the hash of its key.
+INSERT INTO api_keys (name, key_hash, admin) VALUES (%(name)s, %(key_hash)s, %(admin)s)
+RETURNING name;
+
+-- name: list_keys
+-- Every user, active or revoked.
+SELECT name, admin, created_at, revoked_at FROM api_keys ORDER BY name;
+
+-- name: revoke_key
+-- Revoke a user's key now.
+UPDATE api_keys SET revoked_at = now() WHERE name = %(name)s AND revoked_at IS NULL RETURNING name;
+
+-- name: role_exists
+-- Whether a database role has this name (API user names must not shadow login roles).
+SELECT EXISTS (SELECT 1 FROM pg_roles WHERE rolname = %(name)s);
+
+-- name: submit_job
+-- Insert a job for a user (or find the one of its idempotency key).
+SELECT job_id, created FROM geojobs_submit_as(%(username)s, %(job_type)s, %(params)s::jsonb,
+    %(idempotency_key)s, %(max_queued)s, %(success_uri)s, %(in_progress_uri)s, %(failed_uri)s);
+
+-- name: get_job
+-- One job as the API shows it, if the user may see it (NULL user: any).
+SELECT id, job_type, status, progress, error, result, created_at, started_at, finished_at,
+       greatest(created_at, started_at, finished_at, heartbeat_at) AS updated_at, submitted_by
+FROM background_jobs
+WHERE id = %(id)s AND (%(username)s::text IS NULL OR submitted_by = %(username)s);
+
+-- name: list_jobs
+-- A user's jobs (NULL user: all), newest first, keyset-paged on id, with the filters of /jobs.
+SELECT id, job_type, status, progress, error, result, created_at, started_at, finished_at,
+       greatest(created_at, started_at, finished_at, heartbeat_at) AS updated_at, submitted_by
+FROM background_jobs
+WHERE (%(username)s::text IS NULL OR submitted_by = %(username)s)
+  AND (%(before)s::bigint IS NULL OR id < %(before)s)
+  AND (%(types)s::text[] IS NULL OR job_type = ANY (%(types)s))
+  AND (%(statuses)s::text[] IS NULL OR status = ANY (%(statuses)s))
+  AND (%(created_from)s::timestamptz IS NULL OR created_at >= %(created_from)s)
+  AND (%(created_to)s::timestamptz IS NULL OR created_at <= %(created_to)s)
+  AND (%(min_duration)s::float8 IS NULL OR extract(epoch FROM coalesce(finished_at, now()) - started_at)
+       >= %(min_duration)s)
+  AND (%(max_duration)s::float8 IS NULL OR extract(epoch FROM coalesce(finished_at, now()) - started_at)
+       <= %(max_duration)s)
+ORDER BY id DESC
+LIMIT %(limit)s;
+
+-- name: cancel_job
+-- Cancel a user's queued or running job (NULL user: any).
+SELECT geojobs_cancel_as(%(id)s, %(username)s);
+
+-- name: dismiss_job
+-- Drop a user's finished job's result table and delete its row; its result, or NULL.
+SELECT geojobs_dismiss_as(%(id)s, %(username)s);
+
+-- name: table_writer
+-- Who submitted the newest completed job that wrote this table or view (NULL: no job did).
+SELECT submitted_by FROM background_jobs
+WHERE status = 'completed'
+  AND coalesce(result ->> 'output_table', result ->> 'output_view') = %(table)s
+ORDER BY id DESC LIMIT 1;
+
+-- name: relation_exists
+-- Whether a table or view of this name exists.
+SELECT to_regclass(%(table)s) IS NOT NULL;
+
+-- name: claim_deliveries
+-- Callbacks due now, locked for this dispatcher (others skip them).
+SELECT d.id, d.job_id, d.uri, d.state, d.attempts, d.created_at
+FROM api_deliveries d
+WHERE d.delivered_at IS NULL AND d.given_up_at IS NULL AND d.next_at <= now()
+ORDER BY d.next_at
+LIMIT 20
+FOR UPDATE SKIP LOCKED;
+
+-- name: delivery_done
+-- A callback the receiver accepted.
+UPDATE api_deliveries SET delivered_at = now(), attempts = attempts + 1, last_error = NULL
+WHERE id = %(id)s;
+
+-- name: delivery_retry
+-- A callback that failed: try again later, or give up past the deadline.
+UPDATE api_deliveries
+SET attempts = attempts + 1, last_error = %(error)s,
+    next_at = now() + make_interval(secs => %(delay)s),
+    given_up_at = CASE WHEN now() + make_interval(secs => %(delay)s) > created_at + interval '1 hour'
+                       THEN now() END
+WHERE id = %(id)s;
+
+-- name: next_delivery
+-- When the next pending callback is due (NULL: none).
+SELECT min(next_at) FROM api_deliveries WHERE delivered_at IS NULL AND given_up_at IS NULL;
