@@ -6,15 +6,20 @@ VENV := .venv
 PG_VERSION ?= 15
 export DATABASE_URL ?= postgresql://127.0.0.1:5432/geojobs
 
-.PHONY: install postgis postgres venv db demo test lint bench soak clean
+.PHONY: install postgis tools postgres venv db demo test lint bench soak clean
 
-install: postgis postgres venv
+install: postgis tools postgres venv
 
 postgis:
 	@if [ ! -f /usr/share/postgresql/$(PG_VERSION)/extension/postgis.control ]; then \
 		echo "installing PostGIS for PostgreSQL $(PG_VERSION)"; \
 		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq postgresql-$(PG_VERSION)-postgis-3; \
 	fi
+
+# logrotate: the per-worker log files' rotation is tested with the real thing; tmux: `geojobs top`.
+tools:
+	@command -v logrotate >/dev/null && command -v tmux >/dev/null || { \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq logrotate tmux; }
 
 postgres:
 	@pg_isready -q -h 127.0.0.1 -p 5432 || pg_ctlcluster --skip-systemctl-redirect $(PG_VERSION) main start
@@ -26,6 +31,7 @@ $(VENV)/.installed: pyproject.toml
 	@test -x $(VENV)/bin/python || $(PYTHON) -m venv $(VENV)
 	$(VENV)/bin/pip install -q --upgrade pip
 	$(VENV)/bin/pip install -q -e '.[dev,bench]'
+	$(VENV)/bin/geojobs warm
 	@touch $@
 
 db: install

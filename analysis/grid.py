@@ -36,6 +36,8 @@ __all__ = [
     "make_grid",
     "derive_cell_size",
     "point_coordinates",
+    "PointCounts",
+    "count_points",
     "aggregate_points",
 ]
 
@@ -195,21 +197,44 @@ def point_coordinates(geometry: gpd.GeoSeries) -> np.ndarray:
     return np.asarray(shapely.get_coordinates(arr), dtype=float)
 
 
-def aggregate_points(
-    points: gpd.GeoSeries | gpd.GeoDataFrame, spec: GridSpec | Mapping[str, Any] | None = None
-) -> tuple[gpd.GeoDataFrame, Grid, dict[str, Any]]:
-    """Count point incidents per cell of a grid over their extent.
+MAX_CELLS_X_GROUPS = 50_000_000
+"""The largest table of counts :func:`count_points` builds (cells times groups)."""
 
-    Geographic input is projected to UTM first. Returns the cells (``cell_id``, ``count``,
-    polygon, in the CRS used), the grid, and what was done (shape, cell size, whether it was
-    derived, CRS, counts) for the job's result.
+
+@dataclass(frozen=True)
+class PointCounts:
+    """Incidents counted per cell (and group): the grid, its cells and what was done."""
+
+    grid: Grid
+    counts: np.ndarray
+    """(n_cells,) without groups, (n_cells, n_groups) with them."""
+    cells: gpd.GeoDataFrame
+    """``cell_id``, ``count`` (all groups together), polygon, in the CRS used."""
+    info: dict[str, Any]
+    """shape, cell size, whether it was derived, CRS, counts and warnings, for a job's result."""
+
+
+def count_points(
+    points: gpd.GeoSeries | gpd.GeoDataFrame,
+    spec: GridSpec | Mapping[str, Any] | None = None,
+    groups: npt.ArrayLike | None = None,
+    n_groups: int | None = None,
+) -> PointCounts:
+    """Count point incidents per cell of a grid over their extent, optionally per group.
+
+    Geographic input is projected to UTM first. Points without a geometry are left out (with
+    their group). ``groups`` gives each point an integer 0..n_groups-1 (e.g. its time step);
+    the counts then have one column per group.
     """
     spec = GridSpec.parse(spec)
     geoms = points.geometry if isinstance(points, gpd.GeoDataFrame) else points
+    group_of = None if groups is None else np.asarray(groups, dtype=np.int64)
     arr = geoms.to_numpy()
     missing = shapely.is_missing(arr) | shapely.is_empty(arr)
     if missing.any():
         geoms = geoms[~missing]
+        if group_of is not None:
+            group_of = group_of[~missing]
     if len(geoms) == 0:
         raise EmptyInput("no point with a geometry to count", field="input_table")
     projected, crs, warnings = working_geometry(geoms)
@@ -218,8 +243,19 @@ def aggregate_points(
     cell_size = derive_cell_size(xy) if derived else float(spec.cell_size)  # type: ignore[arg-type]
     bounds = (xy[:, 0].min(), xy[:, 1].min(), xy[:, 0].max(), xy[:, 1].max())
     grid = make_grid(bounds, cell_size, spec.shape, crs=projected.crs)
+    if group_of is not None:
+        if n_groups is None:
+            n_groups = int(group_of.max()) + 1
+        if grid.n_cells * n_groups > MAX_CELLS_X_GROUPS:
+            raise AnalysisError(
+                f"{grid.n_cells} cells x {n_groups} time steps is too large; use larger cells "
+                "or longer steps", field="grid.cell_size")
+        counts = grid.count(xy, group_of, n_groups)
+        total = counts.sum(axis=1)
+    else:
+        counts = total = grid.count(xy)
     cells = grid.cells[["cell_id", "geometry"]].copy()
-    cells.insert(1, "count", grid.count(xy))
+    cells.insert(1, "count", total)
     info: dict[str, Any] = {
         "shape": spec.shape,
         "cell_size": cell_size,
@@ -227,10 +263,22 @@ def aggregate_points(
         "crs": crs,
         "n_cells": grid.n_cells,
         "n_points": len(xy),
-        "empty_cells": int((cells["count"] == 0).sum()),
+        "empty_cells": int((total == 0).sum()),
         "warnings": warnings,
     }
-    return cells, grid, info
+    return PointCounts(grid, counts, cells, info)
+
+
+def aggregate_points(
+    points: gpd.GeoSeries | gpd.GeoDataFrame, spec: GridSpec | Mapping[str, Any] | None = None
+) -> tuple[gpd.GeoDataFrame, Grid, dict[str, Any]]:
+    """Count point incidents per cell of a grid over their extent (see :func:`count_points`).
+
+    Returns the cells (``cell_id``, ``count``, polygon, in the CRS used), the grid, and what
+    was done (shape, cell size, whether it was derived, CRS, counts) for the job's result.
+    """
+    counted = count_points(points, spec)
+    return counted.cells, counted.grid, counted.info
 
 
 def _row_col(shape: str, c: float, origin: tuple[float, float], xy: np.ndarray

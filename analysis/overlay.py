@@ -19,7 +19,7 @@ import os
 from collections import defaultdict
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor, as_completed
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from typing import Literal
 
 import geopandas as gpd
@@ -28,17 +28,18 @@ import shapely
 from numpy.typing import NDArray
 
 from analysis.errors import AnalysisError, GeometryTypeError
+from analysis.multi import MULTI_MAKERS
+from analysis.summary import Summary
 
 __all__ = ["OverlayResult", "OverlaySummary", "clip", "erase", "keep_dimension"]
 
 Geoms = NDArray[np.object_]
 
 _COLLECTION = 7
-_MULTI = {0: shapely.multipoints, 1: shapely.multilinestrings, 2: shapely.multipolygons}
 
 
 @dataclass(frozen=True)
-class OverlaySummary:
+class OverlaySummary(Summary):
     """What happened to the features of one clip or erase run."""
 
     input_features: int
@@ -53,10 +54,6 @@ class OverlaySummary:
     overlay_features: int
     overlay_skipped: int
     overlay_repaired: int
-
-    def as_dict(self) -> dict[str, int]:
-        """The counts as a plain dict, for a job's ``result``."""
-        return asdict(self)
 
 
 @dataclass(frozen=True)
@@ -98,7 +95,7 @@ def keep_dimension(geoms: Geoms, dims: NDArray[np.integer]) -> Geoms:
         owner = np.concatenate([owner[~nested], owner[nested][sub_owner]])
     keep = (shapely.get_dimensions(parts) == dims[owner]) & ~shapely.is_empty(parts)
     parts, owner = parts[keep], owner[keep]
-    for dim, make_multi in _MULTI.items():
+    for dim, make_multi in MULTI_MAKERS.items():
         mine = dims[owner] == dim
         if not mine.any():
             continue

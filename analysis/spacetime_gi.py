@@ -22,19 +22,21 @@ With k = 0 this is exactly the Gi* z of each step alone (esda's
 equal has no defined z: its z and p are NaN and it counts as not significant.
 
 The trend of each location's series of z-scores is the Mann-Kendall test
-(Mann 1945, Kendall 1975) of pymannkendall's ``original_test``: Kendall's
-tau and the two-sided p-value (with the tie correction of the variance).
+(Mann 1945, Kendall 1975; Gilbert 1987, ch. 16) as pymannkendall's
+``original_test`` computes it: Kendall's tau and the two-sided p-value, with
+the tie correction of the variance and the continuity correction of z. It is
+computed here for all series at once in numpy (pymannkendall, one series per
+call, took three quarters of a job's time); the tests check it against
+pymannkendall.
 """
 
 from __future__ import annotations
 
-import warnings
 from collections.abc import Callable
 from typing import cast
 
 import numpy as np
 import numpy.typing as npt
-import pymannkendall
 import scipy.sparse as sp
 from libpysal.weights import W
 from scipy import stats
@@ -126,6 +128,34 @@ def significance_bins(
     return (np.sign(np.nan_to_num(z)) * significant).astype(np.int8)
 
 
+_MK_CHUNK_CELLS = 4_000_000
+"""Rows per chunk of the vectorised test are chosen so a chunk's pair table stays this small."""
+
+
+def _mann_kendall_rows(x: FloatArray) -> tuple[FloatArray, FloatArray]:
+    """tau and two-sided p of each row of ``x`` (NaN steps skipped; NaN where < 3 steps)."""
+    finite = np.isfinite(x)
+    n = finite.sum(axis=1).astype(np.float64)
+    first, second = np.triu_indices(x.shape[1], 1)  # every pair of steps k < j
+    with np.errstate(invalid="ignore"):
+        signs = np.sign(x[:, second] - x[:, first])  # NaN where either step is missing
+    s = np.nansum(signs, axis=1)
+    # tie correction: sum over groups of tied values of t (t - 1) (2t + 5), written as a sum
+    # over values of (c - 1) (2c + 5) where c is how many values of the row equal this one
+    equal = (x[:, :, None] == x[:, None, :]).sum(axis=2).astype(np.float64)
+    ties = np.where(finite, (equal - 1.0) * (2.0 * equal + 5.0), 0.0).sum(axis=1)
+    var_s = (n * (n - 1.0) * (2.0 * n + 5.0) - ties) / 18.0
+    with np.errstate(divide="ignore", invalid="ignore"):
+        tau = s / (0.5 * n * (n - 1.0))
+        z = np.where(s > 0, (s - 1.0) / np.sqrt(var_s),
+                     np.where(s < 0, (s + 1.0) / np.sqrt(var_s), 0.0))
+    p = 2.0 * (1.0 - stats.norm.cdf(np.abs(z)))
+    short = n < 3
+    tau[short] = np.nan
+    p[short] = np.nan
+    return tau, p
+
+
 def mann_kendall(
     series: npt.ArrayLike,
     alpha: float = 0.05,
@@ -133,23 +163,21 @@ def mann_kendall(
 ) -> tuple[FloatArray, FloatArray, npt.NDArray[np.int8]]:
     """Mann-Kendall test of each row: tau, two-sided p-value, trend (+1, -1, 0).
 
-    The trend is +1 (-1) where the p-value is below ``alpha`` and tau is
-    positive (negative). NaN steps are skipped, as pymannkendall does. ``progress``
-    receives the fraction of rows done every 1,000 rows.
+    Equal to pymannkendall's ``original_test`` (tie-corrected variance, continuity-corrected
+    z, p = 2 (1 - Phi(|z|))); NaN steps are skipped as it does, and a row with fewer than 3
+    finite steps gets NaN. The trend is +1 (-1) where the p-value is below ``alpha`` and tau
+    is positive (negative). ``progress`` receives the fraction of rows done after each chunk.
     """
     rows = np.atleast_2d(np.asarray(series, dtype=np.float64))
-    tau = np.full(rows.shape[0], np.nan)
-    pvalue = np.full(rows.shape[0], np.nan)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", RuntimeWarning)
-        for i, row in enumerate(rows):
-            if progress is not None and i % 1000 == 0:
-                progress(i / len(rows))
-            if np.isfinite(row).sum() < 3:
-                continue
-            result = pymannkendall.original_test(row, alpha=alpha)
-            tau[i] = float(result.Tau)
-            pvalue[i] = float(result.p)
+    n_rows, n_steps = rows.shape
+    tau = np.full(n_rows, np.nan)
+    pvalue = np.full(n_rows, np.nan)
+    chunk = max(1, _MK_CHUNK_CELLS // max(1, n_steps * n_steps))
+    for start in range(0, n_rows, chunk):
+        stop = min(n_rows, start + chunk)
+        tau[start:stop], pvalue[start:stop] = _mann_kendall_rows(rows[start:stop])
+        if progress is not None:
+            progress(stop / n_rows)
     significant = np.nan_to_num(pvalue, nan=1.0) < alpha
     trend = (np.sign(np.nan_to_num(tau)) * significant).astype(np.int8)
     return tau, pvalue, cast(npt.NDArray[np.int8], trend)

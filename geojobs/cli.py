@@ -10,7 +10,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from geojobs import db, pipelines, queue, registry, units
+from geojobs import db, health, pipelines, queue, registry, top, units
 from geojobs.demo import run_demo
 from geojobs.errors import GeojobsError
 from geojobs.params import validate_params
@@ -142,6 +142,45 @@ def cmd_worker(args: argparse.Namespace) -> int:
     return run_worker(args.job_type, args)
 
 
+def cmd_warm(args: argparse.Namespace) -> int:
+    """Run every job type's warm-up once, so that numba's on-disk cache is built at install
+    time and no worker on this host compiles at its first start."""
+    for name in args.job_types:
+        if name not in registry.JOB_TYPES:
+            raise GeojobsError(f"job_types: unknown job type {name!r}; known: {registry.names()}")
+    for name in args.job_types or registry.names():
+        jobtype = registry.load(name)
+        if jobtype.warm_up is None:
+            continue
+        started = time.perf_counter()
+        jobtype.warm_up()
+        print(f"{name}: warm in {time.perf_counter() - started:.1f} s")
+    return 0
+
+
+def _job_types(values: list[str] | None) -> list[str] | None:
+    """The --type filters, each checked against the registry."""
+    for value in values or []:
+        if value not in registry.JOB_TYPES:
+            raise GeojobsError(f"--type: unknown job type {value!r}; known: {registry.names()}")
+    return values or None
+
+
+def cmd_health(args: argparse.Namespace) -> int:
+    verdict = health.check(job_types=_job_types(args.type))
+    if args.json:
+        _print_json(verdict.as_dict())
+    else:
+        print(verdict.line())
+    return verdict.code
+
+
+def cmd_top(args: argparse.Namespace) -> int:
+    if args.interval <= 0:
+        raise GeojobsError(f"--interval: must be above 0 seconds, got {args.interval}")
+    return top.run_top(job_types=_job_types(args.type), interval=args.interval, once=args.once)
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
     return run_demo()
 
@@ -242,6 +281,19 @@ def build_parser() -> argparse.ArgumentParser:
     add_worker_arguments(p_worker)
     p_worker.set_defaults(func=cmd_worker)
 
+    p_health = sub.add_parser("health", help="OK/WARNING/CRITICAL with reasons; exits 0/1/2 "
+                              "(Nagios plugin convention)")
+    p_health.add_argument("--type", action="append", help="only this job type (repeatable)")
+    p_health.add_argument("--json", action="store_true", help="the same document as GET /health")
+    p_health.set_defaults(func=cmd_health)
+
+    p_top = sub.add_parser("top", help="live view of workers, running jobs, queues and failures")
+    p_top.add_argument("--type", action="append", help="only this job type (repeatable)")
+    p_top.add_argument("--interval", type=float, default=1.0,
+                       help="seconds between redraws when no notification arrives (default 1)")
+    p_top.add_argument("--once", action="store_true", help="print one screen and exit")
+    p_top.set_defaults(func=cmd_top)
+
     p_units = sub.add_parser("units", help="systemd units: render them, or install them on this host")
     p_units.add_argument("action", choices=["render", "install"],
                          help="render: print them (or write them to --output); install: write them "
@@ -266,6 +318,11 @@ def build_parser() -> argparse.ArgumentParser:
     p_keys.add_argument("name", nargs="?")
     p_keys.add_argument("--admin", action="store_true", help="the user sees every job")
     p_keys.set_defaults(func=cmd_keys)
+
+    p_warm = sub.add_parser("warm", help="build the numba caches of the job types that have "
+                            "kernels (run once after installing, as make install does)")
+    p_warm.add_argument("job_types", nargs="*", help="job types (default: all)")
+    p_warm.set_defaults(func=cmd_warm)
 
     p_demo = sub.add_parser("demo", help="load sample data, queue jobs, run them, show them")
     p_demo.set_defaults(func=cmd_demo)

@@ -20,17 +20,17 @@ import psycopg
 import shapely
 from psycopg import sql
 
+from analysis.multi import ewkb, multi_type_name, to_multi
 from geojobs import layer_sql as q
 from geojobs.errors import InputLayerMissing, InvalidInput, OutputExists
 
 __all__ = ["Layer", "describe_layer", "read_layer", "write_layer", "split_name",
-           "output_exists", "check_output_free", "multi_geometry_type", "to_multi"]
+           "output_exists", "check_output_free", "multi_geometry_type", "to_multi",
+           "output_srid"]
 
 # Column types read as they are; anything else is read as text (numeric as double precision).
 _NATIVE = {"int2", "int4", "int8", "float4", "float8", "bool", "text", "date", "timestamp",
            "timestamptz"}
-_AS_TEXT = {"varchar", "bpchar", "name", "char"}
-_MULTI = {"Point": "MultiPoint", "LineString": "MultiLineString", "Polygon": "MultiPolygon"}
 
 
 def split_name(name: str) -> tuple[str | None, str]:
@@ -229,21 +229,8 @@ def multi_geometry_type(geometries: Any) -> str:
     names = {_TYPE_NAMES[k] for k in shapely.get_type_id(geometries).tolist() if k >= 0}
     if len(names) == 1:
         return names.pop()
-    multis = {_MULTI.get(n, n) for n in names}
+    multis = {multi_type_name(n) for n in names}
     return multis.pop() if len(multis) == 1 else "Geometry"
-
-
-def to_multi(geometries: Any) -> np.ndarray:
-    """Promote single-part geometries to their Multi* type; others pass through."""
-    geoms = np.asarray(geometries, dtype=object)
-    out = geoms.copy()
-    type_ids = shapely.get_type_id(geoms)
-    for single, make in ((0, shapely.multipoints), (1, shapely.multilinestrings),
-                         (3, shapely.multipolygons)):
-        idx = np.flatnonzero(type_ids == single)
-        if len(idx):
-            out[idx] = make(geoms[idx], indices=np.arange(len(idx)))  # one C call, not a loop
-    return out
 
 
 def _typed(geometries: Any) -> str:
@@ -303,7 +290,7 @@ def _python_values(series: pd.Series, pg_type: str, srid: int = 0) -> list[Any]:
     """Column values as Python objects for COPY: missing values (NaN, NA, NaT) become None."""
     missing = series.isna().to_numpy()
     if pg_type == "geometry":  # a second geometry column (e.g. nearest's near_line), as EWKB
-        values = list(shapely.to_wkb(shapely.set_srid(series.to_numpy(), srid), include_srid=True))
+        values: list[Any] = ewkb(series.to_numpy(), srid)
     elif pg_type in {"timestamp", "timestamptz"}:
         values = [v.to_pydatetime() if hasattr(v, "to_pydatetime") else v for v in series]
     elif pg_type == "text":
@@ -313,6 +300,24 @@ def _python_values(series: pd.Series, pg_type: str, srid: int = 0) -> list[Any]:
     if missing.any():
         values = [None if m else v for v, m in zip(values, missing, strict=True)]
     return values
+
+
+def output_srid(
+    frame: gpd.GeoDataFrame, layer: Layer, input_crs: Any
+) -> tuple[gpd.GeoDataFrame, int]:
+    """The result ``frame`` and the SRID to write it with.
+
+    The layer's SRID while the analysis kept the CRS it read (``input_crs``). An analysis that
+    made new geometries in another CRS (grid cells in UTM for geographic input) keeps that
+    CRS when it has an EPSG code, so the cells stay true squares and hexagons; otherwise the
+    frame goes back to the layer's CRS, as no SRID could name its own.
+    """
+    if frame.crs is None or frame.crs.equals(input_crs):
+        return frame, layer.srid
+    epsg = frame.crs.to_epsg()
+    if epsg is None:
+        return frame.to_crs(input_crs), layer.srid
+    return frame, int(epsg)
 
 
 def write_layer(
@@ -341,8 +346,6 @@ def write_layer(
     key = next(k for k in ("fid", "fid_1", "fid_2", "fid_3", "result_fid") if k not in attrs)
     geoms = gdf.geometry.to_numpy()
     gtype = geometry_type or (multi_geometry_type(geoms) if len(gdf) else "Geometry")
-    if gtype.startswith("Multi"):
-        geoms = to_multi(geoms)
     pg_types = {c: _pg_type(gdf[c]) for c in attrs}
     column_defs = [sql.SQL("{} {}").format(sql.Identifier(c), sql.SQL(pg_types[c]))
                    if pg_types[c] != "geometry" else sql.SQL("{} geometry({}, {})").format(
@@ -352,10 +355,11 @@ def write_layer(
         sql.Identifier(geometry_name), sql.SQL(gtype), sql.Literal(int(srid))))
     conn.execute(q.CREATE_TABLE.format(table=ident, key=sql.Identifier(key),
                                        columns=sql.SQL(", ").join(column_defs)))
-    ewkb = shapely.to_wkb(shapely.set_srid(geoms, int(srid)), include_srid=True)
+    # singles are promoted in the EWKB itself when the column is Multi*: no geometry is copied
+    geoms_ewkb = ewkb(geoms, int(srid), promote=gtype.startswith("Multi"))
     columns = [range(1, len(gdf) + 1),
                *(_python_values(gdf[c], pg_types[c], int(srid)) for c in attrs)]
-    columns.append(list(ewkb))
+    columns.append(geoms_ewkb)
     statement = q.COPY_IN.format(table=ident, columns=sql.SQL(", ").join(
         map(sql.Identifier, [key, *attrs, geometry_name])))
     with conn.cursor() as cur, cur.copy(statement) as copy:

@@ -50,8 +50,8 @@ class BackgroundJob(Base):
 
     __tablename__ = "background_jobs"
     __table_args__ = (
-        CheckConstraint(
-            "status IN ('waiting', 'queued', 'running', 'completed', 'failed', 'cancelled')"),
+        CheckConstraint("status IN ('waiting', 'queued', 'running', 'completed', 'failed', 'cancelled')",
+                        name="background_jobs_status_check"),
         CheckConstraint("attempts >= 0"),
         CheckConstraint("max_attempts >= 1"),
         CheckConstraint("progress IS NULL OR (progress >= 0 AND progress <= 1)"),

@@ -14,6 +14,7 @@ from functools import cache
 from typing import Any
 
 import psycopg
+from psycopg import sql
 from psycopg.rows import dict_row
 from psycopg.types.json import Jsonb
 
@@ -21,12 +22,15 @@ from geojobs.config import SQL_DIR
 from geojobs.errors import GeojobsError
 
 __all__ = ["ClaimedJob", "queries", "claim", "complete", "fail", "release", "heartbeat",
-           "requeue_stale", "enqueue", "get", "list_jobs", "cancel", "retry", "count_ready",
+           "requeue_stale", "enqueue", "get", "list_jobs", "cancel", "retry", "listen",
+           "NOTIFY_CHANNEL", "JOB_EVENTS_CHANNEL", "listen_job_events", "job_events",
+           "claim_quiet", "cancel_own",
            "insert_pipeline", "insert_pipeline_step", "get_pipeline", "pipeline_steps",
-           "cancel_pipeline", "NOTIFY_CHANNEL", "JOB_EVENTS_CHANNEL", "listen_job_events",
-           "job_events", "claim_quiet", "cancel_own"]
+           "cancel_pipeline"]
 
+# The migrations' triggers name both channels too, as SQL cannot import these constants.
 NOTIFY_CHANNEL = "geojobs"
+"""Channel waking the workers when a job becomes ready to claim: payload the job type."""
 JOB_EVENTS_CHANNEL = "geojobs_jobs"
 """Channel announcing each change of a job's status or progress: JSON {id, status, progress, submitted_by}."""
 _NAME_LINE = re.compile(r"^-- name: (\w+)\s*$", re.MULTILINE)
@@ -141,6 +145,11 @@ def retry(conn: psycopg.Connection, job_id: int) -> bool:
         raise GeojobsError(str(exc.diag.message_primary or exc)) from None
 
 
+def listen(conn: psycopg.Connection, channel: str = NOTIFY_CHANNEL) -> None:
+    """Subscribe ``conn`` to ``channel``: by default the wake-ups sent when a job becomes ready."""
+    conn.execute(sql.SQL("LISTEN {}").format(sql.Identifier(channel)))
+
+
 def cancel_own(conn: psycopg.Connection, job_id: int) -> bool:
     """Cancel a queued or running job submitted by this login role (allowed to geojobs_frontend)."""
     row = _run(conn, "cancel_own_job", {"id": job_id}).fetchone()
@@ -149,7 +158,7 @@ def cancel_own(conn: psycopg.Connection, job_id: int) -> bool:
 
 def listen_job_events(conn: psycopg.Connection) -> None:
     """Subscribe ``conn`` (autocommit) to :data:`JOB_EVENTS_CHANNEL`."""
-    conn.execute(queries()["listen_job_events"])
+    listen(conn, JOB_EVENTS_CHANNEL)
 
 
 def job_events(conn: psycopg.Connection, timeout: float | None) -> set[int]:
@@ -171,13 +180,6 @@ def claim_quiet(conn: psycopg.Connection, job_id: int) -> tuple[float, float | N
     sent a heartbeat for one; None when none ever did)."""
     row = _run(conn, "claim_quiet", {"id": job_id}).fetchone()
     return (float(row[0]), None if row[1] is None else float(row[1])) if row else None
-
-
-def count_ready(conn: psycopg.Connection, job_type: str) -> int:
-    """Jobs of ``job_type`` ready to run now."""
-    row = _run(conn, "count_ready", {"job_type": job_type}).fetchone()
-    return int(row[0]) if row else 0
-
 
 def insert_pipeline(
     conn: psycopg.Connection, name: str, spec: Any, *, replaces: int | None = None,

@@ -22,8 +22,7 @@ from typing import Any
 import psutil
 import psycopg
 
-from analysis.errors import AnalysisError
-from geojobs import queue, registry, sdnotify
+from geojobs import logs, queue, registry, sdnotify
 from geojobs.config import database_url
 from geojobs.context import JobContext
 from geojobs.db import connect
@@ -162,7 +161,7 @@ class Worker:
             # that loses one also aborts the job's own transaction, so the job is simply
             # queued again. Completions stay durable: they commit on the job connection.
             self._control.execute("SET synchronous_commit = off")
-            self._control.execute("LISTEN geojobs")
+            queue.listen(self._control)
         if self._job_conn is None or self._job_conn.closed:
             self._job_conn = connect(self.settings.database_url, connect_timeout=10)
         return self._control, self._job_conn
@@ -249,6 +248,7 @@ class Worker:
         """
         if handle_signals:
             self._install_signal_handling()
+        logs.set_worker(self.worker_id, self.settings.job_type)
         log.info("worker %s for %s started", self.worker_id, self.settings.job_type)
         sdnotify.notify("READY=1", f"STATUS=worker for {self.settings.job_type}")
         failures = 0
@@ -308,6 +308,10 @@ class Worker:
     # -- one job -------------------------------------------------------------------------
 
     def _run_job(self, job: queue.ClaimedJob) -> None:
+        with logs.job_fields(job.id, job.job_type, job.attempt, job.worker_id):
+            self._run_job_logged(job)
+
+    def _run_job_logged(self, job: queue.ClaimedJob) -> None:
         control, job_conn = self._connections()
         with self._current_lock:
             self._current = job
@@ -349,9 +353,9 @@ class Worker:
         self, control: psycopg.Connection[Any], job: queue.ClaimedJob, exc: BaseException,
         label: str, elapsed: float,
     ) -> None:
-        if isinstance(exc, GeojobsError | AnalysisError):
+        if isinstance(exc, GeojobsError):
             message = str(exc)
-            retry = getattr(exc, "retryable", False)
+            retry = exc.retryable
         elif isinstance(exc, psycopg.errors.InsufficientPrivilege):
             message = f"{type(exc).__name__}: {exc}"  # the worker role may not do this; a retry
             retry = False                               # would be refused the same way

@@ -45,7 +45,7 @@ class Unit:
     values: Mapping[str, str] = field(default_factory=dict)
 
 
-PLATFORM_UNITS: tuple[Unit, ...] = ()
+PLATFORM_UNITS: tuple[Unit, ...] = (Unit("geojobs_api.service", "api.service.in"),)
 """Units besides the workers, e.g. ``Unit("geojobs_api.service", "api.service.in")``."""
 
 

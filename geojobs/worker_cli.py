@@ -24,7 +24,8 @@ def add_worker_arguments(parser: argparse.ArgumentParser) -> None:
                         "(env GEOJOBS_MEMORY_CAP_MB, default 1024)")
     parser.add_argument("--poll-interval", type=float, help="seconds between polls when no "
                         "notification arrives (env GEOJOBS_POLL_INTERVAL, default 5)")
-    parser.add_argument("--log-file", action="store_true", help="also log to logs/worker_<type>.log")
+    parser.add_argument("--log-file", action="store_true", help="also log to <dir>/worker_<type>.log, "
+                        "dir = GEOJOBS_LOG_DIR or ./logs (setting GEOJOBS_LOG_DIR alone does the same)")
 
 
 def run_worker(job_type: str, args: argparse.Namespace) -> int:

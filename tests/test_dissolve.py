@@ -88,6 +88,73 @@ def test_null_group_values_form_their_own_group(db_url: str, conn: psycopg.Conne
     assert nulls == (2,)
 
 
+_MIXED_LAYER = """
+CREATE TABLE public.mixed (fid serial PRIMARY KEY, grp text, geom geometry(Polygon, 3857));
+-- a coverage: 10 x 10 squares sharing edges and vertices
+INSERT INTO public.mixed (grp, geom)
+  SELECT 'coverage', geom FROM ST_SquareGrid(10, ST_MakeEnvelope(0, 0, 99, 99, 3857));
+-- a coverage with gaps: holes of one square, one of two by two, and a missing corner
+INSERT INTO public.mixed (grp, geom)
+  SELECT 'gapped', ST_Translate(geom, 200, 0)
+  FROM ST_SquareGrid(10, ST_MakeEnvelope(0, 0, 99, 99, 3857))
+  WHERE NOT (i % 3 = 1 AND j % 3 = 1) AND NOT (i BETWEEN 5 AND 6 AND j BETWEEN 5 AND 6)
+    AND NOT (i = 9 AND j = 9);
+-- overlapping discs
+INSERT INTO public.mixed (grp, geom)
+  SELECT 'overlapping', ST_Buffer(ST_MakePoint(400 + 7 * g, 50 + 5 * (g % 3)), 12, 8)::geometry(Polygon, 3857)
+  FROM generate_series(0, 14) AS g;
+-- one square inside another, and an exact duplicate
+INSERT INTO public.mixed (grp, geom) VALUES
+  ('nested', ST_MakeEnvelope(600, 0, 700, 100, 3857)),
+  ('nested', ST_MakeEnvelope(620, 20, 640, 40, 3857)),
+  ('nested', ST_MakeEnvelope(650, 0, 700, 50, 3857)),
+  ('duplicate', ST_MakeEnvelope(800, 0, 850, 50, 3857)),
+  ('duplicate', ST_MakeEnvelope(800, 0, 850, 50, 3857));
+-- invalid: self-intersecting bow ties next to squares that share edges with them
+INSERT INTO public.mixed (grp, geom)
+  SELECT 'invalid', ST_SetSRID(ST_Translate(
+    'POLYGON((0 0, 10 10, 10 0, 0 10, 0 0))'::geometry, 900 + 10 * g, 0), 3857)
+  FROM generate_series(0, 4) AS g;
+INSERT INTO public.mixed (grp, geom)
+  SELECT 'invalid', ST_MakeEnvelope(900 + 10 * g, 10, 910 + 10 * g, 20, 3857)
+  FROM generate_series(0, 4) AS g;
+"""
+
+
+def test_coverage_check_is_exact_on_overlaps_gaps_and_invalid_input(
+        db_url: str, conn: psycopg.Connection[Any]) -> None:
+    """Every kind of group gives PostGIS's ST_Union, whichever union the job picked."""
+    conn.execute(_MIXED_LAYER)
+    row = _run(db_url, conn, {"input_table": "public.mixed", "by": ["grp"],
+                              "output_table": "results.mixed"})
+    assert row["status"] == "completed", row["error"]
+    assert row["result"]["rows"] == 6 and row["result"]["repaired"] == 5
+    # the two coverages take the fast path; the overlapping groups cannot
+    assert 2 <= row["result"]["coverage_union_groups"] <= 3
+    compared = conn.execute("""
+        WITH oracle AS (
+          SELECT grp, ST_Union(ST_CollectionExtract(ST_MakeValid(geom), 3)) AS geom
+          FROM public.mixed GROUP BY grp)
+        SELECT r.grp, ST_Area(r.geom), ST_Area(o.geom),
+               ST_Area(ST_SymDifference(r.geom, o.geom)), ST_IsValid(r.geom),
+               (SELECT sum(ST_NumInteriorRings(d.geom)) FROM ST_Dump(r.geom) d),
+               (SELECT sum(ST_NumInteriorRings(d.geom)) FROM ST_Dump(o.geom) d),
+               ST_NumGeometries(r.geom),
+               ST_NumGeometries(o.geom)
+        FROM results.mixed r JOIN oracle o USING (grp)""").fetchall()
+    assert len(compared) == 6
+    for grp, area, oracle_area, sym_diff, valid, holes, oracle_holes, parts, oracle_parts \
+            in compared:
+        assert valid, grp
+        assert area == pytest.approx(oracle_area, rel=1e-9), grp
+        assert sym_diff <= 1e-9 * oracle_area, grp
+        assert (parts, holes) == (oracle_parts, oracle_holes), grp
+    by_group = {r[0]: r for r in compared}
+    assert by_group["overlapping"][1] < conn.execute(
+        "SELECT sum(ST_Area(geom)) FROM public.mixed WHERE grp = 'overlapping'").fetchone()[0]  # type: ignore[index]
+    assert by_group["gapped"][5] == 10  # the holes survive the coverage union
+
+
 @pytest.mark.parametrize(("params", "field"), [
     ({}, "params.input_table"),
     ({"input_table": "public.us_states", "group_by": ["x"]}, "params.group_by"),

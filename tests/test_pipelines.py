@@ -121,7 +121,7 @@ def test_three_step_pipeline_equals_the_steps_run_by_hand(db_url, conn, tmp_path
     assert [(s["step"], s["reused"]) for s in run["steps"]] == [
         ("cut", True), ("spots", False), ("hot", False)]
     assert job_row(conn, new["spots"])["params"]["permutations"] == 199
-    assert job_row(conn, new["hot"])["params"]["replace"] is True  # replaces the run it replaces
+    assert job_row(conn, new["hot"])["params"]["overwrite"] is True  # replaces the run it replaces
 
 
 def test_failure_in_the_middle_fails_downstream_at_once_and_a_retry_lets_it_run(db_url, conn):

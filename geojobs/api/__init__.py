@@ -3,7 +3,8 @@
 :func:`create_app` builds the FastAPI app: the Processes routes of
 :class:`~geojobs.api.routes.ProcessesEndpoints`, the RFC 7807 error handlers of
 :mod:`geojobs.api.errors`, the asyncpg store and the callback dispatcher. Other routers (the
-result layers) mount into the same app.
+result layers) mount into the same app, and so do ``/metrics`` and ``/health`` of
+:class:`~geojobs.opsapi.OperationsEndpoints` (no key: counts and verdicts only).
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from geojobs.api.oas import document_to_oas30
 from geojobs.api.routes import ProcessesEndpoints
 from geojobs.api.settings import ApiSettings, get_settings
 from geojobs.api.store import Store
+from geojobs.opsapi import OperationsEndpoints
 
 __all__ = ["create_app"]
 
@@ -47,8 +49,13 @@ def create_app(settings: ApiSettings | None = None) -> FastAPI:
                   redoc_url=None, openapi_url="/openapi.json",
                   description="OGC API - Processes - Part 1: Core 1.0.0 over the geojobs job table.")
     app.state.settings = settings
+    # Routers mounted beside the Processes routes (the result layers) add their conformance
+    # classes here, and landing-page links with hrefs relative to the API root.
+    app.state.conformance = []
+    app.state.landing_links = []
     install_handlers(app)
     app.include_router(ProcessesEndpoints().router)
+    app.include_router(OperationsEndpoints(database_url=settings.database_url).router)
 
     cache: dict[str, Any] = {}
 

@@ -7,6 +7,7 @@ from typing import Any
 
 from geojobs import registry
 from geojobs.api.oas import to_oas30
+from geojobs.jobtype import JobType
 
 __all__ = ["JOB_CONTROL", "process_summary", "process_description", "OUTPUTS"]
 
@@ -31,10 +32,9 @@ OUTPUTS: dict[str, Any] = {
 }
 
 
-def _description(module: Any) -> tuple[str, str]:
-    text = (module.__doc__ or "").strip()
-    title = text.splitlines()[0] if text else module.JOB_TYPE
-    return title.strip("`").replace("``", ""), text.replace("``", "`")
+def _description(jobtype: JobType) -> tuple[str, str]:
+    """Title (the docstring's first paragraph) and description (all of it), as plain text."""
+    return jobtype.summary or jobtype.JOB_TYPE, jobtype.description
 
 
 @cache

@@ -114,10 +114,21 @@ SET status = 'queued', attempts = 0, available_at = now(), finished_at = NULL, s
 WHERE id = %(id)s AND status IN ('failed', 'cancelled')
 RETURNING id;
 
--- name: count_ready
--- How many jobs of one type are ready now.
-SELECT count(*) FROM background_jobs
-WHERE status = 'queued' AND job_type = %(job_type)s AND available_at <= now();
+
+-- name: claim_quiet
+-- For one job: how long it has been queued, and how long since a worker of its type last showed
+-- life (claimed a job, or sent a heartbeat for a job it is running; null when none ever did),
+-- both in seconds of the database's clock.
+SELECT EXTRACT(epoch FROM now() - j.created_at)::float8 AS queued_for,
+       (SELECT EXTRACT(epoch FROM now() - max(GREATEST(o.started_at,
+                 CASE WHEN o.status = 'running' THEN o.heartbeat_at END)))::float8
+        FROM background_jobs AS o WHERE o.job_type = j.job_type) AS since_claim
+FROM background_jobs AS j WHERE j.id = %(id)s;
+
+-- name: cancel_own_job
+-- Cancel a queued or running job the calling login role submitted (geojobs_cancel, migration
+-- 0002): what a front end logged in as geojobs_frontend may do.
+SELECT geojobs_cancel(%(id)s);
 
 -- name: insert_pipeline
 -- Record a pipeline run (its steps' jobs are inserted in the same transaction).
@@ -150,22 +161,3 @@ SET status = 'cancelled', finished_at = now(), error = 'cancelled by request'
 WHERE id IN (SELECT job_id FROM pipeline_steps WHERE pipeline_id = %(id)s AND NOT reused)
   AND status IN ('waiting', 'queued', 'running')
 RETURNING id;
-
--- name: listen_job_events
--- Be woken when a job's status or progress changes (JSON payload with the id; migration 0003).
-LISTEN geojobs_jobs;
-
--- name: claim_quiet
--- For one job: how long it has been queued, and how long since a worker of its type last showed
--- life (claimed a job, or sent a heartbeat for a job it is running; null when none ever did),
--- both in seconds of the database's clock.
-SELECT EXTRACT(epoch FROM now() - j.created_at)::float8 AS queued_for,
-       (SELECT EXTRACT(epoch FROM now() - max(GREATEST(o.started_at,
-                 CASE WHEN o.status = 'running' THEN o.heartbeat_at END)))::float8
-        FROM background_jobs AS o WHERE o.job_type = j.job_type) AS since_claim
-FROM background_jobs AS j WHERE j.id = %(id)s;
-
--- name: cancel_own_job
--- Cancel a queued or running job the calling login role submitted (geojobs_cancel, migration
--- 0002): what a front end logged in as geojobs_frontend may do.
-SELECT geojobs_cancel(%(id)s);

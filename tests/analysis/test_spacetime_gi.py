@@ -171,3 +171,39 @@ def test_mann_kendall_with_ties_and_a_skipped_step() -> None:
     bf_tau, bf_p = brute_force_mann_kendall(y[np.isfinite(y)])
     assert tau[0] == pytest.approx(bf_tau) and pvalue[0] == pytest.approx(bf_p)
     assert trend[0] == 1
+
+
+def _series_with_ties_gaps_and_constants(rng: np.random.Generator, rows: int, steps: int
+                                         ) -> np.ndarray:
+    x = rng.normal(size=(rows, steps))
+    quarter = rows // 4
+    x[:quarter] = np.round(x[:quarter] * 1.5)  # many ties
+    x[quarter:quarter + rows // 20] = 7.0  # constant series
+    walk = slice(quarter + rows // 20, 2 * quarter)
+    x[walk] = np.cumsum(rng.integers(-1, 3, size=x[walk].shape), axis=1)  # trends with ties
+    gaps = slice(2 * quarter, 3 * quarter)
+    x[gaps] = np.where(rng.random(x[gaps].shape) < 0.1, np.nan, x[gaps])  # skipped steps
+    x[3 * quarter: 3 * quarter + 10, : steps - 2] = np.nan  # too short to test
+    return x
+
+
+@pytest.mark.parametrize(("rows", "steps"), [(5_000, 24), (4_000, 12), (1_000, 5)])
+def test_mann_kendall_equals_pymannkendall_on_every_series(rows: int, steps: int) -> None:
+    """10,000 series in all, with ties, constant series, gaps and too-short ones."""
+    pymannkendall = pytest.importorskip("pymannkendall")
+    x = _series_with_ties_gaps_and_constants(np.random.default_rng(steps), rows, steps)
+    tau, pvalue, trend = mann_kendall(x, alpha=0.05)
+    checked = 0
+    for i, row in enumerate(x):
+        if np.isfinite(row).sum() < 3:
+            assert np.isnan(tau[i]) and np.isnan(pvalue[i]) and trend[i] == 0
+            continue
+        oracle = pymannkendall.original_test(row, alpha=0.05)
+        assert abs(tau[i] - oracle.Tau) <= 1e-12, i
+        assert abs(pvalue[i] - oracle.p) <= 1e-12, i
+        assert trend[i] == (int(np.sign(oracle.Tau)) if oracle.p < 0.05 else 0)
+        checked += 1
+    assert checked >= 0.95 * rows
+    constant = np.isfinite(x).all(axis=1) & (np.nanstd(x, axis=1) == 0)
+    assert constant.any() and (tau[constant] == 0).all() and (pvalue[constant] == 1).all()
+    assert (trend == 1).any() and (trend == -1).any()

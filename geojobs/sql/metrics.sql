@@ -1,0 +1,67 @@
+-- What a metrics scrape, `geojobs health` and `geojobs top` read. Loaded by geojobs/metrics.py.
+-- Each query starts with a "-- name: <name>" line and a one-line comment.
+
+-- name: fold_finished
+-- Fold jobs finished more than settle_seconds ago into geojobs_metrics_finished (migration 0007).
+SELECT geojobs_metrics_fold(%(settle_seconds)s);
+
+-- name: optional_tables
+-- Which tables of other migrations exist (the worker registry).
+SELECT to_regclass('geojobs_workers') IS NOT NULL AS workers;
+
+-- name: live_jobs
+-- Queued and running jobs by type: counts, how many are ready now, how long the oldest ready one
+-- has waited. Reads the partial indexes of the hot rows only.
+SELECT job_type, status, count(*) AS jobs,
+       count(*) FILTER (WHERE status = 'queued' AND available_at <= now()) AS ready,
+       coalesce(extract(epoch FROM now() - min(available_at)
+                        FILTER (WHERE status = 'queued' AND available_at <= now())), 0)::float8
+           AS oldest_ready_seconds
+FROM background_jobs
+WHERE status IN ('queued', 'running')
+GROUP BY job_type, status;
+
+-- name: finished_jobs
+-- Job outcomes by type, status and duration bucket: the folded counts plus the rows finished
+-- since the last fold (run in the same snapshot, so no job is counted twice or missed).
+SELECT f.job_type, f.status, f.bucket, sum(f.jobs)::bigint AS jobs, sum(f.seconds)::float8 AS seconds
+FROM (
+    SELECT job_type, status, bucket, jobs, seconds FROM geojobs_metrics_finished
+    UNION ALL
+    SELECT j.job_type, j.status, geojobs_metrics_bucket(j.started_at, j.finished_at, s.buckets), 1,
+           coalesce(extract(epoch FROM j.finished_at - j.started_at), 0)
+    FROM background_jobs j, geojobs_metrics_state s
+    WHERE j.status IN ('completed', 'failed', 'cancelled') AND j.finished_at > s.folded_until
+) AS f
+GROUP BY f.job_type, f.status, f.bucket;
+
+-- name: duration_buckets
+-- The duration histogram's upper bounds, in seconds.
+SELECT buckets FROM geojobs_metrics_state;
+
+-- name: live_workers
+-- Workers seen within the lease (the registry of migration 0004).
+SELECT worker_id, job_type, host, pid, current_job, rss_mb, jobs_run,
+       extract(epoch FROM started_at)::float8 AS started_at,
+       extract(epoch FROM now() - last_seen)::float8 AS seen_seconds_ago
+FROM geojobs_workers
+WHERE last_seen > now() - make_interval(secs => %(lease_seconds)s)
+ORDER BY job_type, host, worker_id;
+
+-- name: running_jobs
+-- Running jobs, longest running first, for `geojobs top`.
+SELECT id, job_type, worker_id, attempts, max_attempts, progress,
+       extract(epoch FROM now() - started_at)::float8 AS elapsed_seconds,
+       extract(epoch FROM now() - heartbeat_at)::float8 AS heartbeat_seconds_ago
+FROM background_jobs
+WHERE status = 'running'
+ORDER BY started_at, id
+LIMIT %(limit)s;
+
+-- name: recent_failures
+-- The last failed jobs (newest first) with the first line of their errors, for `geojobs top`.
+SELECT id, job_type, attempts, finished_at, split_part(coalesce(error, ''), E'\n', 1) AS error
+FROM background_jobs
+WHERE status = 'failed'
+ORDER BY finished_at DESC NULLS LAST, id DESC
+LIMIT %(limit)s;
