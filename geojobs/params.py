@@ -66,7 +66,7 @@ def _check_column(value: str) -> str:
 class OutputOf(BaseModel):
     """A reference to another job's result table, resolved when the job is claimed."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, title="output_of")
 
     output_of: Annotated[int, Field(ge=1)] | Annotated[str, Field(min_length=1, max_length=63)] = (
         Field(description="Id of a job among depends_on, or a step name inside a pipeline spec."))

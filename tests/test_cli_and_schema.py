@@ -95,7 +95,7 @@ def test_types_read_as_plain_text() -> None:
         if line.startswith("  ") and not line.startswith("   "):
             rows.setdefault(line.split()[0], line.split())
     assert rows["permutations"][1:5] == ["integer", "0..99999", "999", "Conditional"]
-    assert rows["input_table"][1:5] == ["string", "or", "OutputOf", "required"]
+    assert rows["input_table"][1:5] == ["string", "or", "output_of", "required"]
     assert rows["weights.transform"][1:3] == ["B|R", "null"]
     assert all(len(line) <= 100 for line in text.splitlines() if not line.startswith("  example"))
 
