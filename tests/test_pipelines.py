@@ -297,7 +297,11 @@ def test_soak_pipelines_with_worker_kills(db_url, conn):
             _, err = proc.communicate(timeout=30)
             logs.append(err)
     completed = re.findall(r"job (\d+) noop attempt \d+/\d+ completed", "\n".join(logs))
-    assert sorted(map(int, completed)) == sorted(runs)  # 0 lost, 0 twice
+    # 0 lost: every step completed (waited for above); 0 twice: no job's completion logged twice.
+    # A worker killed between its job process's commit and its own log line logs nothing for
+    # that job, so the logs may hold fewer completions than there are jobs, never more.
+    assert len(completed) == len(set(completed)) and set(map(int, completed)) <= set(runs)
+    assert len(completed) >= len(runs) - 2  # at most one unlogged completion per killed worker
     early = conn.execute(
         "SELECT j.id FROM background_jobs AS j JOIN background_jobs AS d "
         "ON d.id = ANY (j.depends_on) WHERE j.started_at < d.finished_at").fetchall()
