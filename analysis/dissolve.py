@@ -24,6 +24,7 @@ import shapely
 
 from analysis.errors import AnalysisError, EmptyInput, GeometryTypeError
 from analysis.multi import multi_of_dimension
+from analysis.summary import Summary
 
 __all__ = ["AGGREGATES", "DissolveSummary", "dissolve"]
 
@@ -33,13 +34,13 @@ _NUMERIC_ONLY = {"sum", "mean"}
 
 
 @dataclass
-class DissolveSummary:
+class DissolveSummary(Summary):
     """What the dissolve did besides its output: counts for the job's ``result``."""
 
     groups: int = 0
     skipped_empty: int = 0
     repaired: int = 0
-    coverage_groups: int = 0
+    coverage_union_groups: int = 0
     warnings: list[str] = field(default_factory=list)
 
 
@@ -177,7 +178,7 @@ def dissolve(
     unions = np.empty(len(groups), dtype=object)
     for i, members in enumerate(groups):
         unions[i], used_coverage = _union(geoms[members], dimension)
-        summary.coverage_groups += used_coverage
+        summary.coverage_union_groups += used_coverage
         if progress is not None:
             progress((i + 1) / len(groups))
     unions = shapely.make_valid(unions)

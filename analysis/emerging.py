@@ -28,7 +28,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import geopandas as gpd
@@ -39,10 +39,12 @@ from analysis.emerging_categories import CATEGORY_CODES, CATEGORY_NAMES, classif
 from analysis.emerging_panel import Panel, build_panel, input_shape, parse_time_step
 from analysis.errors import AnalysisError, EmptyInput, TooFewFeatures
 from analysis.spacetime_gi import mann_kendall, significance_bins, spacetime_gistar
+from analysis.summary import FLATTEN, Summary
 from analysis.weights import WeightsSpec, build_weights
 
 __all__ = [
     "EmergingResult",
+    "EmergingSummary",
     "Panel",
     "emerging_hot_spots",
     "emerging_statistic",
@@ -79,12 +81,34 @@ class _Clock:
 
 
 @dataclass
+class EmergingSummary(Summary):
+    """What an emerging hot spot run found and chose, for the job's ``result``."""
+
+    categories: dict[str, int]
+    locations: int
+    time_steps: int
+    time_first: str
+    time_last: str
+    neighborhood_time_step: int
+    alpha: float
+    fdr: bool
+    weights: dict[str, Any]
+    islands: int
+    constant_steps: int
+    crs: str | None
+    panel: dict[str, Any] = field(default_factory=dict, metadata=FLATTEN)
+    """How the panel was built (per input shape, e.g. ``grid``); its keys go to the top level."""
+    timings_s: dict[str, float] = field(default_factory=dict)
+    warnings: list[str] = field(default_factory=list)
+
+
+@dataclass
 class EmergingResult:
     """One row per location (``locations``), per location and step (``slices``), and counts."""
 
     locations: gpd.GeoDataFrame
     slices: pd.DataFrame
-    summary: dict[str, Any]
+    summary: EmergingSummary
 
 
 def _check_parameters(
@@ -238,26 +262,25 @@ def emerging_statistic(
 
     clock.lap("classify_and_assemble")
     counts = pd.Series(codes).map(CATEGORY_NAMES).value_counts()
-    summary: dict[str, Any] = {
-        "categories": {name: int(counts.get(name, 0)) for name in CATEGORY_CODES},
-        "locations": n,
-        "time_steps": n_steps,
-        "time_first": str(panel.times[0]),
-        "time_last": str(panel.times[-1]),
-        "neighborhood_time_step": k,
-        "alpha": float(alpha),
-        "fdr": bool(fdr),
-        "weights": built.describe(),
-        "islands": int(len(built.islands)),
-        "constant_steps": int((panel.values.std(axis=0) == 0).sum()),
-        "crs": built.crs,
-        **panel.info,
-        "timings_s": clock.laps,
-    }
     warnings = [*panel.info.get("warnings", []), *built.warnings]
     if n < 30:
         warnings.append(f"only {n} locations: Gi* z-scores are unreliable below 30")
-    if warnings:
-        summary["warnings"] = list(dict.fromkeys(warnings))
+    summary = EmergingSummary(
+        categories={name: int(counts.get(name, 0)) for name in CATEGORY_CODES},
+        locations=n,
+        time_steps=n_steps,
+        time_first=str(panel.times[0]),
+        time_last=str(panel.times[-1]),
+        neighborhood_time_step=k,
+        alpha=float(alpha),
+        fdr=bool(fdr),
+        weights=built.describe(),
+        islands=int(len(built.islands)),
+        constant_steps=int((panel.values.std(axis=0) == 0).sum()),
+        crs=built.crs,
+        panel={key: value for key, value in panel.info.items() if key != "warnings"},
+        timings_s=clock.laps,
+        warnings=list(dict.fromkeys(warnings)),
+    )
     report(1.0)
     return EmergingResult(locations, slices, summary)

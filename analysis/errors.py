@@ -1,23 +1,36 @@
-"""Errors raised by the analysis functions.
+"""The one error tree of geojobs, rooted here so that ``analysis`` can raise into it.
 
-Each carries a message a GIS analyst can act on and, where the problem
-comes from one parameter, the name of that parameter in ``field`` so the
-worker can report it as ``params.<field>``.
+``analysis`` imports nothing of the platform, so the root lives in this module and
+:mod:`geojobs.errors` adds the platform's own classes beneath it. The runner handles
+:class:`GeojobsError` alone: ``retryable = False`` fails the job at once (no retry can fix
+bad input), ``True`` retries it with backoff; any exception outside the tree is retried.
+Each error carries a message a GIS analyst can act on and, where one parameter is at fault,
+its name in ``field``, printed first. A class's docstring is its default message.
 """
 
 from __future__ import annotations
 
+__all__ = ["GeojobsError", "AnalysisError", "EmptyInput", "TooFewFeatures", "GeometryTypeError"]
 
-class AnalysisError(ValueError):
-    """The analysis cannot run on this input; retrying will not help."""
 
-    def __init__(self, message: str, *, field: str | None = None) -> None:
-        super().__init__(message)
+class GeojobsError(Exception):
+    """A geojobs job failed."""
+
+    retryable = False
+
+    def __init__(self, message: str | None = None, *, field: str | None = None) -> None:
+        super().__init__(message or (self.__doc__ or "").strip())
         self.field = field
 
     def __str__(self) -> str:
         message = super().__str__()
-        return f"{self.field}: {message}" if self.field else message
+        if self.field and not message.startswith(f"{self.field}:"):
+            return f"{self.field}: {message}"
+        return message
+
+
+class AnalysisError(GeojobsError, ValueError):
+    """The analysis cannot run on this input; retrying will not help."""
 
 
 class EmptyInput(AnalysisError):

@@ -41,9 +41,8 @@ from analysis.local_input import (
 )
 from analysis.weights import WeightsSpec
 
-__all__ = ["HOTSPOT_COLUMNS", "CONFIDENCE_LEVELS", "hotspot", "gi_bins"]
+__all__ = ["CONFIDENCE_LEVELS", "hotspot", "gi_bins"]
 
-HOTSPOT_COLUMNS = ("gi_zscore", "gi_pvalue", "gi_psim", "gi_bin", "n_neighbors")
 CONFIDENCE_LEVELS = ((3, 0.01), (2, 0.05), (1, 0.10))
 """Bin magnitude and the p-value it must be below (99 %, 95 %, 90 % confidence)."""
 
@@ -137,23 +136,10 @@ def hotspot(
     out["gi_bin"] = nullable(bins, tested, n, "Int64")
     out["n_neighbors"] = nullable(sw.n_neighbors, data.analysed, n, "Int64")
 
-    summary = LocalSummary(
-        statistic="gi_star",
-        n_features=n,
-        n_analysed=len(data.analysed),
-        n_null_values=data.n_null_values,
-        n_null_geometries=data.n_null_geometries,
-        n_islands=len(sw.islands),
-        islands=data.island_labels(),
-        crs=sw.crs,
-        weights=sw.describe(),
-        permutations=permutations,
-        seed=seed,
-        fdr=fdr,
+    summary = LocalSummary.of(
+        "gi_star", data, permutations=permutations, seed=seed, fdr=fdr,
         counts={str(b): int((bins == b).sum()) for b in range(-3, 4)},
-        fdr_cutoffs=cutoffs if fdr else None,
-        grid=grid_info,
-        warnings=list(dict.fromkeys(extra_warnings + data.warnings)),
+        fdr_cutoffs=cutoffs if fdr else None, grid=grid_info, warnings=extra_warnings,
     )
     report(1.0)
     return out, summary

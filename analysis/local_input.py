@@ -9,8 +9,8 @@ test. Fewer than 30 features give a warning, fewer than 3 a failure.
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Mapping
-from dataclasses import asdict, dataclass, field
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
 from typing import Any
 
 import geopandas as gpd
@@ -20,6 +20,7 @@ import shapely
 
 from analysis.errors import AnalysisError, EmptyInput, TooFewFeatures
 from analysis.jit import enable_esda_cache
+from analysis.summary import Summary
 from analysis.weights import SpatialWeights, WeightsSpec, build_weights
 
 __all__ = [
@@ -50,7 +51,7 @@ enable_esda_cache()
 
 
 @dataclass
-class LocalSummary:
+class LocalSummary(Summary):
     """What a local-statistic run did, for the job's ``result``."""
 
     statistic: str
@@ -70,9 +71,33 @@ class LocalSummary:
     grid: dict[str, Any] | None = None
     warnings: list[str] = field(default_factory=list)
 
-    def to_dict(self) -> dict[str, Any]:
-        """A JSON-ready dict (numpy scalars turned into Python ones)."""
-        return _plain(asdict(self))
+    @classmethod
+    def of(
+        cls, statistic: str, data: LocalInput, *, permutations: int, seed: int, fdr: bool,
+        counts: dict[str, int], fdr_cutoffs: dict[str, float | None] | None,
+        grid: dict[str, Any] | None = None, warnings: Sequence[str] = (),
+    ) -> LocalSummary:
+        """The summary of ``statistic`` run on ``data``: what was left out, the weights, the
+        choices, and ``warnings`` followed by the input's (each once)."""
+        sw = data.weights
+        return cls(
+            statistic=statistic,
+            n_features=len(data.frame),
+            n_analysed=len(data.analysed),
+            n_null_values=data.n_null_values,
+            n_null_geometries=data.n_null_geometries,
+            n_islands=len(sw.islands),
+            islands=data.island_labels(),
+            crs=sw.crs,
+            weights=sw.describe(),
+            permutations=permutations,
+            seed=seed,
+            fdr=fdr,
+            counts=counts,
+            fdr_cutoffs=fdr_cutoffs,
+            grid=grid,
+            warnings=list(dict.fromkeys([*warnings, *data.warnings])),
+        )
 
 
 @dataclass
@@ -207,17 +232,3 @@ def nullable(values: np.ndarray, positions: np.ndarray, n: int, dtype: str) -> p
         arr[mask] = pd.NA
         return arr
     return pd.array(out, dtype=dtype)
-
-
-def _plain(value: Any) -> Any:
-    if isinstance(value, dict):
-        return {str(k): _plain(v) for k, v in value.items()}
-    if isinstance(value, list | tuple):
-        return [_plain(v) for v in value]
-    if isinstance(value, np.integer):
-        return int(value)
-    if isinstance(value, np.floating):
-        return float(value)
-    if isinstance(value, np.bool_):
-        return bool(value)
-    return value

@@ -4,7 +4,8 @@ Distances are between the features' nearest points, not their centroids, so
 points, lines and polygons can be mixed on either side. The search uses
 Shapely 2's STRtree: a per-feature search radius that doubles until it holds
 ``k`` candidates (a candidate set that holds ``k`` features within ``r`` holds
-the true ``k`` nearest, ties included), then exact distances on the candidates.
+the true ``k`` nearest, ties included); candidates are found by bounding box and
+their exact distances, computed once, decide which lie within ``r``.
 
 ``planar`` distances are in the CRS's units. ``geodesic`` distances are in
 metres on the CRS's ellipsoid: the nearest points are found in longitude and
@@ -174,27 +175,41 @@ def _keys(frame: gpd.GeoDataFrame, column: str | None, field: str) -> pd.Index:
 def _search(
     tree: shapely.STRtree,
     a: NDArray[np.object_],
+    b: NDArray[np.object_],
     k: int,
     cap: float,
     exclude: tuple[IntArray, IntArray] | None,
     start: float,
-) -> tuple[IntArray, IntArray, NDArray[np.bool_]]:
-    """Candidate pairs such that each input has at least ``k`` within ``r <= cap``.
+) -> tuple[IntArray, IntArray, FloatArray, NDArray[np.bool_]]:
+    """Candidate pairs and their distances such that each input has at least ``k`` within
+    ``r <= cap``.
 
-    Returns the pairs and which inputs reached ``cap`` (they may hold fewer).
+    Candidates come from the tree by bounding box (the box of the input grown by ``r``),
+    then one exact distance per candidate pair keeps those within ``r``: each distance is
+    computed once, where a ``dwithin`` query followed by ``distance`` computed it twice.
+    Returns the pairs, their distances and which inputs reached ``cap`` (they may hold
+    fewer).
     """
     n = len(a)
     r = np.full(n, min(start, cap))
     pending = np.flatnonzero(~(shapely.is_missing(a) | shapely.is_empty(a)))
+    bounds = np.full((n, 4), np.nan)
+    bounds[pending] = shapely.bounds(a[pending])
     at_cap = np.zeros(n, dtype=bool)
     lefts: list[IntArray] = []
     rights: list[IntArray] = []
+    dists: list[FloatArray] = []
     while pending.size:
-        sub_l, right = tree.query(a[pending], predicate="dwithin", distance=r[pending])
+        grow = r[pending][:, None] * np.array([-1.0, -1.0, 1.0, 1.0])
+        boxes = shapely.box(*(bounds[pending] + grow).T)
+        sub_l, right = tree.query(boxes)
         left = pending[sub_l]
         if exclude is not None:
             keep = exclude[0][left] != exclude[1][right]
             left, right = left[keep], right[keep]
+        dist = shapely.distance(a[left], b[right])
+        within = dist <= r[left]
+        left, right, dist = left[within], right[within], dist[within]
         counts = np.bincount(left, minlength=n)[pending]
         done = (counts >= k) | (r[pending] >= cap)
         finished = np.zeros(n, dtype=bool)
@@ -203,10 +218,12 @@ def _search(
         sel = finished[left]
         lefts.append(left[sel])
         rights.append(right[sel])
+        dists.append(dist[sel])
         pending = pending[~done]
         r[pending] = np.minimum(r[pending] * 2.0, cap)
-    return (np.concatenate(lefts) if lefts else np.empty(0, np.int64),
-            np.concatenate(rights) if rights else np.empty(0, np.int64), at_cap)
+    if not lefts:
+        return np.empty(0, np.int64), np.empty(0, np.int64), np.empty(0), at_cap
+    return np.concatenate(lefts), np.concatenate(rights), np.concatenate(dists), at_cap
 
 
 def _start_radius(a: NDArray[np.object_], b: NDArray[np.object_], k: int) -> tuple[float, float]:
@@ -264,8 +281,7 @@ def _planar_knn(
     tree = shapely.STRtree(b)
     start, everything = _start_radius(a, b, k)
     cap = everything if radius is None else radius
-    left, right, _ = _search(tree, a, k, cap, exclude, start)
-    dist = shapely.distance(a[left], b[right])
+    left, right, dist, _ = _search(tree, a, b, k, cap, exclude, start)
     keep = _top_k(left, right, dist, k, radius, key_order)
     left, right, dist = left[keep], right[keep], dist[keep]
     # Touching pairs need no line for their angle (0); skip them unless lines are wanted.
@@ -332,7 +348,7 @@ def _geodesic_knn(
     tree = shapely.STRtree(b)
     # Stage 1: k candidates by distance in degrees bound the k-th geodesic distance.
     start, everything = _start_radius(a, b, k)
-    left, right, _ = _search(tree, a, k, everything, exclude, start)
+    left, right, _, _ = _search(tree, a, b, k, everything, exclude, start)
     kth = _kth_smallest(left, _geodesic_dist(geod, a[left], b[right]), k, len(a))
     if radius is not None:
         kth = np.minimum(kth, radius)

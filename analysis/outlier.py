@@ -37,9 +37,8 @@ from analysis.local_input import (
 )
 from analysis.weights import WeightsSpec
 
-__all__ = ["OUTLIER_COLUMNS", "ALPHA", "QUADRANTS", "outlier"]
+__all__ = ["ALPHA", "QUADRANTS", "outlier"]
 
-OUTLIER_COLUMNS = ("lmi_index", "lmi_zscore", "lmi_pvalue", "co_type", "n_neighbors")
 ALPHA = 0.05
 QUADRANTS = {1: "HH", 2: "LH", 3: "LL", 4: "HL"}
 """esda's quadrant codes (``geoda_quads=False``) and ArcGIS's COType labels."""
@@ -101,22 +100,9 @@ def outlier(
 
     counts = {label: int((labels[hit] == label).sum()) for label in QUADRANTS.values()}
     counts["not_significant"] = int((~hit).sum())
-    summary = LocalSummary(
-        statistic="local_moran",
-        n_features=n,
-        n_analysed=len(data.analysed),
-        n_null_values=data.n_null_values,
-        n_null_geometries=data.n_null_geometries,
-        n_islands=len(sw.islands),
-        islands=data.island_labels(),
-        crs=sw.crs,
-        weights=sw.describe(),
-        permutations=permutations,
-        seed=seed,
-        fdr=fdr,
-        counts=counts,
+    summary = LocalSummary.of(
+        "local_moran", data, permutations=permutations, seed=seed, fdr=fdr, counts=counts,
         fdr_cutoffs={str(ALPHA): bh_cutoff(p, ALPHA)} if fdr else None,
-        warnings=data.warnings,
     )
     report(1.0)
     return out, summary

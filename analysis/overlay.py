@@ -19,7 +19,7 @@ import os
 from collections import defaultdict
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor, as_completed
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from typing import Literal
 
 import geopandas as gpd
@@ -29,6 +29,7 @@ from numpy.typing import NDArray
 
 from analysis.errors import AnalysisError, GeometryTypeError
 from analysis.multi import MULTI_MAKERS
+from analysis.summary import Summary
 
 __all__ = ["OverlayResult", "OverlaySummary", "clip", "erase", "keep_dimension"]
 
@@ -38,7 +39,7 @@ _COLLECTION = 7
 
 
 @dataclass(frozen=True)
-class OverlaySummary:
+class OverlaySummary(Summary):
     """What happened to the features of one clip or erase run."""
 
     input_features: int
@@ -53,10 +54,6 @@ class OverlaySummary:
     overlay_features: int
     overlay_skipped: int
     overlay_repaired: int
-
-    def as_dict(self) -> dict[str, int]:
-        """The counts as a plain dict, for a job's ``result``."""
-        return asdict(self)
 
 
 @dataclass(frozen=True)

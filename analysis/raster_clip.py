@@ -15,7 +15,7 @@ import math
 import os
 import uuid
 from collections.abc import Callable, Iterator
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -29,6 +29,7 @@ from rasterio.features import geometry_mask, geometry_window
 from rasterio.windows import Window
 
 from analysis.errors import AnalysisError, EmptyInput
+from analysis.summary import Summary
 
 __all__ = ["ClipResult", "clip_raster", "default_nodata"]
 
@@ -37,7 +38,7 @@ GDAL_CACHE_MB = 64
 
 
 @dataclass(frozen=True)
-class ClipResult:
+class ClipResult(Summary):
     """What was written: the job's ``result``."""
 
     path: str
@@ -49,12 +50,6 @@ class ClipResult:
     bounds: tuple[float, float, float, float]
     nodata: float | int | None
     valid_pixels: int
-
-    def as_dict(self) -> dict[str, Any]:
-        out = asdict(self)
-        if isinstance(self.nodata, float) and math.isnan(self.nodata):
-            out["nodata"] = "nan"
-        return out
 
 
 def _open_source(source: str | os.PathLike[str]) -> Any:

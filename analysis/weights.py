@@ -171,8 +171,9 @@ def build_weights(
 ) -> SpatialWeights:
     """Binary spatial weights for ``geometry`` (its index is ignored: positions 0..n-1).
 
-    ``default_type`` overrides the per-geometry default (issue 8 uses distance bands for grid
-    cells). Raises :class:`AnalysisError` when no feature has a neighbour.
+    ``default_type`` overrides the per-geometry default (emerging hot spot analysis uses
+    distance bands for grid cells, as ArcGIS Pro does). Raises :class:`AnalysisError` when no
+    feature has a neighbour.
     """
     spec = WeightsSpec.parse(spec)
     geoms = geometry.geometry if isinstance(geometry, gpd.GeoDataFrame) else geometry

@@ -10,7 +10,7 @@ For each size (100,000 and 1,000,000 hexagons with ``id``, ``value``, ``category
   COPY; GeoAlchemy2 adds the index).
 
 All in this process, best of several interleaved runs (the machine is shared and noisy).
-Goal (issue 4): the project's paths within 1.2x of the floor.
+Goal: the project's paths within 1.2x of the floor.
 """
 
 from __future__ import annotations

@@ -9,7 +9,7 @@ Cases, one row each per size, all in one run on the same table:
 - ``geopandas``: ``read_postgis`` + ``GeoDataFrame.dissolve`` + ``to_postgis``, the plain
   script (up to 100k features: it is the slowest by far).
 
-Goal (issue 4): 100,000 polygons into 50 groups at least 2x faster than PostGIS.
+Goal: 100,000 polygons into 50 groups at least 2x faster than PostGIS.
 """
 
 from __future__ import annotations

@@ -4,7 +4,7 @@ n / 10 square cells, each against its floor (bench/local_stats.py), measured in 
 Cases per size: ``geojobs`` (the whole job as a worker process, queue to completed; its
 ``job_s`` is claim to completion, its ``wall_s`` adds interpreter start and the compilation of
 esda's kernels before the claim), ``floor``, and for the polygons esda alone with numba on and
-off. Goal (issue 5): job_s within 1.2x of the floor.
+off. Goal: job_s within 1.2x of the floor.
 """
 
 from __future__ import annotations

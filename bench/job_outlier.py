@@ -3,7 +3,7 @@
 
 Cases per size: ``geojobs`` (the whole job as a worker process; ``job_s`` is claim to
 completion, ``wall_s`` adds interpreter start and compiling esda's kernels before the claim),
-``floor``, and esda alone with numba on and off. Goal (issue 5): job_s within 1.2x of the floor.
+``floor``, and esda alone with numba on and off. Goal: job_s within 1.2x of the floor.
 """
 
 from __future__ import annotations

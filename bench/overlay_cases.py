@@ -7,9 +7,9 @@ interleaved, the faster run kept, since the machine is shared):
   Shapely engine in the worker (binary COPY in, :mod:`analysis.overlay`, binary COPY out);
 - ``sql_engine``: the same overlay done in PostGIS (:mod:`bench.overlay_sql`), rolled back;
 - ``shapely_only``: :func:`analysis.overlay.clip` / ``erase`` in process, no I/O;
-- ``floor``: binary COPY read + write of the input rows (the I/O floor of issue 6).
+- ``floor``: binary COPY read + write of the input rows (the I/O floor).
 
-Goal (issue 6): the chosen engine is the faster of the two and within 1.5x of the floor.
+Goal: the chosen engine is the faster of the two and within 1.5x of the floor.
 """
 
 from __future__ import annotations

@@ -10,6 +10,10 @@
   geojobs twice: woken by LISTEN/NOTIFY, and by polling alone (trigger disabled).
 - Fairness: 4 geojobs workers, 10,000 jobs queued at once while they wait: every job run
   exactly once (by the database and by the workers' logs), none left, jobs per worker.
+- Dependencies: geojobs no-op throughput (1 worker) with the dependency triggers of migration
+  0005 enabled and disabled, side by side (jobs without dependencies must not pay for them);
+  and a chain of ``--chain-jobs`` (1,000) no-op jobs each depending on the one before, one idle
+  worker: from one job's completion to the next one's start (database clock), p50/p95.
 
 Every measurement gets a fresh database, so no run sees another's dead rows.
 """
@@ -28,6 +32,7 @@ from pathlib import Path
 from typing import IO, Any
 
 import psycopg
+from psycopg import sql
 
 from bench.database import bench_database
 from bench.measure import BenchError, percentiles
@@ -43,7 +48,11 @@ from bench.peers import (
 from bench.report import print_table, write_json
 from geojobs import queue as gq
 
-__all__ = ["throughput", "bare_loop", "latency", "fairness", "commit_latency", "run", "main"]
+__all__ = ["throughput", "bare_loop", "latency", "fairness", "commit_latency",
+           "dependency_overhead", "chain", "run", "main"]
+
+_DEPENDENCY_TRIGGERS = ("background_jobs_dependencies_insert", "background_jobs_dependencies_requeue",
+                        "background_jobs_dependencies_cascade")
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -254,6 +263,78 @@ def commit_latency(samples: int = 200) -> dict[str, Any]:
     return out
 
 
+def dependency_overhead(n: int, *, timeout: float = 3600) -> list[dict[str, Any]]:
+    """No-op throughput, one worker, with the dependency triggers enabled and disabled.
+
+    The two runs alternate (on, off, on, off) so that a change in the shared machine's load
+    hits both alike; each row is the better of its two runs.
+    """
+    best: dict[bool, dict[str, Any]] = {}
+    for enabled in (True, False, True, False):
+        with bench_database() as url:
+            if not enabled:
+                with psycopg.connect(url, autocommit=True) as conn:
+                    for trigger in _DEPENDENCY_TRIGGERS:
+                        conn.execute(sql.SQL("ALTER TABLE background_jobs DISABLE TRIGGER {}")
+                                     .format(sql.Identifier(trigger)))
+            GEOJOBS.fill(url, n)
+            group = _Workers(GEOJOBS, url, 1, drain=True)
+            try:
+                group.wait(timeout)
+            finally:
+                group.close()
+            with psycopg.connect(url, autocommit=True) as conn:
+                done, span = GEOJOBS.done(conn), GEOJOBS.span(conn)
+        if done != n:
+            raise BenchError(f"dependency overhead: {done} of {n} jobs done")
+        row = {"system": f"{GEOJOBS.label}, dependency triggers {'on' if enabled else 'off'}",
+               "workers": 1, "jobs": n, "span_s": span, "jobs_per_s": n / span}
+        if enabled not in best or row["jobs_per_s"] > best[enabled]["jobs_per_s"]:
+            best[enabled] = row
+    best[True]["ratio_on_to_off"] = best[True]["jobs_per_s"] / best[False]["jobs_per_s"]
+    return [best[True], best[False]]
+
+
+def chain(n: int, *, timeout: float = 600) -> dict[str, Any]:
+    """A chain of ``n`` no-op jobs, each depending on the one before, run by one idle worker."""
+    with bench_database() as url:
+        group = _Workers(GEOJOBS, url, 1, drain=False)
+        try:
+            deadline = time.monotonic() + 120
+            while _idle_workers(url) < 1:
+                if time.monotonic() > deadline:
+                    raise BenchError(f"the worker did not become idle:\n{group.output()[-2000:]}")
+                time.sleep(0.1)
+            with psycopg.connect(url) as conn:  # one transaction: the chain appears at once
+                previous: int | None = None
+                for _ in range(n):
+                    previous = gq.enqueue(conn, "noop", {},
+                                          depends_on=[previous] if previous else None)
+            _wait_done(GEOJOBS, url, n, timeout)
+            GEOJOBS.fill(url, n)  # the same worker, the same number of independent jobs
+            _wait_done(GEOJOBS, url, 2 * n, timeout)
+        finally:
+            group.close()
+        with psycopg.connect(url, autocommit=True) as conn:
+            free = [float(g) for (g,) in conn.execute(
+                "SELECT extract(epoch FROM j.started_at - d.finished_at) * 1000 "
+                "FROM background_jobs AS j JOIN background_jobs AS d ON d.id = j.id - 1 "
+                "WHERE j.depends_on IS NULL AND d.depends_on IS NULL").fetchall()]
+            gaps = [float(g) for (g,) in conn.execute(
+                "SELECT extract(epoch FROM j.started_at - d.finished_at) * 1000 "
+                "FROM background_jobs AS j JOIN background_jobs AS d ON d.id = j.depends_on[1]"
+            ).fetchall()]
+            early = conn.execute(
+                "SELECT count(*) FROM background_jobs AS j JOIN background_jobs AS d "
+                "ON d.id = j.depends_on[1] WHERE j.started_at < d.finished_at").fetchone()
+    p50, p95 = percentiles(gaps)
+    free50, free95 = percentiles(free)
+    return {"system": GEOJOBS.label, "chain_jobs": n, "completion_to_next_start_p50_ms": p50,
+            "p95_ms": p95, "max_ms": max(gaps),
+            "started_before_dependency": early[0] if early else None,
+            "independent_jobs_gap_p50_ms": free50, "independent_p95_ms": free95}
+
+
 def _retried(label: str, fn: Callable[[], dict[str, Any]]) -> dict[str, Any]:
     """``fn()``, tried twice: on a shared server another user may restart PostgreSQL mid-run.
 
@@ -268,9 +349,18 @@ def _retried(label: str, fn: Callable[[], dict[str, Any]]) -> dict[str, Any]:
     return {"system": label, "error": " / ".join(error[:1] + error[-1:])[:300]}
 
 
-def run(*, jobs: int, latency_jobs: int, fairness_jobs: int,
-        worker_counts: Sequence[int] = (1, 2)) -> dict[str, list[dict[str, Any]]]:
-    """All three parts; returns ``{"throughput": rows, "latency": rows, ...}``."""
+def run(*, jobs: int, latency_jobs: int, fairness_jobs: int, chain_jobs: int = 1000,
+        worker_counts: Sequence[int] = (1, 2), only: str | None = None) -> dict[str, list[dict[str, Any]]]:
+    """All the parts (``only="dependencies"``: just the dependency ones); returns
+    ``{"throughput": rows, "latency": rows, ...}``."""
+    if only == "dependencies":
+        deps = _retried("dependency overhead", lambda: {"rows": dependency_overhead(jobs)})
+        overhead = deps.get("rows", [deps])
+        print_table(f"no-op throughput without dependencies, {jobs:,} jobs, dependency "
+                    "triggers on and off (goal: ratio ~1)", overhead)
+        chained = [_retried("chain", lambda: chain(chain_jobs))]
+        print_table(f"chain of {chain_jobs:,} dependent no-op jobs (goal: p50 <= 2 ms)", chained)
+        return {"dependencies": overhead, "chain": chained}
     commit = commit_latency()
     print_table("commit cost on this server", [commit])
     rows = [_retried("bare loop", lambda: bare_loop(jobs))]
@@ -302,8 +392,14 @@ def run(*, jobs: int, latency_jobs: int, fairness_jobs: int,
     print_table("pickup latency, jobs inserted 20 ms apart (goal: geojobs p50 < 5 ms)", lat)
     fair = [_retried("fairness", lambda: fairness(fairness_jobs))]
     print_table(f"claim fairness, 4 geojobs workers, {fairness_jobs:,} jobs", fair)
+    deps = _retried("dependency overhead", lambda: {"rows": dependency_overhead(jobs)})
+    overhead = deps.get("rows", [deps])
+    print_table(f"no-op throughput without dependencies, {jobs:,} jobs, dependency triggers "
+                "on and off (goal: ratio ~1)", overhead)
+    chained = [_retried("chain", lambda: chain(chain_jobs))]
+    print_table(f"chain of {chain_jobs:,} dependent no-op jobs (goal: p50 <= 2 ms)", chained)
     return {"commit": [commit], "throughput": rows, "summary": summary, "latency": lat,
-            "fairness": fair}
+            "fairness": fair, "dependencies": overhead, "chain": chained}
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -312,12 +408,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--jobs", type=int, default=20_000, help="throughput jobs (20000)")
     parser.add_argument("--latency-jobs", type=int, default=300, help="latency jobs (300)")
     parser.add_argument("--fairness-jobs", type=int, default=10_000, help="fairness jobs (10000)")
-    parser.add_argument("--quick", action="store_true", help="500/50/400 jobs: a check")
+    parser.add_argument("--chain-jobs", type=int, default=1000, help="dependent chain (1000)")
+    parser.add_argument("--only", choices=["dependencies"],
+                        help="run only the dependency measurements")
+    parser.add_argument("--quick", action="store_true", help="500/50/400/100 jobs: a check")
     parser.add_argument("--json", metavar="PATH", help="also write the rows as JSON")
     args = parser.parse_args(argv)
     if args.quick:
-        args.jobs, args.latency_jobs, args.fairness_jobs = 500, 50, 400
-    found = run(jobs=args.jobs, latency_jobs=args.latency_jobs, fairness_jobs=args.fairness_jobs)
+        args.jobs, args.latency_jobs, args.fairness_jobs, args.chain_jobs = 500, 50, 400, 100
+    found = run(jobs=args.jobs, latency_jobs=args.latency_jobs, fairness_jobs=args.fairness_jobs,
+                chain_jobs=args.chain_jobs, only=args.only)
     if args.json:
         write_json(args.json, [r for rows in found.values() for r in rows], parts=found)
     return 0

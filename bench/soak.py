@@ -13,7 +13,11 @@ PostgreSQL restart (``--outage restart``, ``make soak``) or, on the soak's own d
   from the worker logs; a killed worker's run ends when the supervisor reaped it);
 - every completed dissolve has its whole result table (rows and area sum against SQL), and no
   result table exists without its completed job;
-- no worker exited except when killed, stopped or past its memory cap (no crash loop).
+- no worker exited except when killed, stopped or past its memory cap (no crash loop);
+- running jobs cancelled by the front end (``geojobs_cancel``) end ``cancelled`` and their
+  work stops within 2 s (the worker's "stopped" log line against the time of the cancel);
+  jobs stuck in one SQL statement past their ``timeout_seconds`` end ``failed``,
+  ``timed out after N s``.
 
 ``python -m bench.soak`` prints the figures; ``--full`` is the run whose figures are in
 docs/reliability.md.
@@ -56,11 +60,13 @@ class SoakConfig:
 
     jobs: int = 2000
     mix: dict[str, float] = field(default_factory=lambda: {
-        "quick": 0.62, "dissolve": 0.20, "raises": 0.04, "bad_params": 0.04, "memory": 0.02,
-        "slow": 0.08})
+        "quick": 0.58, "dissolve": 0.20, "raises": 0.04, "bad_params": 0.04, "memory": 0.02,
+        "slow": 0.06, "cancel": 0.03, "timeout": 0.03})
     workers: dict[str, int] = field(default_factory=lambda: {"noop": 4, "dissolve": 2})
     memory_cap_mb: dict[str, float] = field(default_factory=lambda: {"noop": 120, "dissolve": 400})
+    job_memory_mb: dict[str, float] = field(default_factory=lambda: {"noop": 400, "dissolve": 800})
     allocate_mb: int = 160
+    timeout_seconds: int = 1
     slow_seconds: tuple[float, float] = (1.0, 3.0)
     kill_every: float = 3.0
     term_every: float = 8.0
@@ -98,6 +104,9 @@ class SoakReport:
     worker_starts: int = 0
     outage: str = "none"
     outage_seconds: float = 0.0
+    cancels: int = 0
+    cancel_stop_max_seconds: float = 0.0
+    late_cancels: list[str] = field(default_factory=list)
     reconnect_warnings: int = 0
     heartbeat_warnings: int = 0
     max_attempts_seen: int = 0
@@ -114,12 +123,12 @@ class SoakReport:
     def ok(self) -> bool:
         return not (self.lost or self.double_runs or self.over_attempts or self.failed_without_error
                     or self.bad_results or self.orphan_tables or self.unexpected_outcomes
-                    or self.unexpected_exits)
+                    or self.unexpected_exits or self.late_cancels)
 
     def summary(self) -> str:
         figures = {k: v for k, v in asdict(self).items() if k != "config"}
         for key in ("lost", "double_runs", "over_attempts", "failed_without_error", "bad_results",
-                    "orphan_tables", "unexpected_outcomes", "unexpected_exits"):
+                    "orphan_tables", "unexpected_outcomes", "unexpected_exits", "late_cancels"):
             figures[key] = len(figures[key])
         return json.dumps({"ok": self.ok, **figures}, indent=1, default=str)
 
@@ -138,6 +147,10 @@ def _job(kind: str, rng: random.Random, config: SoakConfig) -> tuple[str, dict[s
         return "dissolve", {**DISSOLVE, "by": ["no_such_column"]}
     if kind == "memory":
         return "noop", {"allocate_mb": config.allocate_mb}
+    if kind == "cancel":  # one long sleep with no progress check: only a kill stops it
+        return "noop", {"sleep_seconds": 60}
+    if kind == "timeout":  # one SQL statement far longer than its timeout
+        return "noop", {"sql_sleep_seconds": 60}
     seconds = round(rng.uniform(*config.slow_seconds), 2)
     return "noop", {"sleep_seconds": seconds, "steps": max(1, int(seconds * 10))}
 
@@ -147,14 +160,15 @@ def _enqueue(url: str, config: SoakConfig, rng: random.Random) -> dict[int, str]
     kinds = [k for k, share in config.mix.items() for _ in range(round(share * config.jobs))]
     kinds += ["quick"] * (config.jobs - len(kinds))
     rng.shuffle(kinds)
-    insert = ("INSERT INTO background_jobs (job_type, params, priority, max_attempts) "
-              "VALUES (%s, %s, 0, 4) RETURNING id")
+    insert = ("INSERT INTO background_jobs (job_type, params, priority, max_attempts, "
+              "timeout_seconds) VALUES (%s, %s, 0, 4, %s) RETURNING id")
     ids: dict[int, str] = {}
     with psycopg.connect(make_conninfo(url, user=FRONTEND_ROLE), autocommit=True) as conn, \
             conn.transaction():
         for kind in kinds[:config.jobs]:
             job_type, params = _job(kind, rng, config)
-            row = conn.execute(insert, (job_type, Jsonb(params))).fetchone()
+            timeout = config.timeout_seconds if kind == "timeout" else None
+            row = conn.execute(insert, (job_type, Jsonb(params), timeout)).fetchone()
             assert row is not None
             ids[int(row[0])] = kind
     return ids
@@ -193,7 +207,8 @@ class _Supervisor:
 
     def start(self, job_type: str, slot: int) -> None:
         log = self.logs / f"{job_type}-{slot}-{len(self.procs)}.log"
-        env = dict(self.env, GEOJOBS_MEMORY_CAP_MB=str(self.config.memory_cap_mb[job_type]))
+        env = dict(self.env, GEOJOBS_MEMORY_CAP_MB=str(self.config.memory_cap_mb[job_type]),
+                   GEOJOBS_JOB_MEMORY_MB=str(self.config.job_memory_mb[job_type]))
         with open(log, "wb") as out:
             popen = subprocess.Popen([sys.executable, "-m", f"workers.{job_type}"], env=env,
                                      cwd=ROOT, stdout=subprocess.DEVNULL, stderr=out)
@@ -344,7 +359,49 @@ def _check_results(conn: psycopg.Connection[Any], report: SoakReport, jobs: list
     report.orphan_tables = sorted(tables - outputs)
 
 
-def _check(url: str, report: SoakReport, ids: dict[int, str], procs: list[_Proc]) -> None:
+def _cancel_running(url: str, ids: dict[int, str], cancelled_at: dict[int, float]) -> None:
+    """Cancel, as the front end, every running job of kind ``cancel`` not cancelled yet."""
+    wanted = [i for i, kind in ids.items() if kind == "cancel" and i not in cancelled_at]
+    if not wanted:
+        return
+    try:
+        with psycopg.connect(make_conninfo(url, user=FRONTEND_ROLE), autocommit=True,
+                             connect_timeout=2) as conn:
+            running = conn.execute("SELECT id FROM background_jobs WHERE id = ANY(%s) "
+                                   "AND status = 'running'", (wanted,)).fetchall()
+            for (job_id,) in running:
+                row = conn.execute("SELECT geojobs_cancel(%s)", (job_id,)).fetchone()
+                if row and row[0]:
+                    cancelled_at[job_id] = time.time()
+    except psycopg.OperationalError:
+        pass
+
+
+_STOPPED = re.compile(r"job (\d+) \w+ attempt \d+/\d+ stopped after [\d.]+ s: the job was cancelled")
+
+
+def _cancel_latencies(report: SoakReport, procs: list[_Proc],
+                      cancelled_at: dict[int, float]) -> None:
+    """From each cancel to the worker's "stopped" line (its job process killed, session ended)."""
+    stopped: dict[int, float] = {}
+    for proc in procs:
+        for line in proc.log.read_text(errors="replace").splitlines():
+            match = _LINE.match(line)
+            if match and (m := _STOPPED.search(match.group(2))) is not None:
+                when = datetime.strptime(match.group(1), "%Y-%m-%d %H:%M:%S,%f").timestamp()
+                job_id = int(m.group(1))
+                if job_id in cancelled_at and when >= cancelled_at[job_id] - 0.5:
+                    stopped[job_id] = min(stopped.get(job_id, when), when)
+    report.cancels = len(cancelled_at)
+    for job_id, when in stopped.items():
+        seconds = when - cancelled_at[job_id]
+        report.cancel_stop_max_seconds = round(max(report.cancel_stop_max_seconds, seconds), 3)
+        if seconds > 2.0:
+            report.late_cancels.append(f"job {job_id}: stopped {seconds:.2f} s after its cancel")
+
+
+def _check(url: str, report: SoakReport, ids: dict[int, str], procs: list[_Proc],
+           cancelled_at: dict[int, float] | None = None, timeout_seconds: int = 1) -> None:
     from psycopg.rows import dict_row
 
     with psycopg.connect(url, autocommit=True) as conn:
@@ -374,6 +431,11 @@ def _check(url: str, report: SoakReport, ids: dict[int, str], procs: list[_Proc]
                                        error == "RuntimeError: soak: a job that always fails"):
             report.unexpected_outcomes.append(f"job {job['id']} ({kind}): {job['status']} {error}")
         elif kind == "bad_params" and not (job["status"] == "failed" and error.startswith("by:")):
+            report.unexpected_outcomes.append(f"job {job['id']} ({kind}): {job['status']} {error}")
+        elif kind == "cancel" and job["status"] != "cancelled":
+            report.unexpected_outcomes.append(f"job {job['id']} ({kind}): {job['status']} {error}")
+        elif kind == "timeout" and not (job["status"] == "failed" and
+                                        error == f"timed out after {timeout_seconds} s"):
             report.unexpected_outcomes.append(f"job {job['id']} ({kind}): {job['status']} {error}")
         elif kind in ("quick", "dissolve", "memory", "slow") and job["status"] != "completed" and \
                 not killed:
@@ -413,6 +475,7 @@ def _check(url: str, report: SoakReport, ids: dict[int, str], procs: list[_Proc]
             report.unexpected_exits.append(f"{proc.log.name}: exit {proc.code} after "
                                            f"{proc.sent or 'no signal'}: {tail}")
     report.worker_starts = len(procs)
+    _cancel_latencies(report, procs, cancelled_at or {})
 
 
 # -- the run ---------------------------------------------------------------------------------
@@ -431,6 +494,7 @@ def run_soak(url: str, config: SoakConfig, logs: Path | None = None) -> SoakRepo
     next_term = started + config.term_every
     next_check = started
     outage_done = config.outage == "none"
+    cancelled_at: dict[int, float] = {}
     try:
         while time.monotonic() - started < config.deadline:
             supervisor.reap()
@@ -443,6 +507,7 @@ def run_soak(url: str, config: SoakConfig, logs: Path | None = None) -> SoakRepo
                 next_term = now + config.term_every * rng.uniform(0.5, 1.5)
             if now >= next_check:
                 next_check = now + 0.5
+                _cancel_running(url, ids, cancelled_at)
                 pending = _pending(url, ids)
                 if pending == 0:
                     break
@@ -454,7 +519,7 @@ def run_soak(url: str, config: SoakConfig, logs: Path | None = None) -> SoakRepo
     finally:
         supervisor.stop_all(timeout=config.grace_seconds + 10)
     report.seconds = round(time.monotonic() - started, 1)
-    _check(url, report, ids, supervisor.procs)
+    _check(url, report, ids, supervisor.procs, cancelled_at, config.timeout_seconds)
     return report
 
 
@@ -488,7 +553,7 @@ def main(argv: list[str] | None = None) -> int:
         report = run_soak(url, config, logs)
     print(report.summary())
     for name in ("lost", "double_runs", "over_attempts", "failed_without_error", "bad_results",
-                 "orphan_tables", "unexpected_outcomes", "unexpected_exits"):
+                 "orphan_tables", "unexpected_outcomes", "unexpected_exits", "late_cancels"):
         for item in getattr(report, name)[:10]:
             print(f"{name}: {item}", file=sys.stderr)
     print(f"worker logs in {logs}", file=sys.stderr)

@@ -10,7 +10,9 @@ import time
 from pathlib import Path
 from typing import Any
 
-from geojobs import db, export, health, pipelines, queue, registry, top, units
+from geojobs import db, export, health, janitor, pipelines, queue, registry, top, units
+from geojobs.client import no_worker_message
+from geojobs.config import lease_seconds
 from geojobs.demo import run_demo
 from geojobs.errors import GeojobsError
 from geojobs.params import validate_params
@@ -52,13 +54,32 @@ def cmd_enqueue(args: argparse.Namespace) -> int:
     except json.JSONDecodeError as exc:
         raise GeojobsError(f"--params is not valid JSON: {exc}") from None
     validate_params(jobtype.Params, params)  # fail here, before the job is queued
+    _check_limit("--timeout-seconds", args.timeout_seconds, 1, 604800)
+    _check_limit("--memory-limit-mb", args.memory_limit_mb, 64, 262144)
+    if args.idempotency_key is not None and not 1 <= len(args.idempotency_key) <= 255:
+        raise GeojobsError("--idempotency-key: must be 1 to 255 characters")
     with db.connect() as conn:
-        job_id = queue.enqueue(conn, args.job_type, params, priority=args.priority,
-                               max_attempts=args.max_attempts)
+        if args.timeout_seconds or args.memory_limit_mb or args.idempotency_key:
+            job_id, new = queue.enqueue_controlled(
+                conn, args.job_type, params, priority=args.priority,
+                max_attempts=args.max_attempts, timeout_seconds=args.timeout_seconds,
+                memory_limit_mb=args.memory_limit_mb, idempotency_key=args.idempotency_key)
+            if not new:
+                print(f"idempotency key already used: job {job_id}", file=sys.stderr)
+        else:
+            job_id = queue.enqueue(conn, args.job_type, params, priority=args.priority,
+                                   max_attempts=args.max_attempts)
         print(job_id)
         if args.wait:
+            if queue.live_workers(conn, args.job_type, lease_seconds()) == 0:
+                print(f"{no_worker_message(args.job_type)} (the job stays queued)", file=sys.stderr)
             return _follow(conn, job_id)
     return 0
+
+
+def _check_limit(flag: str, value: int | None, low: int, high: int) -> None:
+    if value is not None and not low <= value <= high:
+        raise GeojobsError(f"{flag}: {value} is outside {low}..{high}")
 
 
 def _follow(conn: Any, job_id: int) -> int:
@@ -125,13 +146,44 @@ def cmd_jobs(args: argparse.Namespace) -> int:
             job = queue.get(conn, args.id)
             if job is None:
                 raise GeojobsError(f"no job {args.id}")
-            _print_json(job)
+            worker = queue.worker_of_job(conn, args.id)
+            host = worker["host"] if worker else (job["worker_id"] or "").split(":")[0] or None
+            _print_json({**job, "worker": worker, "host": host})
+            return 0
+        if args.action in ("pin", "unpin"):
+            if not queue.pin(conn, args.id, args.action == "pin"):
+                raise GeojobsError(f"no job {args.id}")
+            print(f"job {args.id} {args.action}ned")
             return 0
         done = (queue.cancel if args.action == "cancel" else queue.retry)(conn, args.id)
         state = "queued or running" if args.action == "cancel" else "failed or cancelled"
         print(f"job {args.id} {args.action}{'led' if args.action == 'cancel' else ' queued'}"
               if done else f"job {args.id} is not {state}")
         return 0 if done else 1
+
+
+def cmd_workers(args: argparse.Namespace) -> int:
+    """The registered workers: live (seen within the lease) or stale."""
+    with db.connect() as conn:
+        workers = queue.list_workers(conn)
+    live = lease_seconds()
+    print(f"{'worker':<34} {'type':<18} {'state':<6} {'seen':>6} {'jobs':>6} {'MB':>6}  job")
+    for w in workers:
+        state = "live" if w["seen_seconds_ago"] <= live else "stale"
+        print(f"{w['worker_id']:<34} {w['job_type']:<18} {state:<6} "
+              f"{w['seen_seconds_ago']:>5.0f}s {w['jobs_run']:>6} {w['rss_mb'] or 0:>6.0f}  "
+              f"{w['current_job'] or ''}")
+    return 0
+
+
+def cmd_janitor(args: argparse.Namespace) -> int:
+    """One retention pass: expired outputs dropped, old finished jobs deleted."""
+    with db.connect() as conn:
+        report = janitor.run_janitor(conn)
+    print(f"outputs of {len(report.jobs_expired)} job(s) dropped "
+          f"({len(report.dropped)} tables/views, {len(report.files_removed)} files); "
+          f"{len(report.jobs_deleted)} job row(s) deleted")
+    return 0
 
 
 def cmd_pipeline(args: argparse.Namespace) -> int:
@@ -174,6 +226,22 @@ def _pipeline_id(text: str) -> int:
 def cmd_worker(args: argparse.Namespace) -> int:
     registry.load(args.job_type)
     return run_worker(args.job_type, args)
+
+
+def cmd_warm(args: argparse.Namespace) -> int:
+    """Run every job type's warm-up once, so that numba's on-disk cache is built at install
+    time and no worker on this host compiles at its first start."""
+    for name in args.job_types:
+        if name not in registry.JOB_TYPES:
+            raise GeojobsError(f"job_types: unknown job type {name!r}; known: {registry.names()}")
+    for name in args.job_types or registry.names():
+        jobtype = registry.load(name)
+        if jobtype.warm_up is None:
+            continue
+        started = time.perf_counter()
+        jobtype.warm_up()
+        print(f"{name}: warm in {time.perf_counter() - started:.1f} s")
+    return 0
 
 
 def _job_types(values: list[str] | None) -> list[str] | None:
@@ -273,10 +341,17 @@ def build_parser() -> argparse.ArgumentParser:
     p_enq.add_argument("--priority", type=int, default=0)
     p_enq.add_argument("--max-attempts", type=int, default=4)
     p_enq.add_argument("--wait", action="store_true", help="follow the job until it ends")
+    p_enq.add_argument("--timeout-seconds", type=int,
+                       help="stop and fail the job past this (default per job type)")
+    p_enq.add_argument("--memory-limit-mb", type=int,
+                       help="stop and fail the job past this resident memory "
+                            "(default GEOJOBS_JOB_MEMORY_MB)")
+    p_enq.add_argument("--idempotency-key", help="a second enqueue with this key returns the "
+                       "first job")
     p_enq.set_defaults(func=cmd_enqueue)
 
     p_jobs = sub.add_parser("jobs", help="list, show, retry or cancel jobs")
-    p_jobs.add_argument("action", choices=["list", "show", "retry", "cancel"])
+    p_jobs.add_argument("action", choices=["list", "show", "retry", "cancel", "pin", "unpin"])
     p_jobs.add_argument("id", type=int, nargs="?")
     p_jobs.add_argument("--status")
     p_jobs.add_argument("--type")
@@ -293,6 +368,12 @@ def build_parser() -> argparse.ArgumentParser:
     p_pipe.add_argument("--wait", action="store_true", help="submit/rerun: wait until it ends")
     p_pipe.add_argument("--json", action="store_true", help="show: as JSON")
     p_pipe.set_defaults(func=cmd_pipeline)
+
+    p_workers = sub.add_parser("workers", help="registered workers, live or stale")
+    p_workers.set_defaults(func=cmd_workers)
+
+    p_janitor = sub.add_parser("janitor", help="drop expired outputs, delete old finished jobs")
+    p_janitor.set_defaults(func=cmd_janitor)
 
     p_worker = sub.add_parser("worker", help="run a worker for one job type")
     p_worker.add_argument("job_type")
@@ -347,6 +428,11 @@ def build_parser() -> argparse.ArgumentParser:
     p_keys.add_argument("name", nargs="?")
     p_keys.add_argument("--admin", action="store_true", help="the user sees every job")
     p_keys.set_defaults(func=cmd_keys)
+
+    p_warm = sub.add_parser("warm", help="build the numba caches of the job types that have "
+                            "kernels (run once after installing, as make install does)")
+    p_warm.add_argument("job_types", nargs="*", help="job types (default: all)")
+    p_warm.set_defaults(func=cmd_warm)
 
     p_demo = sub.add_parser("demo", help="load sample data, queue jobs, run them, show them")
     p_demo.set_defaults(func=cmd_demo)

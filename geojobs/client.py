@@ -10,6 +10,10 @@
     job.result                   # the result dict
     job.frame()                  # the result table as a GeoDataFrame
 
+    pipeline = jobs.submit_pipeline({"steps": [...]})   # see docs/jobs.md, Pipelines
+    pipeline.wait()              # raises JobFailed naming the first step that failed
+    pipeline.frame()             # the last step's result table
+
 Parameters are validated with the job type's ``Params`` before anything is inserted. Waiting is
 woken by the database (LISTEN on ``geojobs_jobs``, sent when a job's status or progress
 changes), not by polling; while the job sits in the queue with no worker of its type claiming
@@ -29,8 +33,9 @@ import psycopg
 import sqlalchemy
 from tqdm.auto import tqdm
 
-from geojobs import queue, registry
+from geojobs import pipelines, queue, registry
 from geojobs.config import database_url as default_database_url
+from geojobs.config import lease_seconds
 from geojobs.errors import GeojobsError, JobCancelled, JobFailed, JobNotFinished
 from geojobs.models import geometry_columns, result_table
 from geojobs.params import validate_params
@@ -40,6 +45,11 @@ __all__ = ["Jobs", "Job", "DEFAULT_STALL_SECONDS", "FINISHED"]
 DEFAULT_STALL_SECONDS = 30.0
 """How long a job may wait with no worker of its type claiming anything before the client says so."""
 FINISHED = frozenset({"completed", "failed", "cancelled"})
+
+
+def no_worker_message(job_type: str) -> str:
+    """What the client and ``geojobs enqueue --wait`` say when no live worker of ``job_type`` exists."""
+    return f"no {job_type} worker is running: start {job_type}_worker"
 
 
 def stall_message(job_type: str, seconds: float) -> str:
@@ -90,6 +100,19 @@ class Jobs:
         job_id = queue.enqueue(self.conn, job_type, params or {}, priority=priority,
                                max_attempts=max_attempts)
         return Job(self, job_id, job_type)
+
+    def submit_pipeline(self, spec: dict[str, Any], sets: list[str] | tuple[str, ...] = ()
+                        ) -> Pipeline:
+        """Check a pipeline spec and submit every step in one transaction (docs/jobs.md).
+
+        ``sets`` are ``step.key=value`` overrides, as ``geojobs pipeline submit --set``. Raises
+        :class:`~geojobs.errors.InvalidParams` naming the field and inserts nothing when the spec
+        is invalid.
+        """
+        pipeline_id, ids = pipelines.submit(self.conn, spec, sets)
+        steps = {s["name"]: s["job_type"] for s in spec["steps"]}
+        return Pipeline(self, pipeline_id, {name: Job(self, job_id, steps[name])
+                                            for name, job_id in ids.items()})
 
     def get(self, job_id: int) -> Job:
         """The job with this id (:class:`KeyError` if there is none)."""
@@ -160,7 +183,8 @@ class Job:
         ``progress`` shows a progress bar (terminal or Jupyter). Woken by the job's own
         notifications; it reads the row only when one arrives. While the job is queued and no
         worker of its type has claimed any job for ``stall_seconds`` (default: the client's),
-        it says so once, on the bar or on stderr. ``timeout`` raises :class:`TimeoutError`.
+        it says so once, on the bar or on stderr; at once when the worker registry shows no
+        live worker of its type. ``timeout`` raises :class:`TimeoutError`.
         """
         stall = self.jobs.stall_seconds if stall_seconds is None else stall_seconds
         conn = self.jobs.conn
@@ -172,6 +196,9 @@ class Job:
         warned = False
         try:
             row = self.refresh()
+            if row["status"] == "queued" and not queue.live_workers(conn, self.job_type,
+                                                                    lease_seconds()):
+                self._say(no_worker_message(self.job_type), bar)
             while True:
                 if bar is not None:
                     bar.n = round(100 * float(row["progress"] or 0))
@@ -233,6 +260,9 @@ class Job:
         return queued_for if since_claim is None else min(queued_for, since_claim)
 
     def _say(self, message: str, bar: Any) -> None:
+        """Tell the user once per job (a later wait does not repeat it)."""
+        if message in self.messages:
+            return
         self.messages.append(message)
         if bar is not None:
             bar.write(message, file=sys.stderr)
@@ -244,3 +274,40 @@ class Job:
             raise JobFailed(self.id, self.job_type, row["error"])
         if row["status"] == "cancelled":
             raise JobCancelled(self.id, self.job_type, row["error"])
+
+
+class Pipeline:
+    """One submitted pipeline run; ``steps`` maps each step name to its :class:`Job`."""
+
+    def __init__(self, jobs: Jobs, pipeline_id: int, steps: dict[str, Job]) -> None:
+        self.jobs, self.id, self.steps = jobs, pipeline_id, steps
+
+    def __repr__(self) -> str:
+        return f"<Pipeline {self.id} {list(self.steps)}>"
+
+    def wait(self, progress: bool = False, *, timeout: float | None = None) -> Pipeline:
+        """Block until every step has completed; raise as :meth:`Job.wait` for the first step
+        (in spec order) that failed or was cancelled, and :class:`TimeoutError` after ``timeout``."""
+        deadline = math.inf if timeout is None else time.monotonic() + timeout
+        for job in self.steps.values():
+            remaining = None if timeout is None else max(deadline - time.monotonic(), 0.0)
+            job.wait(progress, timeout=remaining)
+        return self
+
+    def show(self) -> str:
+        """The run as a tree of steps with status and progress (``geojobs pipeline show``)."""
+        return pipelines.format_tree(pipelines.show(self.jobs.conn, self.id))
+
+    def frame(self, step: str | None = None, geom_col: str | None = None) -> gpd.GeoDataFrame:
+        """A step's result table (default the last step) as a GeoDataFrame."""
+        name = step or list(self.steps)[-1]
+        if name not in self.steps:
+            raise KeyError(f"no step {name!r}; the steps are {list(self.steps)}")
+        return self.steps[name].frame(geom_col)
+
+    def cancel(self) -> list[int]:
+        """Cancel every step not yet finished (submitted by this login role); their ids.
+
+        Downstream steps first, so that each is cancelled rather than failed by the cascade.
+        """
+        return [job.id for job in reversed(list(self.steps.values())) if job.cancel()]

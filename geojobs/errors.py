@@ -1,27 +1,35 @@
-"""The error tree of geojobs.
+"""The error tree of geojobs: the root and the analysis errors from :mod:`analysis.errors`,
+and the platform's own classes beneath the same root.
 
-The runner maps each class to what happens to the job: errors that retrying cannot fix
-(``retryable = False``) fail the job at once; anything else is retried with backoff.
-The class docstring is the default message.
+The runner handles :class:`GeojobsError` alone and reads its ``retryable`` flag; see
+:mod:`analysis.errors` for why the root lives there.
 """
 
 from __future__ import annotations
 
+from analysis.errors import (
+    AnalysisError,
+    EmptyInput,
+    GeojobsError,
+    GeometryTypeError,
+    TooFewFeatures,
+)
 
-class GeojobsError(Exception):
-    """A geojobs job failed."""
-
-    retryable = False
-
-    def __init__(self, message: str | None = None, *, field: str | None = None) -> None:
-        super().__init__(message or (self.__doc__ or "").strip())
-        self.field = field
-
-    def __str__(self) -> str:
-        message = super().__str__()
-        if self.field and not message.startswith(f"{self.field}:"):
-            return f"{self.field}: {message}"
-        return message
+__all__ = [
+    "GeojobsError",
+    "AnalysisError",
+    "EmptyInput",
+    "TooFewFeatures",
+    "GeometryTypeError",
+    "InvalidParams",
+    "InputLayerMissing",
+    "InvalidInput",
+    "OutputExists",
+    "JobFailed",
+    "JobCancelled",
+    "JobNotFinished",
+    "JobInterrupted",
+]
 
 
 class InvalidParams(GeojobsError):
@@ -38,16 +46,6 @@ class InvalidInput(GeojobsError):
 
 class OutputExists(GeojobsError):
     """The output already exists and the job was not asked to overwrite it."""
-
-
-class AnalysisFailed(GeojobsError):
-    """The analysis rejected its input."""
-
-
-class ResultWriteFailed(GeojobsError):
-    """Writing the result table failed."""
-
-    retryable = True
 
 
 class JobFailed(GeojobsError):

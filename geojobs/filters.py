@@ -7,8 +7,12 @@ PostgreSQL type, and only then composes a WHERE clause out of
 ``psycopg.sql.Identifier`` and ``psycopg.sql.Literal`` pieces.  Literals (not
 bind parameters) are used because the clause must also work inside
 ``CREATE VIEW``, which takes no parameters.  Anything that does not check out
-raises :class:`~analysis.errors.AnalysisError` naming the offending field,
+raises :class:`~geojobs.errors.AnalysisError` naming the offending field,
 before any SQL runs.
+
+Every job type takes a filter the same way: a ``FilterSpec`` field in its ``Params``
+(validated with the rest of the parameters, before any work), turned into SQL by
+:func:`filter_clause` against the layer's column types as the catalog described them.
 """
 
 from __future__ import annotations
@@ -24,28 +28,31 @@ from typing import Annotated, Any, Literal
 import psycopg
 from psycopg import sql
 from pydantic import (
+    AfterValidator,
     BaseModel,
     BeforeValidator,
     ConfigDict,
     Field,
     StrictStr,
     ValidationError,
-    field_validator,
+    ValidatorFunctionWrapHandler,
     model_validator,
 )
 
-from analysis.errors import AnalysisError
+from geojobs.errors import AnalysisError
+from geojobs.layers import Layer
 
 __all__ = [
     "BBox",
+    "CheckedBBox",
     "Condition",
     "FilterSpec",
-    "check_bbox",
     "Op",
+    "SRID",
+    "check_bbox",
     "compose_where",
-    "parse_filter",
+    "filter_clause",
     "require_srid",
-    "table_columns",
 ]
 
 Op = Literal[
@@ -103,29 +110,6 @@ def _list_or_object(schema: dict[str, Any]) -> None:
     )
 
 
-class FilterSpec(BaseModel):
-    """Conditions joined by AND, and an optional bounding box.
-
-    A bare list of conditions is accepted as ``{"where": [...]}``.
-    """
-
-    model_config = ConfigDict(extra="forbid", frozen=True, json_schema_extra=_list_or_object)
-
-    where: list[Condition] = Field(default_factory=list, max_length=100)
-    bbox: BBox | None = None
-    bbox_srid: int | None = Field(default=None, gt=0)
-
-    @model_validator(mode="before")
-    @classmethod
-    def _bare_list(cls, data: Any) -> Any:
-        return {"where": data} if isinstance(data, list) else data
-
-    @field_validator("bbox")
-    @classmethod
-    def _ordered(cls, bbox: BBox | None) -> BBox | None:
-        return check_bbox(bbox)
-
-
 def check_bbox(bbox: BBox | None) -> BBox | None:
     """A bbox must be four finite numbers with xmin < xmax and ymin < ymax."""
     if bbox is None:
@@ -138,23 +122,40 @@ def check_bbox(bbox: BBox | None) -> BBox | None:
     return bbox
 
 
-def parse_filter(raw: Any, *, field: str = "filter") -> FilterSpec:
-    """Validate a filter from a job's params; errors name the field at fault."""
-    try:
-        return FilterSpec.model_validate(raw if raw is not None else [])
-    except ValidationError as exc:
-        err = exc.errors()[0]
-        loc = list(err["loc"])
-        if isinstance(raw, list) and loc[:1] == ["where"]:
-            loc = loc[1:]
-        raise AnalysisError(err["msg"], field=_path(field, loc)) from None
+CheckedBBox = Annotated[BBox, AfterValidator(check_bbox)]
+"""``[xmin, ymin, xmax, ymax]``, finite and ordered."""
+SRID = Annotated[int, Field(gt=0)]
+"""A positive SRID; whether ``spatial_ref_sys`` knows it is checked by :func:`require_srid`."""
 
 
-def _path(field: str, loc: list[Any]) -> str:
-    out = field
-    for part in loc:
-        out += f"[{part}]" if isinstance(part, int) else f".{part}"
-    return out
+class FilterSpec(BaseModel):
+    """Conditions joined by AND, and an optional bounding box.
+
+    A bare list of conditions is accepted as ``{"where": [...]}``.
+    """
+
+    model_config = ConfigDict(extra="forbid", frozen=True, json_schema_extra=_list_or_object)
+
+    where: list[Condition] = Field(default_factory=list, max_length=100)
+    bbox: CheckedBBox | None = None
+    bbox_srid: SRID | None = None
+
+    @model_validator(mode="wrap")
+    @classmethod
+    def _bare_list(cls, data: Any, handler: ValidatorFunctionWrapHandler) -> Any:
+        """A list is the ``where`` part; its errors keep the list's own positions
+        (``filter.0.op``, not ``filter.where.0.op``), as the sender wrote it."""
+        if not isinstance(data, list):
+            return handler(data)
+        try:
+            return handler({"where": data})
+        except ValidationError as exc:
+            details: list[Any] = [
+                {"type": e["type"], "loc": tuple(e["loc"][1:]), "input": e["input"],
+                 "ctx": e.get("ctx", {})}
+                for e in exc.errors()
+            ]
+            raise ValidationError.from_exception_data(exc.title, details) from None
 
 
 def compose_where(
@@ -170,7 +171,7 @@ def compose_where(
     """The WHERE condition (without the keyword) for ``spec`` on a table.
 
     ``columns`` maps each column of the table to its PostgreSQL type as
-    ``format_type`` prints it (see :func:`table_columns`).  ``srid`` is the
+    ``format_type`` prints it (:attr:`Layer.type_names`).  ``srid`` is the
     SRID of ``geometry_column``, needed only for a bbox.  An empty spec gives
     ``TRUE``.
     """
@@ -354,19 +355,6 @@ def _bbox(
     return sql.SQL("ST_Intersects({}, {})").format(_column(geometry_column, alias), envelope)
 
 
-def table_columns(conn: psycopg.Connection[Any], schema: str, table: str) -> dict[str, str]:
-    """Each column of ``schema.table`` and its type as ``format_type`` prints it."""
-    rows = conn.execute(
-        "SELECT a.attname, format_type(a.atttypid, a.atttypmod)"
-        " FROM pg_attribute a JOIN pg_class c ON c.oid = a.attrelid"
-        " JOIN pg_namespace n ON n.oid = c.relnamespace"
-        " WHERE n.nspname = %s AND c.relname = %s AND a.attnum > 0 AND NOT a.attisdropped"
-        " ORDER BY a.attnum",
-        (schema, table),
-    ).fetchall()
-    return {name: pgtype for name, pgtype in rows}
-
-
 def require_srid(conn: psycopg.Connection[Any], srid: int | None, *, field: str) -> None:
     """Fail naming ``field`` when ``srid`` (a bbox's) is not in ``spatial_ref_sys``.
 
@@ -376,3 +364,32 @@ def require_srid(conn: psycopg.Connection[Any], srid: int | None, *, field: str)
         return
     if conn.execute("SELECT 1 FROM spatial_ref_sys WHERE srid = %s", (srid,)).fetchone() is None:
         raise AnalysisError(f"SRID {srid} is not in spatial_ref_sys", field=field)
+
+
+def filter_clause(
+    conn: psycopg.Connection[Any],
+    spec: FilterSpec | None,
+    layer: Layer,
+    *,
+    field: str,
+    bbox_field: str | None = None,
+) -> sql.Composed | None:
+    """The WHERE condition for ``spec`` on ``layer``; None when there is no filter.
+
+    The one way a job type filters a layer: ``bbox_srid`` must be in ``spatial_ref_sys``,
+    every column must be one of the layer's and every value must suit the column's type.
+    Errors name ``field`` (``<field>[i].column``, ``<field>.bbox``...); ``bbox_field`` names
+    the bbox where a job type takes it under another name.
+    """
+    if spec is None:
+        return None
+    bbox_where = bbox_field or f"{field}.bbox"
+    require_srid(conn, spec.bbox_srid, field=f"{bbox_where}_srid")
+    return compose_where(
+        spec,
+        layer.type_names,
+        geometry_column=layer.geometry_column,
+        srid=layer.srid,
+        field=field,
+        bbox_field=bbox_where,
+    )

@@ -10,6 +10,11 @@ declare two hooks; leaving one out means its default:
     A function the worker process calls once before it claims its first job, however it is
     started (``python -m workers.<type>``, ``geojobs worker <type>``, the systemd unit), e.g. to
     compile numba kernels so that no job pays for them.
+``DEFAULT_TIMEOUT_SECONDS`` (default: none, the platform's 6 h)
+    Time limit of a job of this type whose row sets no ``timeout_seconds``;
+    ``GEOJOBS_TIMEOUT_<TYPE>`` overrides it.
+``TIMEOUTS_ARE_TRANSIENT`` (default: false)
+    Whether a job that timed out is retried (by default the same input would time out again).
 
 :func:`geojobs.registry.load` checks a module against this contract and returns a
 :class:`JobType`, the one object the runner, the CLI, ``geojobs types``, the demo and the
@@ -71,6 +76,8 @@ class JobType:
     doc: str = ""
     DEMO: Sequence[dict[str, Any]] = field(default=())
     warm_up: Callable[[], object] | None = None
+    DEFAULT_TIMEOUT_SECONDS: float | None = None
+    TIMEOUTS_ARE_TRANSIENT: bool = False
 
     @property
     def summary(self) -> str:
@@ -127,6 +134,8 @@ def from_module(module: ModuleType, job_type: str | None = None) -> JobType:
         doc=module.__doc__ or "",
         DEMO=tuple(hooks.get("DEMO", ())),
         warm_up=hooks.get("warm_up"),
+        DEFAULT_TIMEOUT_SECONDS=hooks.get("DEFAULT_TIMEOUT_SECONDS"),
+        TIMEOUTS_ARE_TRANSIENT=bool(hooks.get("TIMEOUTS_ARE_TRANSIENT", False)),
     )
 
 

@@ -25,12 +25,12 @@ from geojobs import layer_sql as q
 from geojobs.errors import InputLayerMissing, InvalidInput, OutputExists
 
 __all__ = ["Layer", "describe_layer", "read_layer", "iter_layer", "write_layer", "split_name",
-           "output_exists", "check_output_free", "multi_geometry_type", "to_multi"]
+           "output_exists", "check_output_free", "multi_geometry_type", "to_multi",
+           "output_srid"]
 
 # Column types read as they are; anything else is read as text (numeric as double precision).
 _NATIVE = {"int2", "int4", "int8", "float4", "float8", "bool", "text", "date", "timestamp",
            "timestamptz"}
-_AS_TEXT = {"varchar", "bpchar", "name", "char"}
 
 
 def split_name(name: str) -> tuple[str | None, str]:
@@ -335,6 +335,24 @@ def _python_values(series: pd.Series, pg_type: str, srid: int = 0) -> list[Any]:
     if missing.any():
         values = [None if m else v for v, m in zip(values, missing, strict=True)]
     return values
+
+
+def output_srid(
+    frame: gpd.GeoDataFrame, layer: Layer, input_crs: Any
+) -> tuple[gpd.GeoDataFrame, int]:
+    """The result ``frame`` and the SRID to write it with.
+
+    The layer's SRID while the analysis kept the CRS it read (``input_crs``). An analysis that
+    made new geometries in another CRS (grid cells in UTM for geographic input) keeps that
+    CRS when it has an EPSG code, so the cells stay true squares and hexagons; otherwise the
+    frame goes back to the layer's CRS, as no SRID could name its own.
+    """
+    if frame.crs is None or frame.crs.equals(input_crs):
+        return frame, layer.srid
+    epsg = frame.crs.to_epsg()
+    if epsg is None:
+        return frame.to_crs(input_crs), layer.srid
+    return frame, int(epsg)
 
 
 def write_layer(

@@ -22,35 +22,16 @@ from pydantic import Field
 from analysis.local_input import DEFAULT_PERMUTATIONS, DEFAULT_SEED, MAX_PERMUTATIONS, LocalSummary
 from analysis.warmup import warm_up
 from geojobs.context import JobContext
-from geojobs.layers import check_output_free, describe_layer, read_layer, write_layer
-from geojobs.params import ColumnName, InputTable, JobParams, OutputParams
+from geojobs.layers import (
+    check_output_free,
+    describe_layer,
+    output_srid,
+    read_layer,
+    write_layer,
+)
+from geojobs.params import ColumnName, InputTable, OutputParams, WeightsParams
 
-__all__ = ["WeightsParams", "GridParams", "LocalParams", "run_local", "warm_up_worker"]
-
-
-class WeightsParams(JobParams):
-    """``weights``: how neighbours are defined; every key optional (defaults per geometry)."""
-
-    type: Literal["queen", "rook", "knn", "distance_band"] | None = Field(
-        default=None, description="Default: queen for polygons, distance_band otherwise.")
-    k: int | None = Field(default=None, ge=1, le=1000, description="knn: neighbours (8).")
-    threshold: float | None = Field(
-        default=None, gt=0, allow_inf_nan=False,
-        description="distance_band: distance in the projected CRS's units; default the "
-                    "smallest that gives every feature a neighbour.")
-    transform: Literal["B", "R"] | None = Field(
-        default=None, description="B binary (hotspot default) or R row-standardised "
-                                  "(outlier default).")
-
-
-class GridParams(JobParams):
-    """``grid``: count point incidents per cell and analyse the counts."""
-
-    shape: Literal["square", "hexagon"] = "square"
-    cell_size: float | None = Field(
-        default=None, gt=0, allow_inf_nan=False,
-        description="Distance between adjacent cell centres; default derived from the "
-                    "points' spacing and recorded in result.grid.")
+__all__ = ["LocalParams", "run_local", "warm_up_worker"]
 
 
 class LocalParams(OutputParams):
@@ -108,14 +89,7 @@ def run_local(ctx: JobContext, params: LocalParams, analysis: Analysis, *,
     )
     for message in summary.warnings:
         ctx.log.warning("job %s: %s", ctx.job_id, message)
-    srid = layer.srid
-    if out.crs is not None and not out.crs.equals(gdf.crs):
-        # grid cells are made in the projected CRS the distances were measured in
-        epsg = out.crs.to_epsg()
-        if epsg is None:
-            out = out.to_crs(gdf.crs)
-        else:
-            srid = epsg
+    out, srid = output_srid(out, layer, gdf.crs)
     with _no_gc():
         rows = write_layer(ctx.conn, out, output, srid=srid, overwrite=params.overwrite)
     ctx.progress(1.0)

@@ -43,6 +43,9 @@ FINAL_STATUSES = ("completed", "failed", "cancelled")
 OTHER_TYPE = "unregistered"
 """The label of rows whose job type no worker knows (kept out of the label values)."""
 
+FOLD_MAX_ROWS = 200_000
+"""At most this many finished jobs are folded by one scrape (a backlog drains over several)."""
+
 _NAME_LINE = re.compile(r"^-- name: (\w+)\s*$", re.MULTILINE)
 
 
@@ -100,10 +103,14 @@ def snapshot(conn: psycopg.Connection[Any], *, settle_seconds: float = 60.0,
     snap = Snapshot(taken_at=time.time())
     if outcomes:
         with conn.transaction():
-            row = conn.execute(q["fold_finished"], {"settle_seconds": settle_seconds}).fetchone()
+            # A fold lost in a crash is simply done again: no need to wait for the WAL flush.
+            conn.execute("SET LOCAL synchronous_commit = off")
+            row = conn.execute(q["fold_finished"], {"settle_seconds": settle_seconds,
+                                                    "max_rows": FOLD_MAX_ROWS}).fetchone()
             snap.folded = int(row[0]) if row else 0
     with conn.transaction():
         conn.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
+        conn.execute("SET LOCAL jit = off")  # compiling would cost more than these queries take
         for job_type, status, jobs, ready, oldest in conn.execute(q["live_jobs"], prepare=True):
             label = _type_label(job_type)
             snap.live[label, status] = snap.live.get((label, status), 0) + jobs
@@ -112,13 +119,13 @@ def snapshot(conn: psycopg.Connection[Any], *, settle_seconds: float = 60.0,
                 snap.oldest_ready_seconds[label] = max(snap.oldest_ready_seconds.get(label, 0.0),
                                                        oldest)
         if outcomes:
-            for job_type, status, bucket, jobs, seconds in conn.execute(q["finished_jobs"],
-                                                                        prepare=True):
+            row = conn.execute(q["finished_state"]).fetchone()
+            folded_until, snap.buckets = (row[0], list(row[1])) if row else (None, [])
+            for job_type, status, bucket, jobs, seconds in conn.execute(
+                    q["finished_jobs"], {"folded_until": folded_until, "buckets": snap.buckets}):
                 key = (_type_label(job_type), status, bucket)
                 old_jobs, old_seconds = snap.finished.get(key, (0, 0.0))
                 snap.finished[key] = (old_jobs + jobs, old_seconds + seconds)
-            row = conn.execute(q["duration_buckets"]).fetchone()
-            snap.buckets = list(row[0]) if row else []
         row = conn.execute(q["optional_tables"]).fetchone()
         if row and row[0]:
             with conn.cursor(row_factory=dict_row) as cur:

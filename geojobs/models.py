@@ -20,6 +20,7 @@ from typing import Any
 import geoalchemy2
 from sqlalchemy import (
     BigInteger,
+    Boolean,
     CheckConstraint,
     DateTime,
     Engine,
@@ -33,9 +34,10 @@ from sqlalchemy import (
 from sqlalchemy.dialects.postgresql import ARRAY, JSONB, REAL
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
-__all__ = ["Base", "BackgroundJob", "GeojobsMigration", "STATUSES", "result_table", "geometry_columns"]
+__all__ = ["Base", "BackgroundJob", "GeojobsMigration", "GeojobsWorker", "STATUSES", "result_table",
+           "geometry_columns"]
 
-STATUSES = ("queued", "running", "completed", "failed", "cancelled")
+STATUSES = ("waiting", "queued", "running", "completed", "failed", "cancelled")
 """The values of ``background_jobs.status``."""
 
 _TIMESTAMPTZ = DateTime(timezone=True)
@@ -50,10 +52,17 @@ class BackgroundJob(Base):
 
     __tablename__ = "background_jobs"
     __table_args__ = (
-        CheckConstraint("status IN ('queued', 'running', 'completed', 'failed', 'cancelled')"),
+        CheckConstraint("status IN ('waiting', 'queued', 'running', 'completed', 'failed', 'cancelled')",
+                        name="background_jobs_status_check"),
         CheckConstraint("attempts >= 0"),
         CheckConstraint("max_attempts >= 1"),
         CheckConstraint("progress IS NULL OR (progress >= 0 AND progress <= 1)"),
+        CheckConstraint("timeout_seconds IS NULL OR timeout_seconds BETWEEN 1 AND 604800",
+                        name="background_jobs_timeout_seconds_check"),
+        CheckConstraint("memory_limit_mb IS NULL OR memory_limit_mb BETWEEN 64 AND 262144",
+                        name="background_jobs_memory_limit_mb_check"),
+        CheckConstraint("idempotency_key IS NULL OR length(idempotency_key) BETWEEN 1 AND 255",
+                        name="background_jobs_idempotency_key_check"),
     )
 
     id: Mapped[int] = mapped_column(BigInteger, Identity(always=True), primary_key=True)
@@ -74,10 +83,32 @@ class BackgroundJob(Base):
     error: Mapped[str | None] = mapped_column(Text)
     submitted_by: Mapped[str | None] = mapped_column(Text, server_default=text("SESSION_USER"))
     idempotency_key: Mapped[str | None] = mapped_column(Text)
+    timeout_seconds: Mapped[int | None] = mapped_column(Integer)
+    memory_limit_mb: Mapped[int | None] = mapped_column(Integer)
+    expires_at: Mapped[datetime | None] = mapped_column(_TIMESTAMPTZ)
+    pinned: Mapped[bool] = mapped_column(Boolean, server_default=text("false"))
+    rerun_of: Mapped[int | None] = mapped_column(BigInteger)
     depends_on: Mapped[list[int] | None] = mapped_column(ARRAY(BigInteger))
 
     def __repr__(self) -> str:
         return f"<BackgroundJob {self.id} {self.job_type} {self.status}>"
+
+
+class GeojobsWorker(Base):
+    """A running worker process (migration 0004): refreshed while it lives, pruned after the lease."""
+
+    __tablename__ = "geojobs_workers"
+
+    worker_id: Mapped[str] = mapped_column(Text, primary_key=True)
+    job_type: Mapped[str] = mapped_column(Text)
+    host: Mapped[str] = mapped_column(Text)
+    pid: Mapped[int] = mapped_column(Integer)
+    version: Mapped[str] = mapped_column(Text)
+    started_at: Mapped[datetime] = mapped_column(_TIMESTAMPTZ, server_default=text("now()"))
+    last_seen: Mapped[datetime] = mapped_column(_TIMESTAMPTZ, server_default=text("now()"))
+    current_job: Mapped[int | None] = mapped_column(BigInteger)
+    jobs_run: Mapped[int] = mapped_column(BigInteger, server_default=text("0"))
+    rss_mb: Mapped[float | None] = mapped_column(REAL)
 
 
 class GeojobsMigration(Base):

@@ -13,7 +13,7 @@ from pydantic import Field
 
 from analysis.overlay import OverlayResult, clip, erase
 from geojobs.context import JobContext
-from geojobs.filters import FilterSpec, compose_where, require_srid
+from geojobs.filters import FilterSpec, filter_clause
 from geojobs.layers import Layer, check_output_free, describe_layer, read_layer, write_layer
 from geojobs.params import ColumnName, InputTable, OutputParams
 
@@ -77,16 +77,7 @@ def run_overlay(
         geometry_column=other_geometry_column,
         geometry_field=column_field,
     )
-    where = None
-    if other_filter is not None:
-        require_srid(ctx.conn, other_filter.bbox_srid, field=f"{filter_field}.bbox_srid")
-        where = compose_where(
-            other_filter,
-            other.type_names,
-            geometry_column=other.geometry_column,
-            srid=other.srid,
-            field=filter_field,
-        )
+    where = filter_clause(ctx.conn, other_filter, other, field=filter_field)
     output = ctx.output_table(params.output_table)
     check_output_free(ctx.conn, output, overwrite=params.overwrite)
 
@@ -108,7 +99,7 @@ def run_overlay(
         "output_table": output,
         "rows": rows,
         "srid": layer.srid,
-        **summary.as_dict(),
+        **summary.to_dict(),
         "engine": "shapely",
         "warnings": _warnings(how, result, other_filter is not None),
     }

@@ -7,7 +7,7 @@ fields are rejected (so typos surface), and every error names the field as ``par
 from __future__ import annotations
 
 import re
-from typing import Annotated, Any, TypeVar
+from typing import Annotated, Any, Literal, TypeVar
 
 from pydantic import (
     AfterValidator,
@@ -23,8 +23,9 @@ from pydantic import (
 from geojobs.config import output_schemas
 from geojobs.errors import InvalidParams
 
-__all__ = ["JobParams", "OutputParams", "InputTable", "OutputTable", "ColumnName", "OutputOf",
-           "validate_params", "IDENTIFIER"]
+__all__ = ["JobParams", "OutputParams", "WeightsParams", "BinaryWeightsParams", "GridParams",
+           "InputTable", "OutputTable", "ColumnName", "OutputOf", "validate_params",
+           "IDENTIFIER", "MAX_CELL_SIZE"]
 
 IDENTIFIER = re.compile(r"^[a-z_][a-z0-9_]*$")
 MAX_IDENTIFIER = 63
@@ -65,7 +66,7 @@ def _check_column(value: str) -> str:
 class OutputOf(BaseModel):
     """A reference to another job's result table, resolved when the job is claimed."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, title="output_of")
 
     output_of: Annotated[int, Field(ge=1)] | Annotated[str, Field(min_length=1, max_length=63)] = (
         Field(description="Id of a job among depends_on, or a step name inside a pipeline spec."))
@@ -112,6 +113,51 @@ class OutputParams(JobParams):
         default=None, description="Result table; default results.<job_type>_<job id>."
     )
     overwrite: bool = Field(default=False, description="Replace the output table if it exists.")
+
+
+class WeightsParams(JobParams):
+    """``weights``: how neighbours are defined; every key optional (defaults per geometry).
+
+    Distances are in the units of the CRS the analysis works in: the layer's own when it is
+    projected, metres when geographic input is projected to UTM first.
+    """
+
+    type: Literal["queen", "rook", "knn", "distance_band"] | None = Field(
+        default=None, description="Default: queen for polygons, distance_band for points, lines "
+                                  "and grid cells.")
+    k: int | None = Field(default=None, ge=1, le=1000, description="knn: neighbours (8).")
+    threshold: float | None = Field(
+        default=None, gt=0, description="distance_band: distance in the projected CRS's units; "
+                                        "default the smallest that gives every feature a "
+                                        "neighbour.")
+    transform: Literal["B", "R"] | None = Field(
+        default=None, description="B binary (hotspot default) or R row-standardised "
+                                  "(outlier default).")
+
+
+class BinaryWeightsParams(WeightsParams):
+    """``weights`` of a statistic defined on binary weights only (the space-time Gi*)."""
+
+    transform: Literal["B"] | None = Field(
+        default=None, description="Only B (binary): the statistic is defined on binary weights.")
+
+
+MAX_CELL_SIZE = 1e7
+"""The largest grid cell, in CRS units: 10,000 km, a quarter of the Earth's circumference. A UTM
+zone is about 670 km wide at the equator, so a larger cell holds every incident of a zone in
+one cell (no statistic can be computed) and only loses floating-point precision. The smallest
+cell is bounded by the number of cells it makes (:func:`analysis.grid.make_grid`)."""
+
+
+class GridParams(JobParams):
+    """``grid``: count point incidents per cell of a regular grid and analyse the counts."""
+
+    shape: Literal["square", "hexagon"] = Field(default="square", description="Cell shape.")
+    cell_size: float | None = Field(
+        default=None, gt=0, le=MAX_CELL_SIZE,
+        description="Distance between adjacent cell centres, in the units of the projected CRS "
+                    "(metres for geographic input, which is projected to UTM); default derived "
+                    "from the points' spacing and recorded in the result.")
 
 
 def format_validation_error(error: ValidationError) -> str:

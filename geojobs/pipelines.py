@@ -257,7 +257,7 @@ def rerun(conn: psycopg.Connection[Any], pipeline_id: int, from_step: str,
     """Run ``from_step`` and its downstream steps again as a new run replacing ``pipeline_id``.
 
     Upstream steps are reused as they are (their jobs are linked, not run again). Re-run steps
-    that name their output replace it (``overwrite``/``replace``): the new run supersedes the old.
+    that name their output replace it (``overwrite``): the new run supersedes the old.
     Returns the new run's id and the job ids of the steps it runs.
     """
     old = queue.get_pipeline(conn, pipeline_id)
@@ -283,10 +283,10 @@ def _replace_outputs(step: dict[str, Any]) -> None:
     except (InvalidParams, KeyError):
         return
     params = step.setdefault("params", {})
-    if "output_table" in params and "overwrite" in fields:
+    # view_name/replace: create_view's older names of output_table/overwrite
+    if ("output_table" in params or "view_name" in params) and "overwrite" in fields:
+        params.pop("replace", None)
         params["overwrite"] = True
-    if "view_name" in params and "replace" in fields:
-        params["replace"] = True
 
 
 def show(conn: psycopg.Connection[Any], pipeline_id: int) -> dict[str, Any]:

@@ -14,6 +14,7 @@ from functools import cache
 from typing import Any
 
 import psycopg
+from psycopg import sql
 from psycopg.rows import dict_row
 from psycopg.types.json import Jsonb
 
@@ -21,15 +22,23 @@ from geojobs.config import SQL_DIR
 from geojobs.errors import GeojobsError
 
 __all__ = ["ClaimedJob", "queries", "claim", "complete", "fail", "release", "heartbeat",
-           "requeue_stale", "enqueue", "get", "list_jobs", "cancel", "retry", "count_ready",
+           "requeue_stale", "enqueue", "get", "list_jobs", "cancel", "retry", "listen",
            "NOTIFY_CHANNEL", "JOB_EVENTS_CHANNEL", "listen_job_events", "job_events",
            "claim_quiet", "cancel_own",
            "insert_pipeline", "insert_pipeline_step", "get_pipeline", "pipeline_steps",
-           "cancel_pipeline"]
+           "cancel_pipeline",
+           "CANCEL_CHANNEL", "job_state", "terminate_backend",
+           "register_worker", "touch_worker", "unregister_worker", "prune_workers",
+           "list_workers", "live_workers", "enqueue_controlled", "pin", "worker_of_job",
+           "janitor_next_expired", "janitor_mark_expired", "janitor_delete_jobs"]
 
+# The migrations' triggers name both channels too, as SQL cannot import these constants.
 NOTIFY_CHANNEL = "geojobs"
+"""Channel waking the workers when a job becomes ready to claim: payload the job type."""
 JOB_EVENTS_CHANNEL = "geojobs_jobs"
 """Channel announcing each change of a job's status or progress: JSON {id, status, progress, submitted_by}."""
+CANCEL_CHANNEL = "geojobs_cancel"
+"""A running job was cancelled: payload the job id (trigger of migration 0004)."""
 _NAME_LINE = re.compile(r"^-- name: (\w+)\s*$", re.MULTILINE)
 
 
@@ -55,6 +64,8 @@ class ClaimedJob:
     attempt: int
     max_attempts: int
     worker_id: str
+    timeout_seconds: int | None = None
+    memory_limit_mb: int | None = None
 
 
 def claim(conn: psycopg.Connection, job_type: str, worker_id: str) -> ClaimedJob | None:
@@ -62,8 +73,9 @@ def claim(conn: psycopg.Connection, job_type: str, worker_id: str) -> ClaimedJob
     row = _run(conn, "claim_job", {"job_type": job_type, "worker_id": worker_id}).fetchone()
     if row is None:
         return None
-    job_id, jtype, params, attempts, max_attempts = row
-    return ClaimedJob(job_id, jtype, params, attempts, max_attempts, worker_id)
+    job_id, jtype, params, attempts, max_attempts, timeout_seconds, memory_limit_mb = row
+    return ClaimedJob(job_id, jtype, params, attempts, max_attempts, worker_id, timeout_seconds,
+                      memory_limit_mb)
 
 
 def _lease(job: ClaimedJob) -> dict[str, Any]:
@@ -142,6 +154,11 @@ def retry(conn: psycopg.Connection, job_id: int) -> bool:
         raise GeojobsError(str(exc.diag.message_primary or exc)) from None
 
 
+def listen(conn: psycopg.Connection, channel: str = NOTIFY_CHANNEL) -> None:
+    """Subscribe ``conn`` to ``channel``: by default the wake-ups sent when a job becomes ready."""
+    conn.execute(sql.SQL("LISTEN {}").format(sql.Identifier(channel)))
+
+
 def cancel_own(conn: psycopg.Connection, job_id: int) -> bool:
     """Cancel a queued or running job submitted by this login role (allowed to geojobs_frontend)."""
     row = _run(conn, "cancel_own_job", {"id": job_id}).fetchone()
@@ -150,7 +167,7 @@ def cancel_own(conn: psycopg.Connection, job_id: int) -> bool:
 
 def listen_job_events(conn: psycopg.Connection) -> None:
     """Subscribe ``conn`` (autocommit) to :data:`JOB_EVENTS_CHANNEL`."""
-    conn.execute(queries()["listen_job_events"])
+    listen(conn, JOB_EVENTS_CHANNEL)
 
 
 def job_events(conn: psycopg.Connection, timeout: float | None) -> set[int]:
@@ -174,9 +191,52 @@ def claim_quiet(conn: psycopg.Connection, job_id: int) -> tuple[float, float | N
     return (float(row[0]), None if row[1] is None else float(row[1])) if row else None
 
 
-def count_ready(conn: psycopg.Connection, job_type: str) -> int:
-    """Jobs of ``job_type`` ready to run now."""
-    row = _run(conn, "count_ready", {"job_type": job_type}).fetchone()
+def job_state(conn: psycopg.Connection, job_id: int) -> tuple[str, str | None, int] | None:
+    """(status, worker_id, attempts) of a job, or None when it no longer exists."""
+    row = _run(conn, "job_state", {"id": job_id}).fetchone()
+    return (row[0], row[1], row[2]) if row else None
+
+
+def terminate_backend(conn: psycopg.Connection, pid: int) -> bool:
+    """End one database session (a killed job process's) now; True when it is gone."""
+    row = _run(conn, "terminate_backend", {"pid": pid}).fetchone()
+    return bool(row and row[0])
+
+
+def register_worker(conn: psycopg.Connection, *, worker_id: str, job_type: str, host: str,
+                    pid: int, version: str, rss_mb: float) -> None:
+    """Add (or refresh) this worker's row in ``geojobs_workers``."""
+    _run(conn, "register_worker", {"worker_id": worker_id, "job_type": job_type, "host": host,
+                                   "pid": pid, "version": version, "rss_mb": rss_mb})
+
+
+def touch_worker(conn: psycopg.Connection, worker_id: str, *, current_job: int | None,
+                 jobs_run: int, rss_mb: float) -> bool:
+    """Refresh this worker's row; False when it was pruned meanwhile (register again)."""
+    cur = _run(conn, "touch_worker", {"worker_id": worker_id, "current_job": current_job,
+                                      "jobs_run": jobs_run, "rss_mb": rss_mb})
+    return cur.fetchone() is not None
+
+
+def unregister_worker(conn: psycopg.Connection, worker_id: str) -> None:
+    """Remove this worker's row (it is stopping)."""
+    _run(conn, "unregister_worker", {"worker_id": worker_id})
+
+
+def prune_workers(conn: psycopg.Connection, lease_seconds: float) -> list[str]:
+    """Delete the rows of workers not seen for longer than the lease."""
+    return [r[0] for r in _run(conn, "prune_workers", {"lease_seconds": lease_seconds})]
+
+
+def list_workers(conn: psycopg.Connection) -> list[dict[str, Any]]:
+    """Every registered worker, with ``seen_seconds_ago``."""
+    with conn.cursor(row_factory=dict_row) as cur:
+        return cur.execute(queries()["list_workers"], {}).fetchall()
+
+
+def live_workers(conn: psycopg.Connection, job_type: str, seconds: float) -> int:
+    """Workers of ``job_type`` seen within the last ``seconds``."""
+    row = _run(conn, "live_workers", {"job_type": job_type, "seconds": seconds}).fetchone()
     return int(row[0]) if row else 0
 
 
@@ -215,3 +275,48 @@ def pipeline_steps(conn: psycopg.Connection, pipeline_id: int) -> list[dict[str,
 def cancel_pipeline(conn: psycopg.Connection, pipeline_id: int) -> list[int]:
     """Cancel every unfinished step of a pipeline run; return the ids cancelled."""
     return [int(r[0]) for r in _run(conn, "cancel_pipeline", {"id": pipeline_id})]
+
+
+def enqueue_controlled(
+    conn: psycopg.Connection, job_type: str, params: Any, *, priority: int = 0,
+    max_attempts: int = 4, timeout_seconds: int | None = None, memory_limit_mb: int | None = None,
+    idempotency_key: str | None = None,
+) -> tuple[int, bool]:
+    """Insert a job with limits and an idempotency key: (id, True), or the id of the job this
+    submitter already queued with that key and False."""
+    values = {"job_type": job_type, "params": Jsonb(params), "priority": priority,
+              "max_attempts": max_attempts, "timeout_seconds": timeout_seconds,
+              "memory_limit_mb": memory_limit_mb, "idempotency_key": idempotency_key}
+    for _ in range(3):  # a concurrent insert of the same key may be invisible to the first try
+        row = _run(conn, "enqueue_job_controlled", values).fetchone()
+        if row is not None:
+            return int(row[0]), bool(row[1])
+    raise GeojobsError("idempotency_key: the job with this key could not be read back")
+
+
+def pin(conn: psycopg.Connection, job_id: int, pinned: bool) -> bool:
+    """Keep (or stop keeping) a job's outputs past their expiry; False when there is no such job."""
+    return _run(conn, "pin_job", {"id": job_id, "pinned": pinned}).fetchone() is not None
+
+
+def worker_of_job(conn: psycopg.Connection, job_id: int) -> dict[str, Any] | None:
+    """The registry row of the worker that holds or last held the job, while it is registered."""
+    with conn.cursor(row_factory=dict_row) as cur:
+        return cur.execute(queries()["worker_of_job"], {"id": job_id}).fetchone()
+
+
+def janitor_next_expired(conn: psycopg.Connection,
+                         params: dict[str, Any]) -> tuple[int, dict[str, Any]] | None:
+    """Lock the next finished job whose outputs are expired: (id, result), or None."""
+    row = _run(conn, "janitor_expired_outputs", params).fetchone()
+    return (int(row[0]), row[1]) if row else None
+
+
+def janitor_mark_expired(conn: psycopg.Connection, job_id: int) -> None:
+    """Record on the job that its outputs were dropped (``result.expired_at``)."""
+    _run(conn, "janitor_mark_expired", {"id": job_id})
+
+
+def janitor_delete_jobs(conn: psycopg.Connection, params: dict[str, Any]) -> list[int]:
+    """Delete a batch of finished job rows past the job TTL; their ids."""
+    return [int(r[0]) for r in _run(conn, "janitor_delete_jobs", params)]

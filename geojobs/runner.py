@@ -1,8 +1,11 @@
-"""The worker loop: claim, run, record; heartbeats, signals, memory cap and reconnection.
+"""The worker (the supervisor): claim, hand the job to its job process, watch it, record.
 
-One process runs one job type, one job at a time. The runner alone writes job status:
-handlers return a result dict or raise. A handler's writes and the job's completion are one
-transaction, so a result table exists exactly when its job is completed.
+One worker runs one job type, one job at a time. Each job runs in a child forked from the
+warmed worker (:mod:`geojobs.jobprocess`); the worker keeps the control connection, LISTENs,
+heartbeats, registers itself in ``geojobs_workers`` and stops the child with SIGKILL when the
+job is cancelled, times out or passes its memory limit. A handler's writes and the job's
+completion are one transaction in the child, so a result table exists exactly when its job is
+completed; a killed child's transaction rolls back.
 """
 
 from __future__ import annotations
@@ -10,11 +13,11 @@ from __future__ import annotations
 import logging
 import os
 import random
+import select
 import signal
 import socket
 import threading
 import time
-import traceback
 import uuid
 from dataclasses import dataclass, field
 from typing import Any
@@ -22,14 +25,11 @@ from typing import Any
 import psutil
 import psycopg
 
-from analysis.errors import AnalysisError
-from geojobs import logs, queue, registry, sdnotify
+from geojobs import __version__, logs, queue, registry, sdnotify
 from geojobs.config import database_url
-from geojobs.context import JobContext
 from geojobs.db import connect
-from geojobs.errors import GeojobsError, JobInterrupted
+from geojobs.jobprocess import JobProcess
 from geojobs.jobtype import JobType
-from geojobs.params import validate_params
 
 __all__ = ["WorkerSettings", "Worker"]
 
@@ -59,128 +59,103 @@ class WorkerSettings:
     memory_cap_mb: float = field(default_factory=lambda: _env_float("GEOJOBS_MEMORY_CAP_MB", 1024.0))
     grace_seconds: float = field(default_factory=lambda: _env_float("GEOJOBS_GRACE_SECONDS", 30.0))
     retry_delays: tuple[float, ...] = field(default_factory=_env_delays)
+    job_memory_mb: float | None = field(
+        default_factory=lambda: _env_float("GEOJOBS_JOB_MEMORY_MB", 0.0) or None)
+    memory_check_seconds: float = 0.1
 
     def retry_delay(self, attempt: int) -> float:
         """Seconds before retrying after failed attempt ``attempt`` (1-based)."""
         return self.retry_delays[min(attempt, len(self.retry_delays)) - 1]
 
+    def job_memory_limit(self, job: queue.ClaimedJob) -> float:
+        """The job's memory limit in MB: its own, ``GEOJOBS_JOB_MEMORY_MB``, or the worker's cap."""
+        return float(job.memory_limit_mb or self.job_memory_mb or self.memory_cap_mb)
 
-class _Heartbeat:
-    """Renews the current job's lease from its own thread and connection; relays progress.
 
-    One per worker, kept across jobs: the connection opens on the first beat a job needs, so a
-    job shorter than the heartbeat interval costs no extra round trip.
-    """
+DEFAULT_TIMEOUT_SECONDS = 6 * 3600
+"""Time limit of a job whose row and job type name none."""
 
-    def __init__(self, settings: WorkerSettings) -> None:
-        self._settings = settings
-        self._lock = threading.Lock()
-        self._wake = threading.Condition(self._lock)
-        self._job: queue.ClaimedJob | None = None
-        self._conn: psycopg.Connection[Any] | None = None
-        self._started = 0.0
-        self._last_write = 0.0
-        self.lost = threading.Event()
-        self._thread: threading.Thread | None = None
 
-    def begin(self, job: queue.ClaimedJob) -> None:
-        if self._thread is None:  # started here, after the runner has blocked signals
-            self._thread = threading.Thread(target=self._loop, name="heartbeat", daemon=True)
-            self._thread.start()
-        with self._lock:
-            self._job = job
-            self.lost.clear()
-            self._started = self._last_write = time.monotonic()
-
-    def end(self) -> None:
-        with self._lock:
-            self._job = None
-            self._wake.notify()
-
-    def _beat(self, job: queue.ClaimedJob, progress: float | None) -> None:
-        """Renew the lease; the caller holds the lock."""
-        try:
-            if self._conn is None or self._conn.closed:
-                self._conn = connect(self._settings.database_url, connect_timeout=5)
-            if not queue.heartbeat(self._conn, job, progress):
-                self.lost.set()
-        except psycopg.OperationalError as exc:
-            log.warning("job %s: heartbeat failed (%s); will retry", job.id, exc)
-            self._conn = None
-        self._last_write = time.monotonic()
-
-    def _loop(self) -> None:
-        with self._lock:
-            while True:
-                self._wake.wait(self._settings.heartbeat_seconds)
-                job = self._job
-                if job is not None:
-                    sdnotify.watchdog()  # during a job; the main loop pets between jobs
-                if job is not None and time.monotonic() - self._last_write >= (
-                        self._settings.heartbeat_seconds * 0.9):
-                    self._beat(job, None)
-
-    def report(self, fraction: float) -> None:
-        """Record progress (at most every half second) and stop the job if it must stop."""
-        with self._lock:
-            job = self._job
-            if job is not None and time.monotonic() - self._last_write >= 0.5:
-                self._beat(job, fraction)
-        if self.lost.is_set():
-            raise JobInterrupted("the job was cancelled or its lease was lost")
-
-    def close(self) -> None:
-        with self._lock:
-            if self._conn is not None:
-                self._conn.close()
-                self._conn = None
+def default_timeout(jobtype: JobType) -> float:
+    """``GEOJOBS_TIMEOUT_<TYPE>``, else the job type's ``DEFAULT_TIMEOUT_SECONDS``, else 6 h."""
+    raw = os.environ.get(f"GEOJOBS_TIMEOUT_{jobtype.JOB_TYPE.upper()}")
+    if raw:
+        return float(raw)
+    return float(jobtype.DEFAULT_TIMEOUT_SECONDS or DEFAULT_TIMEOUT_SECONDS)
 
 
 class Worker:
-    """A long-running worker for one job type."""
+    """A long-running worker for one job type: the supervisor of its job process."""
 
     def __init__(self, settings: WorkerSettings) -> None:
         self.settings = settings
-        self.worker_id = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
+        self.host = socket.gethostname()
+        self.worker_id = f"{self.host}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
         self.jobtype: JobType = registry.load(settings.job_type)
         self._control: psycopg.Connection[Any] | None = None
-        self._job_conn: psycopg.Connection[Any] | None = None
+        self._child: JobProcess | None = None
         self._stopping = threading.Event()
+        self._abandoning = threading.Event()
         self._current: queue.ClaimedJob | None = None
         self._current_lock = threading.Lock()
         self._last_stale_check = 0.0
-        self._heartbeat = _Heartbeat(settings)
+        self._last_touch = 0.0
+        self._last_cap_check = 0.0
         self.jobs_run = 0
         self._process = psutil.Process()
 
-    # -- connections ---------------------------------------------------------------------
+    # -- connections and the registry ----------------------------------------------------
 
-    def _connections(self) -> tuple[psycopg.Connection[Any], psycopg.Connection[Any]]:
-        if self._control is None or self._control.closed:
+    def _connections(self) -> psycopg.Connection[Any]:
+        if self._control is None or self._control.closed or self._control.broken:
             self._control = connect(self.settings.database_url, connect_timeout=10)
             # Claims, failures and stale requeues need not wait for the WAL flush: a crash
             # that loses one also aborts the job's own transaction, so the job is simply
-            # queued again. Completions stay durable: they commit on the job connection.
+            # queued again. Completions stay durable: they commit on the job's connection.
             self._control.execute("SET synchronous_commit = off")
-            self._control.execute("LISTEN geojobs")
-        if self._job_conn is None or self._job_conn.closed:
-            self._job_conn = connect(self.settings.database_url, connect_timeout=10)
-        return self._control, self._job_conn
+            queue.listen(self._control)
+            queue.listen(self._control, queue.CANCEL_CHANNEL)
+            queue.register_worker(self._control, worker_id=self.worker_id,
+                                  job_type=self.settings.job_type, host=self.host,
+                                  pid=os.getpid(), version=__version__, rss_mb=self._rss_mb())
+            self._last_touch = time.monotonic()
+        return self._control
 
     def _drop_connections(self) -> None:
-        for conn in (self._control, self._job_conn):
-            if conn is not None:
-                try:
-                    conn.close()
-                except Exception:  # noqa: BLE001 - closing a broken connection
-                    pass
-        self._control = self._job_conn = None
-        self._heartbeat.close()
+        if self._control is not None:
+            try:
+                self._control.close()
+            except Exception:  # noqa: BLE001 - closing a broken connection
+                pass
+        self._control = None
+
+    def _rss_mb(self) -> float:
+        """Resident memory of the worker and its job process, MB."""
+        rss = self._process.memory_info().rss
+        if self._child is not None:
+            try:
+                rss += psutil.Process(self._child.pid).memory_info().rss
+            except psutil.Error:
+                pass
+        return rss / 2**20
+
+    def _touch(self, control: psycopg.Connection[Any], current: int | None, *,
+               force: bool = False) -> None:
+        """Refresh this worker's registry row, at most once per heartbeat interval."""
+        now = time.monotonic()
+        if not force and now - self._last_touch < self.settings.heartbeat_seconds:
+            return
+        self._last_touch = now
+        if not queue.touch_worker(control, self.worker_id, current_job=current,
+                                  jobs_run=self.jobs_run, rss_mb=self._rss_mb()):
+            queue.register_worker(control, worker_id=self.worker_id,
+                                  job_type=self.settings.job_type, host=self.host,
+                                  pid=os.getpid(), version=__version__, rss_mb=self._rss_mb())
 
     # -- signals -------------------------------------------------------------------------
 
     def _install_signal_handling(self) -> None:
-        """SIGTERM/SIGINT are taken by a thread, so they act even while a job is in C code.
+        """SIGTERM/SIGINT are taken by a thread, so they act whatever the main thread does.
 
         Not by blocking them and ``sigwait``: threads that C libraries start at import (numpy's
         BLAS pool) do not block them, and the kernel may deliver the signal there. Instead the
@@ -226,12 +201,17 @@ class Worker:
                 self._abandon(job)
 
     def _abandon(self, job: queue.ClaimedJob) -> None:
-        """Past the grace period: give the job back unspent and exit at once."""
+        """Past the grace period: kill the job process, give the job back unspent, exit."""
+        self._abandoning.set()  # the main loop must not record the child's death as a failure
+        child = self._child
         try:
-            if self._job_conn is not None:
-                self._job_conn.cancel()
+            if child is not None:
+                os.kill(child.pid, signal.SIGKILL)
             with connect(self.settings.database_url, connect_timeout=5) as conn:
+                if child is not None and child.backend_pid:
+                    queue.terminate_backend(conn, child.backend_pid)
                 released = queue.release(conn, job)
+                queue.unregister_worker(conn, self.worker_id)
             log.warning("job %s %s: grace period over; %s", job.id, job.job_type,
                         "put back in the queue" if released else "already finished elsewhere")
         except Exception:  # noqa: BLE001 - the lease will expire and the job be taken back
@@ -253,36 +233,50 @@ class Worker:
         log.info("worker %s for %s started", self.worker_id, self.settings.job_type)
         sdnotify.notify("READY=1", f"STATUS=worker for {self.settings.job_type}")
         failures = 0
-        while not self._stopping.is_set():
-            sdnotify.watchdog()
-            try:
-                control, _ = self._connections()
-                self._requeue_stale(control)
-                job = queue.claim(control, self.settings.job_type, self.worker_id)
-                failures = 0
-                if job is None:
-                    if drain or once:
+        try:
+            while not self._stopping.is_set():
+                sdnotify.watchdog()
+                try:
+                    control = self._connections()
+                    self._requeue_stale(control)
+                    self._touch(control, None)
+                    job = queue.claim(control, self.settings.job_type, self.worker_id)
+                    failures = 0
+                    if job is None:
+                        if drain or once:
+                            break
+                        self._wait(control)
+                        continue
+                    self._run_job(job)
+                    if once:
                         break
-                    self._wait(control)
-                    continue
-                self._run_job(job)
-                if once:
-                    break
-                rss_mb = self._process.memory_info().rss / 2**20
-                if rss_mb > self.settings.memory_cap_mb:
-                    log.warning("resident memory %.0f MB is over the cap of %.0f MB: exiting so "
-                                "the service restarts with a clean heap", rss_mb,
-                                self.settings.memory_cap_mb)
-                    break
-            except psycopg.OperationalError as exc:
-                failures += 1
-                delay = min(30.0, 0.5 * 2 ** min(failures, 6)) * random.uniform(0.8, 1.2)
-                log.warning("database unavailable (%s); reconnecting in %.1f s",
-                            str(exc).strip().splitlines()[0] if str(exc) else exc, delay)
-                self._drop_connections()
-                self._stopping.wait(delay)
+                    if time.monotonic() - self._last_cap_check < 1.0:
+                        continue  # at most once a second: a /proc read per job costs throughput
+                    self._last_cap_check = time.monotonic()
+                    rss_mb = self._rss_mb()
+                    if rss_mb > self.settings.memory_cap_mb:
+                        log.warning("resident memory %.0f MB is over the cap of %.0f MB: exiting "
+                                    "so the service restarts with a clean heap", rss_mb,
+                                    self.settings.memory_cap_mb)
+                        break
+                except psycopg.OperationalError as exc:
+                    failures += 1
+                    delay = min(30.0, 0.5 * 2 ** min(failures, 6)) * random.uniform(0.8, 1.2)
+                    log.warning("database unavailable (%s); reconnecting in %.1f s",
+                                str(exc).strip().splitlines()[0] if str(exc) else exc, delay)
+                    self._drop_connections()
+                    self._stopping.wait(delay)
+        finally:
+            if self._child is not None:
+                self._child.stop()
+                self._child = None
         log.info("worker %s stopped after %d job(s)", self.worker_id, self.jobs_run)
         sdnotify.notify("STOPPING=1")
+        try:
+            if self._control is not None and not self._control.broken:
+                queue.unregister_worker(self._control, self.worker_id)
+        except psycopg.Error:
+            pass
         self._drop_connections()
         return 0
 
@@ -293,6 +287,9 @@ class Worker:
         self._last_stale_check = now
         for job_id, status in queue.requeue_stale(control, self.settings.lease_seconds):
             log.warning("job %s: its worker stopped sending heartbeats; now %s", job_id, status)
+        for worker_id in queue.prune_workers(control, self.settings.lease_seconds):
+            log.info("worker %s not seen for %.0f s: removed from the registry", worker_id,
+                     self.settings.lease_seconds)
 
     def _wait(self, control: psycopg.Connection[Any]) -> None:
         """Sleep until a job of this type is announced, the poll interval passes, or a stop."""
@@ -302,70 +299,181 @@ class Worker:
             if remaining <= 0:
                 return
             sdnotify.watchdog()
+            self._touch(control, None)
             for note in control.notifies(timeout=min(remaining, 0.5), stop_after=1):
-                if note.payload == self.settings.job_type:
+                if note.channel == queue.NOTIFY_CHANNEL and note.payload == self.settings.job_type:
                     return
 
     # -- one job -------------------------------------------------------------------------
+
+    def _job_process(self) -> JobProcess:
+        """The live child, forked now if there is none."""
+        if self._child is not None and not self._child.alive():
+            self._child.reap()
+            self._child = None
+        if self._child is None:
+            self._child = JobProcess(self.jobtype, self.settings.database_url,
+                                     keep=[self._control])
+        return self._child
 
     def _run_job(self, job: queue.ClaimedJob) -> None:
         with logs.job_fields(job.id, job.job_type, job.attempt, job.worker_id):
             self._run_job_logged(job)
 
     def _run_job_logged(self, job: queue.ClaimedJob) -> None:
-        control, job_conn = self._connections()
+        control = self._connections()
         with self._current_lock:
             self._current = job
         started = time.monotonic()
         label = f"job {job.id} {job.job_type} attempt {job.attempt}/{job.max_attempts}"
         log.info("%s started", label)
-        heartbeat = self._heartbeat
-        heartbeat.begin(job)
         try:
-            result = self._execute(job, job_conn, heartbeat)
-            log.info("%s completed in %.2f s: %s", label, time.monotonic() - started,
-                     {k: result[k] for k in ("output_table", "rows") if k in result})
-        except JobInterrupted as exc:
-            log.warning("%s stopped after %.2f s: %s", label, time.monotonic() - started, exc)
-        except BaseException as exc:  # noqa: BLE001 - a job's failure never kills the worker
-            if isinstance(exc, psycopg.OperationalError) and (job_conn.broken or control.broken):
-                raise  # the database went away: reconnect; the lease brings the job back
-            self._record_failure(control, job, exc, label, time.monotonic() - started)
+            child = self._job_process()
+            try:
+                child.pipe.send(job)
+                outcome = self._supervise(job, child, started)
+            except (BrokenPipeError, EOFError, ConnectionResetError):
+                outcome = self._child_died(child)
+            except BaseException:
+                self._kill(child)  # never leave a child working on a job nobody watches
+                raise
         finally:
-            heartbeat.end()
             self.jobs_run += 1
             with self._current_lock:
                 self._current = None
+        self._record(control, job, outcome, label, time.monotonic() - started)
 
-    def _execute(
-        self, job: queue.ClaimedJob, job_conn: psycopg.Connection[Any], heartbeat: _Heartbeat
-    ) -> dict[str, Any]:
-        params = validate_params(self.jobtype.Params, job.params)
-        ctx = JobContext(job_id=job.id, job_type=job.job_type, attempt=job.attempt,
-                         worker_id=job.worker_id, conn=job_conn, report=heartbeat.report)
-        with job_conn.transaction():
-            result = dict(self.jobtype.run(ctx, params) or {})
-            result.setdefault("warnings", [])
-            if heartbeat.lost.is_set() or not queue.complete(job_conn, job, result):
-                raise JobInterrupted("the job was cancelled or taken back before it completed")
-        return result
+    def _child_died(self, child: JobProcess) -> tuple[Any, ...]:
+        while self._abandoning.is_set():  # the signal thread is giving the job back: wait
+            time.sleep(1)
+        status = child.reap()
+        self._child = None
+        how = ""
+        if status is not None and os.WIFSIGNALED(status):
+            how = f" (killed by {signal.Signals(os.WTERMSIG(status)).name})"
+        elif status is not None and os.WIFEXITED(status):
+            how = f" (exit status {os.WEXITSTATUS(status)})"
+        return ("failed", f"the job process died{how}", True, "")
+
+    def _kill(self, child: JobProcess) -> None:
+        """SIGKILL the job process and end its database session now."""
+        child.kill()
+        self._child = None
+        if child.backend_pid and self._control is not None and not self._control.broken:
+            try:
+                queue.terminate_backend(self._control, child.backend_pid)
+            except psycopg.Error as exc:
+                log.warning("could not end the killed job's session %s: %s", child.backend_pid,
+                            exc)
+
+    def _supervise(self, job: queue.ClaimedJob, child: JobProcess,
+                   started: float) -> tuple[Any, ...]:
+        """Wait for the child's outcome; stop it on cancel, timeout, memory or a lost lease."""
+        settings = self.settings
+        timeout = float(job.timeout_seconds or default_timeout(self.jobtype))
+        deadline = started + timeout
+        limit_mb = settings.job_memory_limit(job)
+        child_ps: psutil.Process | None = None  # made at the first check: most jobs end before
+        progress: float | None = None
+        last_write = last_beat = started
+        next_memory_check = started + settings.memory_check_seconds
+        pipe_fd = child.pipe.fileno()
+        while True:
+            now = time.monotonic()
+            wait = min(deadline, next_memory_check,
+                       last_write + settings.heartbeat_seconds * 0.9) - now
+            control = self._control
+            up = control is not None and not control.closed
+            fds = [pipe_fd, control.fileno()] if up and control is not None else [pipe_fd]
+            ready, _, _ = select.select(fds, [], [], max(wait, 0.0))
+            if pipe_fd in ready:
+                message = child.pipe.recv()
+                if message[0] == "backend":
+                    child.backend_pid = message[1]
+                elif message[0] == "progress":
+                    progress = message[1]
+                    if time.monotonic() - last_write >= 0.5:
+                        last_write = started - settings.heartbeat_seconds  # beat below, now
+                else:
+                    return message
+            now = time.monotonic()
+            if control is not None and (len(ready) > 1 or (pipe_fd not in ready and ready)):
+                if self._cancel_noted(control, job):
+                    self._kill(child)
+                    return ("cancelled",)
+            if now >= next_memory_check:
+                next_memory_check = now + settings.memory_check_seconds
+                try:
+                    child_ps = child_ps or psutil.Process(child.pid)
+                    rss_mb = child_ps.memory_info().rss / 2**20
+                except psutil.Error:
+                    rss_mb = 0.0
+                if rss_mb > limit_mb:
+                    self._kill(child)
+                    return ("failed", f"used more than {limit_mb:.0f} MB", False,
+                            f"resident memory {rss_mb:.0f} MB")
+            if now >= deadline:
+                self._kill(child)
+                retry = self.jobtype.TIMEOUTS_ARE_TRANSIENT
+                return ("failed", f"timed out after {timeout:.0f} s", retry, "")
+            if now - last_write >= settings.heartbeat_seconds * 0.9:
+                last_write = now
+                sdnotify.watchdog()
+                try:
+                    control = self._connections()  # again, if the database dropped it
+                    held = queue.heartbeat(control, job, progress)
+                    self._touch(control, job.id)
+                except psycopg.OperationalError as exc:
+                    log.warning("job %s: heartbeat failed (%s); will retry", job.id,
+                                str(exc).strip().splitlines()[0] if str(exc) else exc)
+                    self._drop_connections()
+                    if now - last_beat > settings.lease_seconds * 0.75:
+                        # Fence ourselves off before the lease runs out and another worker
+                        # takes the job: its work must never run twice at the same time.
+                        self._kill(child)
+                        return ("interrupted", f"could not renew the lease for "
+                                               f"{now - last_beat:.1f} s")
+                    continue
+                last_beat = now
+                if not held:
+                    state = queue.job_state(control, job.id)
+                    self._kill(child)
+                    if state is not None and state[0] == "cancelled":
+                        return ("cancelled",)
+                    return ("interrupted", "the lease was lost (another worker holds the job)")
+
+    def _cancel_noted(self, control: psycopg.Connection[Any], job: queue.ClaimedJob) -> bool:
+        """Drain the control connection's notifications; True when this job was cancelled."""
+        try:
+            notes = list(control.notifies(timeout=0))
+        except psycopg.OperationalError as exc:
+            log.warning("job %s: control connection lost (%s)", job.id, exc)
+            return False
+        return any(n.channel == queue.CANCEL_CHANNEL and n.payload == str(job.id) for n in notes)
+
+    def _record(self, control: psycopg.Connection[Any], job: queue.ClaimedJob,
+                outcome: tuple[Any, ...], label: str, elapsed: float) -> None:
+        """Log the outcome and, for a failure, record it on the job (compare-and-set)."""
+        kind = outcome[0]
+        if kind == "completed":
+            log.info("%s completed in %.2f s: %s", label, elapsed, outcome[1])
+        elif kind == "cancelled":
+            log.warning("%s stopped after %.2f s: the job was cancelled", label, elapsed)
+        elif kind == "interrupted":
+            log.warning("%s stopped after %.2f s: %s", label, elapsed, outcome[1])
+        elif kind == "db_down":
+            log.warning("%s stopped after %.2f s: its connection was lost", label, elapsed)
+            raise psycopg.OperationalError(outcome[1])  # reconnect; the lease brings it back
+        else:
+            _, message, retry, tb = outcome
+            self._record_failure(control, job, message, retry, tb, label, elapsed)
 
     def _record_failure(
-        self, control: psycopg.Connection[Any], job: queue.ClaimedJob, exc: BaseException,
-        label: str, elapsed: float,
+        self, control: psycopg.Connection[Any], job: queue.ClaimedJob, message: str, retry: bool,
+        tb: str, label: str, elapsed: float,
     ) -> None:
-        if isinstance(exc, GeojobsError | AnalysisError):
-            message = str(exc)
-            retry = getattr(exc, "retryable", False)
-        elif isinstance(exc, psycopg.errors.InsufficientPrivilege):
-            message = f"{type(exc).__name__}: {exc}"  # the worker role may not do this; a retry
-            retry = False                               # would be refused the same way
-        else:
-            message = f"{type(exc).__name__}: {exc}"
-            retry = True
         delay = self.settings.retry_delay(job.attempt)
         outcome = queue.fail(control, job, message, retry=retry, delay_seconds=delay)
-        tb = "".join(traceback.format_exception(exc)).rstrip()
         if outcome is None:
             log.warning("%s failed after %.2f s but was no longer ours: %s", label, elapsed, message)
         elif outcome[0] == "queued":

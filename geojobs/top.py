@@ -168,22 +168,21 @@ def run_top(url: str | None = None, *, job_types: list[str] | None = None, inter
         with _keys() as key_fd, Live(render(fetch(conn, job_types=job_types), job_types=job_types),
                                      console=console, screen=True, auto_refresh=False) as live:
             last = time.monotonic()
+            pending = False
             while True:
-                watched = [conn.fileno()] + ([key_fd] if key_fd is not None else [])
-                readable, _, _ = select.select(watched, [], [], interval)
-                if key_fd is not None and key_fd in readable:
-                    if os.read(key_fd, 32).lower().startswith(b"q"):
+                if key_fd is not None and select.select([key_fd], [], [], 0)[0]:
+                    if b"q" in os.read(key_fd, 64).lower():  # terminal replies may come along
                         return 0
-                if conn.fileno() in readable:
-                    for _ in conn.notifies(timeout=0.0):
-                        pass
-                    if time.monotonic() - last < 0.2:  # a burst of changes: at most 5 frames/s
-                        continue
                 try:
-                    live.update(render(fetch(conn, job_types=job_types), job_types=job_types),
-                                refresh=True)
+                    # Wait a tenth of a second for a change, so that keys stay responsive.
+                    pending |= bool(list(conn.notifies(timeout=0.1, stop_after=1)))
+                    now = time.monotonic()
+                    # Redraw on a change (at most 5 frames a second) or every interval.
+                    if (pending and now - last >= 0.2) or now - last >= interval:
+                        live.update(render(fetch(conn, job_types=job_types), job_types=job_types),
+                                    refresh=True)
+                        last, pending = time.monotonic(), False
                 except psycopg.OperationalError as exc:
                     live.stop()
                     print(f"geojobs top: lost the database: {exc}", file=sys.stderr)
                     return 2
-                last = time.monotonic()

@@ -45,7 +45,11 @@ class Unit:
     values: Mapping[str, str] = field(default_factory=dict)
 
 
-PLATFORM_UNITS: tuple[Unit, ...] = ()
+PLATFORM_UNITS: tuple[Unit, ...] = (
+    Unit("geojobs_api.service", "api.service.in"),
+    Unit("geojobs_janitor.service", "janitor.service.in"),
+    Unit("geojobs_janitor.timer", "janitor.timer.in"),
+)
 """Units besides the workers, e.g. ``Unit("geojobs_api.service", "api.service.in")``."""
 
 

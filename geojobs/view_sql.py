@@ -1,5 +1,7 @@
 """Named SQL of the ``create_view`` job: views, materialised views, their indexes, refresh.
 
+The GiST index and the row count are those of result tables, in :mod:`geojobs.layer_sql`.
+
 Identifiers go in through ``psycopg.sql.Identifier`` placeholders; the WHERE clause is a
 ``Composed`` of identifiers and literals from :mod:`geojobs.filters`; catalog look-ups take
 values as query parameters.
@@ -17,11 +19,9 @@ DROP = {
     "v": sql.SQL("DROP VIEW {view}"),
     "m": sql.SQL("DROP MATERIALIZED VIEW {view}"),
 }
-GIST_INDEX = sql.SQL("CREATE INDEX {name} ON {view} USING gist ({geom})")
 UNIQUE_INDEX = sql.SQL("CREATE UNIQUE INDEX {name} ON {view} ({key})")
 REFRESH = sql.SQL("REFRESH MATERIALIZED VIEW {view}")
 REFRESH_CONCURRENTLY = sql.SQL("REFRESH MATERIALIZED VIEW CONCURRENTLY {view}")
-COUNT_ROWS = sql.SQL("SELECT count(*) FROM {view}")
 
 # A geometry column cast to its type and SRID, so geometry_columns (and QGIS) know them.
 TYPED_GEOMETRY = sql.SQL("{geom}::geometry({type}, {srid}) AS {geom}")

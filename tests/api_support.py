@@ -111,7 +111,11 @@ def api_server(template_db: str, tmp: Path, *, users: dict[str, bool],
                 [sys.executable, "-m", f"workers.{job_type}"], cwd=ROOT, text=True, stdout=log,
                 stderr=subprocess.STDOUT, env=worker_env(as_role(db_url, WORKER_ROLE),
                                                           GEOJOBS_OUTPUT_DIR=str(output_dir),
-                                                          GEOJOBS_RETRY_DELAYS="0.1"))
+                                                          GEOJOBS_RETRY_DELAYS="0.1",
+                                                          # progress is written at most every
+                                                          # 0.5 s and a bare heartbeat resets
+                                                          # that clock: beat less often than that
+                                                          GEOJOBS_HEARTBEAT_SECONDS="2"))
             procs.append(worker)
             server.workers.append(worker)
         yield server

@@ -145,10 +145,12 @@ _VALIDATOR_ONLY = {"params-string", "params-number", "output_table-information_s
 SKIP: dict[str, dict[str, str]] = {
     "clip": {"input_table-empty": "clipping an empty layer gives an empty result, by design"},
     "erase": {"input_table-empty": "erasing from an empty layer gives an empty result, by design"},
-    "create_view": {name: "a view reads no geometry: an empty or geometry-less table is fine"
-                    for name in ("input_table-no_geometry", "input_table-empty",
-                                 "input_table-nan_coordinates", "input_table-infinite_coordinates",
-                                 "input_table-srid_zero")},
+    "create_view": {**{name: "a view reads no geometry: an empty or geometry-less table is fine"
+                       for name in ("input_table-no_geometry", "input_table-empty",
+                                    "input_table-nan_coordinates",
+                                    "input_table-infinite_coordinates", "input_table-srid_zero")},
+                    "output_table-exists_without_overwrite":
+                        "results.taken is a table, which a view never replaces: see is_a_table"},
 }
 # Where a job type's error for a generic case names another field than the generic one.
 FIELD: dict[tuple[str, str], str] = {
@@ -159,7 +161,7 @@ FIELD: dict[tuple[str, str], str] = {
 
 # Valid params on the sample tables where neither DEMO nor EXAMPLE gives them.
 BASE: dict[str, dict[str, Any]] = {
-    "create_view": {"input_table": "public.us_states", "view_name": "results.south_atlantic",
+    "create_view": {"input_table": "public.us_states", "output_table": "results.south_atlantic",
                     "filter": [{"column": "sub_region", "op": "=", "value": "S Atl"}]},
     "raster_clip": {"raster": "georgia_dem.tif", "clip_table": "public.georgia_counties",
                     "clip_filter": [{"column": "areakey", "op": "=", "value": 13121}]},
@@ -383,8 +385,9 @@ SPECIFIC.update({
     "clip": _overlay("clip", base_params("clip") if "clip" in registry.JOB_TYPES else {}, "state_name"),
     "erase": _overlay("erase", base_params("erase") if "erase" in registry.JOB_TYPES else {}, "totpop90"),
     "create_view": [
-        Case("create_view", f"view_name-{name}",
-             {"input_table": "public.us_states", "view_name": view}, "view_name", says)
+        Case("create_view", f"view_name-{name}",  # the older name of output_table
+             {"input_table": "public.us_states", "view_name": view}, "view_name|output_table",
+             says)
         for name, view, says in [
             ("pg_catalog", "pg_catalog.evil", "not an output schema"),
             ("information_schema", "information_schema.evil", "not an output schema"),
@@ -392,7 +395,7 @@ SPECIFIC.update({
             ("sql_injection", f"results.v{_DROP}", "must be 'name' or 'schema.name'"),
             ("unicode", "results.vüe", "must be 'name' or 'schema.name'"),
             ("too_long", "results." + "v" * 64, "must be 'name' or 'schema.name'"),
-            ("exists_without_replace", "results.taken_view", "already exists"),
+            ("exists_without_overwrite", "results.taken_view", "already exists"),
             ("is_a_table", "results.taken", "already exists|not a view|table"),
         ]
     ] + [
@@ -415,7 +418,7 @@ SPECIFIC.update({
             ("bbox-reversed", {"bbox": [10, 10, 0, 0]}, "bbox", "xmin|min|order"),
             ("bbox_srid-negative", {"bbox": [0, 0, 1, 1], "bbox_srid": -4326}, "bbox_srid",
              "greater than 0"),
-            ("refresh-with_input", {"refresh": True}, "params", "refresh takes only view_name"),
+            ("refresh-with_input", {"refresh": True}, "params", "refresh takes only output_table"),
             ("input_table-missing", {"input_table": None}, "params",
              "input_table is required"),
             ("input_table-unknown", {"input_table": "public.nowhere"}, "input_table",

@@ -259,7 +259,7 @@ def test_job_list_filters(api: ApiServer) -> None:
 
 def test_server_sent_events_in_order_until_final(api: ApiServer) -> None:
     with api.client("alice") as http:
-        job = submit(http, "noop", {"sleep_seconds": 1.5, "steps": 5}).json()["jobID"]
+        job = submit(http, "noop", {"sleep_seconds": 3, "steps": 10}).json()["jobID"]
         events = []
         with http.stream("GET", f"/jobs/{job}/events") as stream:
             assert stream.headers["content-type"].startswith("text/event-stream")
@@ -325,3 +325,82 @@ def test_cors_preflight(api: ApiServer) -> None:
 
 def test_output_dir_untouched_by_vector_jobs(api: ApiServer) -> None:
     assert not any(Path(api.output_dir).iterdir())
+
+
+class Receiver:
+    """An HTTP server on 127.0.0.1 recording the callbacks POSTed to it."""
+
+    def __init__(self, port: int = 0) -> None:
+        import threading
+        from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+        received = self.received = []  # type: list[tuple[str, dict[str, Any]]]
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self) -> None:  # noqa: N802 - the http.server API
+                length = int(self.headers["Content-Length"])
+                received.append((self.path, json.loads(self.rfile.read(length))))
+                self.send_response(204)
+                self.end_headers()
+
+            def log_message(self, *args: Any) -> None:
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", port), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+def _delivered(api: ApiServer, job_id: str) -> list[tuple[Any, ...]]:
+    with api.connect() as conn:
+        return conn.execute("SELECT state, uri, attempts, delivered_at IS NOT NULL FROM api_deliveries "
+                            "WHERE job_id = %s ORDER BY id", (int(job_id),)).fetchall()
+
+
+def test_callbacks_delivered_once_each(api: ApiServer) -> None:
+    receiver = Receiver()
+    try:
+        with api.client("alice") as http:
+            body = {"inputs": {"sleep_seconds": 0.3}, "subscriber": {
+                "successUri": f"{receiver.url}/success", "inProgressUri": f"{receiver.url}/progress",
+                "failedUri": f"{receiver.url}/failed"}}
+            job = http.post("/processes/noop/execution", json=body).json()["jobID"]
+            failing = http.post("/processes/noop/execution", json={
+                "inputs": {"raise_error": "callback failure"},
+                "subscriber": {"failedUri": f"{receiver.url}/failed"}}).json()["jobID"]
+            wait_for(lambda: all(row[3] for row in _delivered(api, job)) and len(_delivered(api, job)) == 2)
+            wait_for(lambda: any(row[3] for row in _delivered(api, failing)))
+            time.sleep(1)  # any duplicate would arrive now
+        paths = sorted(path for path, _ in receiver.received)
+        # the failing job ran up to 4 attempts: "running" each time, but no inProgressUri was set
+        assert paths == ["/failed", "/progress", "/success"]
+        by_path = dict(receiver.received)
+        assert by_path["/progress"]["status"] == "running" and by_path["/progress"]["jobID"] == job
+        assert by_path["/success"]["status"] == "successful"
+        assert by_path["/success"]["results"]["result"]["slept"] == 0.3
+        assert by_path["/failed"]["status"] == "failed" and by_path["/failed"]["jobID"] == failing
+    finally:
+        receiver.close()
+
+
+def test_callbacks_retried_after_the_receiver_was_down(api: ApiServer) -> None:
+    from tests.api_support import free_port
+
+    port = free_port()
+    with api.client("bob") as http:
+        job = http.post("/processes/noop/execution", json={
+            "inputs": {}, "subscriber": {"successUri": f"http://127.0.0.1:{port}/done"}}).json()["jobID"]
+        wait_for(lambda: any(row[2] >= 2 for row in _delivered(api, job)), timeout=30)
+        assert not any(row[3] for row in _delivered(api, job))
+        receiver = Receiver(port)
+        try:
+            wait_for(lambda: all(row[3] for row in _delivered(api, job)), timeout=30)
+            time.sleep(1)
+            assert [path for path, _ in receiver.received] == ["/done"]
+            assert receiver.received[0][1]["jobID"] == job
+        finally:
+            receiver.close()

@@ -1,4 +1,4 @@
-"""Bad input (issue 9): every case fails its job at once, names the field, changes nothing.
+"""Bad input: every case fails its job at once, names the field, changes nothing.
 
 Each job type gets one database (a copy of the template plus the awkward tables of
 ``tests/bad_inputs.py``) and one worker logged in as ``geojobs_worker``. For each case: a

@@ -98,3 +98,22 @@ def test_io_benchmark_smoke(db_url: str) -> None:
     assert ("read", "geojobs read_layer") in paths and ("write", "geojobs write_layer") in paths
     assert ("read", "geopandas read_postgis") in paths and len(rows) == 7
     assert all(r["wall_s"] > 0 and r["size"] == 300 for r in rows)
+
+
+@pytest.mark.db
+def test_api_benchmark_smoke() -> None:
+    from bench import api
+
+    out = api.run(n_latency=5, n_throughput=20, n_sse=2, uvicorn_workers=1)
+    assert [r["path"] for r in out["latency"]] == ["HTTP API", "SQL INSERT"]
+    assert all(0 < r["p50_ms"] <= r["p95_ms"] for r in out["latency"])
+    assert [r["clients"] for r in out["throughput"]] == [1, 16]
+    assert all(r["api_submits_per_s"] > 0 and r["api_get_job_per_s"] > 0 for r in out["throughput"])
+    assert out["sse"][0]["jobs"] == 2 and out["sse"][0]["completion_to_sse_p50_ms"] > 0
+
+
+def test_start_benchmark_smoke(db_url: str) -> None:
+    from bench import start
+
+    rows = start.run(["noop"], db_url, repeat=1)
+    assert rows[0]["job_type"] == "noop" and 0 < rows[0]["best_s"] < 120

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -94,7 +95,7 @@ def test_types_read_as_plain_text() -> None:
         if line.startswith("  ") and not line.startswith("   "):
             rows.setdefault(line.split()[0], line.split())
     assert rows["permutations"][1:5] == ["integer", "0..99999", "999", "Conditional"]
-    assert rows["input_table"][1:3] == ["string", "required"]
+    assert rows["input_table"][1:5] == ["string", "or", "output_of", "required"]
     assert rows["weights.transform"][1:3] == ["B|R", "null"]
     assert all(len(line) <= 100 for line in text.splitlines() if not line.startswith("  example"))
 
@@ -110,3 +111,12 @@ def test_warm_up_runs_however_the_worker_starts(db_url: str, command: list[str])
     assert result.returncode == 0, result.stderr
     ready = result.stderr.find("hotspot: numba kernels ready")
     assert 0 <= ready < result.stderr.find(" started"), result.stderr
+
+
+def test_readme_lists_every_job_type() -> None:
+    """README's job-type table has a row for every registered type and none for an unknown one."""
+    text = (ROOT / "README.md").read_text()
+    table = text[text.index("## Job types"):text.index("\n## ", text.index("## Job types") + 1)]
+    listed = set(re.findall(r"^\| \[?`(\w+)`", table, flags=re.M)) | set(
+        re.findall(r", \[`(\w+)`\]", table))
+    assert listed == set(registry.names())

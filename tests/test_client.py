@@ -11,7 +11,7 @@ import shapely
 from shapely import wkb
 
 from geojobs import queue
-from geojobs.client import Jobs, stall_message
+from geojobs.client import Jobs, no_worker_message, stall_message
 from geojobs.errors import GeojobsError, InvalidParams, JobCancelled, JobFailed, JobNotFinished
 from tests.support import FRONTEND_ROLE, as_role, job_row, run_worker, start_worker, wait_for
 
@@ -48,6 +48,7 @@ def test_submit_wait_result_with_progress(db_url: str, capfd: pytest.CaptureFixt
             _ = job.result
         worker = start_worker(db_url, "noop", "--drain")
         try:
+            wait_for(lambda: job.status != "queued", timeout=60)  # the worker is registered
             job.wait(progress=True, timeout=60)
             returned = time.time()
         finally:
@@ -61,19 +62,22 @@ def test_submit_wait_result_with_progress(db_url: str, capfd: pytest.CaptureFixt
 
 
 def test_stall_message_when_no_worker(db_url: str, capfd: pytest.CaptureFixture[str]) -> None:
-    """With no worker of the type, wait says so once after stall_seconds (and not before)."""
+    """With no worker of the type, wait says so at once from the worker registry, and once more
+    after stall_seconds (and not before) that nothing claimed the job; neither is repeated."""
     with Jobs(db_url) as jobs:
         job = jobs.submit("noop", {})
         started = time.monotonic()
         with pytest.raises(TimeoutError):
             job.wait(timeout=0.6, stall_seconds=1.0)
-        assert job.messages == []
+        at_once = "no noop worker is running: start noop_worker"
+        assert job.messages == [at_once] == [no_worker_message("noop")]
         with pytest.raises(TimeoutError):
             job.wait(timeout=3, stall_seconds=1.0)
         assert time.monotonic() - started < 4
         expected = "no noop worker has claimed a job in 1 s: is noop_worker running?"
-        assert job.messages == [expected] == [stall_message("noop", 1.0)]
-        assert capfd.readouterr().err.count(expected) == 1
+        assert job.messages == [at_once, expected] and expected == stall_message("noop", 1.0)
+        err = capfd.readouterr().err
+        assert err.count(expected) == 1 and err.count(at_once) == 1
 
 
 def test_no_stall_message_while_a_worker_is_busy(db_url: str) -> None:

@@ -356,7 +356,7 @@ BAD_PARAMS = [
             "clip_table": "public.us_states",
             "clip_filter": [{"column": "area", "op": "; DROP", "value": 1}],
         },
-        "params.clip_filter.where.0.op",
+        "params.clip_filter.0.op",
     ),
     (
         "clip",

@@ -38,7 +38,7 @@ def test_view_with_columns_and_filter(db_url, conn):
         conn,
         {
             "input_table": "public.nc_counties",
-            "view_name": "nc_sids",
+            "output_table": "nc_sids",
             "columns": ["fid", "name", "sid74", "geom"],
             "filter": [
                 {"column": "sid74", "op": ">=", "value": 5},
@@ -124,24 +124,29 @@ def test_materialized_view_with_bbox_indexes_and_refresh(db_url, conn):
     conn.execute(
         "DELETE FROM public.nc_counties WHERE fid IN (SELECT fid FROM results.nc_box ORDER BY fid LIMIT 2)"
     )
-    refreshed = _run(db_url, conn, {"view_name": "results.nc_box", "refresh": True})
+    refreshed = _run(db_url, conn, {"output_table": "results.nc_box", "refresh": True})
     assert refreshed["status"] == "completed", refreshed["error"]
     assert refreshed["result"]["concurrently"] is True
     assert refreshed["result"]["rows"] == conn.execute(in_box).fetchone()[0] == expected - 2
     assert conn.execute("SELECT count(*) FROM results.nc_box").fetchone() == (expected - 2,)
 
 
-def test_replace_only_views_and_only_when_asked(db_url, conn):
-    params = {"input_table": "public.us_states", "view_name": "results.states_v"}
+@pytest.mark.parametrize(
+    ("name", "overwrite"), [("output_table", "overwrite"), ("view_name", "replace")]
+)
+def test_replace_only_views_and_only_when_asked(db_url, conn, name, overwrite):
+    """The same, in today's names and in the older ones existing jobs still use."""
+    params = {"input_table": "public.us_states", name: "results.states_v"}
     assert _run(db_url, conn, params)["status"] == "completed"
     again = _run(db_url, conn, params)
-    assert again["status"] == "failed" and again["error"].startswith("view_name:")
+    assert again["status"] == "failed" and again["error"].startswith("output_table:")
+    assert "set overwrite to true" in again["error"]
     narrowed = _run(
         db_url,
         conn,
         {
             **params,
-            "replace": True,
+            overwrite: True,
             "columns": ["state_name", "geom"],
             "filter": [{"column": "sub_region", "op": "=", "value": "Mtn"}],
         },
@@ -149,18 +154,44 @@ def test_replace_only_views_and_only_when_asked(db_url, conn):
     assert narrowed["status"] == "completed", narrowed["error"]
     oracle = conn.execute("SELECT count(*) FROM public.us_states WHERE sub_region = 'Mtn'")
     assert narrowed["result"]["rows"] == oracle.fetchone()[0] == 8
+    assert narrowed["result"]["output_table"] == narrowed["result"]["view_name"] == "results.states_v"
     conn.execute("CREATE TABLE results.a_table (id int)")
-    clash = _run(db_url, conn, {**params, "view_name": "results.a_table", "replace": True})
-    assert clash["status"] == "failed" and clash["error"].startswith("view_name:")
+    clash = _run(db_url, conn, {**params, name: "results.a_table", overwrite: True})
+    assert clash["status"] == "failed" and clash["error"].startswith("output_table:")
     assert conn.execute("SELECT to_regclass('results.a_table')").fetchone()[0] is not None
-    refresh_plain = _run(db_url, conn, {"view_name": "results.states_v", "refresh": True})
+    refresh_plain = _run(db_url, conn, {name: "results.states_v", "refresh": True})
     assert refresh_plain["status"] == "failed" and "not a materialised view" in refresh_plain["error"]
+    conn.execute("DROP TABLE results.a_table")
+    conn.execute("DROP VIEW results.states_v")
+
+
+def test_bbox_in_the_filter_or_at_the_top_level_selects_the_same_rows(db_url, conn):
+    """The filter's bbox, and the top-level bbox older jobs use, against hand-written SQL."""
+    bbox = [-84.5, 33.5, -84.0, 34.0]  # longitude/latitude around Atlanta
+    srid = conn.execute("SELECT Find_SRID('public', 'georgia_counties', 'geom')").fetchone()[0]
+    oracle = conn.execute(
+        "SELECT count(*) FROM public.georgia_counties WHERE ST_Intersects(geom, ST_Transform("
+        "ST_MakeEnvelope(-84.5, 33.5, -84.0, 34.0, 4326), %s))", (srid,)
+    ).fetchone()[0]
+    base = {"input_table": "public.georgia_counties", "overwrite": True}
+    new = _run(db_url, conn, {**base, "output_table": "results.atl_a",
+                              "filter": {"bbox": bbox, "bbox_srid": 4326}})
+    old = _run(db_url, conn, {**base, "output_table": "results.atl_b", "bbox": bbox,
+                              "bbox_srid": 4326})
+    assert new["status"] == old["status"] == "completed", (new["error"], old["error"])
+    assert 0 < new["result"]["rows"] == old["result"]["rows"] == oracle < 159
 
 
 INJECTIONS = [
     ({"view_name": "results.v; DROP TABLE public.us_states"}, "params.view_name"),
     ({"view_name": 'results."v"'}, "params.view_name"),
     ({"view_name": "pg_catalog.v"}, "params.view_name"),
+    ({"output_table": "results.w"}, "params: give output_table or its older name view_name"),
+    ({"output_table": 'results."v"', "view_name": ...}, "params.output_table"),
+    ({"replace": "yes please"}, "params.replace"),
+    ({"overwrite": True, "replace": True}, "params: give overwrite or its older name replace"),
+    ({"bbox": [0, 0, 1, 1], "filter": {"bbox": [0, 0, 2, 2]}}, "params: give the bbox"),
+    ({"filter": {"bbox": [0, 0, 1, 1], "bbox_srid": 999999}}, "filter.bbox_srid"),
     ({"input_table": "public.us_states; DROP TABLE public.us_states"}, "params.input_table"),
     ({"input_table": "us_states; DROP TABLE us_states"}, "input_table"),
     ({"columns": ['state_name", (SELECT 1) AS "x']}, "columns[0]"),
@@ -185,7 +216,14 @@ def test_injection_through_any_field_fails_naming_it_and_changes_nothing(db_url,
     jobs = [
         (
             queue.enqueue(
-                conn, "create_view", {"input_table": "public.us_states", "view_name": "results.v", **change}
+                conn,
+                "create_view",
+                {
+                    k: v
+                    for k, v in {"input_table": "public.us_states", "view_name": "results.v",
+                                 **change}.items()
+                    if v is not ...  # ``...`` leaves the key out
+                },
             ),
             change,
             field,

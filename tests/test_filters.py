@@ -15,8 +15,10 @@ import psycopg
 import pytest
 from psycopg import sql
 
-from analysis.errors import AnalysisError
-from geojobs.filters import FilterSpec, compose_where, parse_filter, table_columns
+from geojobs.errors import AnalysisError, GeojobsError
+from geojobs.filters import FilterSpec, compose_where, filter_clause
+from geojobs.layers import Layer, describe_layer
+from geojobs.params import JobParams, validate_params
 from tests.conftest import _create, _drop
 
 pytestmark = pytest.mark.db
@@ -120,9 +122,24 @@ def conn(template_db: str) -> Iterator[psycopg.Connection[Any]]:
         _drop(name)
 
 
+class _Params(JobParams):
+    """A job type's parameters holding a filter, as every job type that filters declares it."""
+
+    filter: FilterSpec | None = None
+
+
+def _spec(raw: Any) -> FilterSpec | None:
+    return validate_params(_Params, {"filter": raw}).filter
+
+
 @pytest.fixture(scope="module")
-def columns(conn: psycopg.Connection[Any]) -> dict[str, str]:
-    return table_columns(conn, "public", "places")
+def layer(conn: psycopg.Connection[Any]) -> Layer:
+    return describe_layer(conn, "public.places")
+
+
+@pytest.fixture(scope="module")
+def columns(layer: Layer) -> dict[str, str]:
+    return layer.type_names
 
 
 def _ids(conn: psycopg.Connection[Any], where: sql.Composable) -> set[int]:
@@ -130,15 +147,17 @@ def _ids(conn: psycopg.Connection[Any], where: sql.Composable) -> set[int]:
     return {row[0] for row in conn.execute(query)}
 
 
-def _run(conn, columns, raw: Any, **kw: Any) -> set[int]:
-    return _ids(conn, compose_where(parse_filter(raw), columns, srid=4326, **kw))
+def _run(conn, layer, raw: Any) -> set[int]:
+    where = filter_clause(conn, _spec(raw), layer, field="filter")
+    assert where is not None
+    return _ids(conn, where)
 
 
 def _expect(test: Callable[[dict[str, Any]], bool]) -> set[int]:
     return {r["id"] for r in ROWS if test(r)}
 
 
-def test_table_columns_reads_the_catalog(columns):
+def test_the_layer_gives_each_column_type_as_format_type_prints_it(columns):
     assert columns["code"] == "character varying(4)"
     assert columns["geom"] == "geometry(Point,4326)"
     assert columns[WEIRD] == "text"
@@ -195,26 +214,31 @@ def test_table_columns_reads_the_catalog(columns):
         ([], lambda r: True),
     ],
 )
-def test_legit_specs_select_the_rows_python_selects(conn, columns, spec, oracle):
-    assert _run(conn, columns, spec) == _expect(oracle)
+def test_legit_specs_select_the_rows_python_selects(conn, layer, spec, oracle):
+    assert _run(conn, layer, spec) == _expect(oracle)
 
 
-def test_bbox_in_the_table_srid_and_in_another(conn, columns):
+def test_no_filter_is_no_clause(conn, layer):
+    assert filter_clause(conn, None, layer, field="filter") is None
+    assert validate_params(_Params, {}).filter is None
+
+
+def test_bbox_in_the_table_srid_and_in_another(conn, layer):
     georgia = {"bbox": [-86.0, 30.0, -80.0, 35.5]}
     in_georgia = _expect(lambda r: -86 <= r["lon"] <= -80 and 30 <= r["lat"] <= 35.5)
-    assert _run(conn, columns, georgia) == in_georgia == {1, 2}
+    assert _run(conn, layer, georgia) == in_georgia == {1, 2}
     # The same box in web mercator metres, transformed to the table's SRID.
     mercator = {
         "bbox": [-9573476.0, 3503549.0, -8905559.0, 4229466.0],
         "bbox_srid": 3857,
         "where": [{"column": "pop", "op": ">", "value": 700000}],
     }
-    assert _run(conn, columns, mercator) == {1}
+    assert _run(conn, layer, mercator) == {1}
 
 
 def test_composed_clause_is_made_of_identifiers_and_literals(conn, columns):
     where = compose_where(
-        parse_filter([{"column": WEIRD, "op": "in", "value": ["a'b", "c"]}]),
+        FilterSpec.model_validate([{"column": WEIRD, "op": "in", "value": ["a'b", "c"]}]),
         columns,
         table_alias="t",
     )
@@ -225,6 +249,17 @@ def test_composed_clause_is_made_of_identifiers_and_literals(conn, columns):
 @pytest.mark.parametrize(
     ("raw", "field"),
     [
+        # refused with the job's parameters, before any work: params.<field>.<path>
+        ([{"column": "name", "op": "= 'x' OR 1=1 --", "value": "x"}], "params.filter.0.op"),
+        ([{"column": "name", "op": "=", "value": {"sql": "1=1"}}], "params.filter.0.value"),
+        ([{"column": "name", "op": "=", "value": "x", "sql": "OR 1=1"}], "params.filter.0.sql"),
+        ({"where": [{"column": "name", "op": "~", "value": "x"}]}, "params.filter.where.0.op"),
+        ({"bbox": ["0); DROP TABLE places; --", 0, 1, 1]}, "params.filter.bbox.0"),
+        ({"bbox": [1, 0, 0, 1]}, "params.filter.bbox"),
+        ({"bbox": [0, 0, 1, 1], "bbox_srid": "4326); DROP TABLE places"}, "params.filter.bbox_srid"),
+        ([{"column": "x", "op": "="}] * 101, "params.filter"),
+        # refused against the layer's columns and types, before any SQL runs
+        ({"bbox": [0, 0, 1, 1], "bbox_srid": 999999}, "filter.bbox_srid"),
         ([{"column": "name; DROP TABLE places; --", "op": "=", "value": "x"}], "filter[0].column"),
         ([{"column": 'name" = name OR "id', "op": "=", "value": "x"}], "filter[0].column"),
         ([{"column": "pop", "op": "=", "value": "1 OR 1=1"}], "filter[0].value"),
@@ -237,11 +272,6 @@ def test_composed_clause_is_made_of_identifiers_and_literals(conn, columns):
             "filter[0].value",
         ),
         ([{"column": "flag", "op": "=", "value": "true OR 1=1"}], "filter[0].value"),
-        ([{"column": "name", "op": "= 'x' OR 1=1 --", "value": "x"}], "filter[0].op"),
-        ([{"column": "name", "op": "=", "value": {"sql": "1=1"}}], "filter[0].value"),
-        ([{"column": "name", "op": "=", "value": "x", "sql": "OR 1=1"}], "filter[0].sql"),
-        ({"bbox": ["0); DROP TABLE places; --", 0, 1, 1]}, "filter.bbox[0]"),
-        ({"bbox": [0, 0, 1, 1], "bbox_srid": "4326); DROP TABLE places"}, "filter.bbox_srid"),
         ([{"column": "geom", "op": "=", "value": "POINT(0 0)"}], "filter[0].op"),
         ([{"column": "tags", "op": "=", "value": "{a}"}], "filter[0].op"),
         ([{"column": "pop", "op": "like", "value": "%"}], "filter[0].op"),
@@ -252,12 +282,11 @@ def test_composed_clause_is_made_of_identifiers_and_literals(conn, columns):
         ([{"column": "ratio", "op": "<", "value": float("nan")}], "filter[0].value"),
     ],
 )
-def test_injection_and_bad_specs_raise_naming_the_field(conn, columns, raw, field):
+def test_injection_and_bad_specs_raise_naming_the_field(conn, layer, raw, field):
     before = conn.execute("SELECT count(*) FROM places").fetchone()
-    with pytest.raises(AnalysisError) as err:
-        compose_where(parse_filter(raw), columns, srid=4326)
-    assert err.value.field == field
-    assert str(err.value).startswith(field)
+    with pytest.raises(GeojobsError) as err:
+        filter_clause(conn, _spec(raw), layer, field="filter")
+    assert str(err.value).startswith(f"{field}:"), str(err.value)
     assert conn.execute("SELECT count(*) FROM places").fetchone() == before
 
 
@@ -269,7 +298,4 @@ def test_bbox_needs_a_geometry_and_an_srid(columns):
     assert err.value.field == "bbox"
     with pytest.raises(AnalysisError) as err:
         compose_where(spec, columns, srid=0)
-    assert err.value.field == "filter.bbox"
-    with pytest.raises(AnalysisError) as err:
-        parse_filter({"bbox": [1, 0, 0, 1]})
     assert err.value.field == "filter.bbox"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterator
 from typing import Any
 
@@ -13,7 +14,7 @@ from sqlalchemy.dialects import postgresql
 from sqlalchemy.orm import Session
 
 from geojobs import queue
-from geojobs.models import BackgroundJob, Base, geometry_columns, result_table
+from geojobs.models import STATUSES, BackgroundJob, Base, geometry_columns, result_table
 
 pytestmark = pytest.mark.db
 
@@ -46,9 +47,12 @@ def test_model_matches_migrated_table(engine: sqlalchemy.Engine, table: str) -> 
     for column in model.columns:
         has_default = real[column.name]["default"] is not None or bool(real[column.name].get("identity"))
         assert has_default == (column.server_default is not None or column.identity is not None), column.name
-    real_checks = {c["sqltext"].replace(" ", "") for c in inspector.get_check_constraints(table)}
+    real_checks = {c["name"]: c["sqltext"] for c in inspector.get_check_constraints(table)}
     assert len(real_checks) == len([c for c in model.constraints
                                     if isinstance(c, sqlalchemy.CheckConstraint)])
+    if table == "background_jobs":
+        allowed = set(re.findall(r"'(\w+)'", real_checks["background_jobs_status_check"]))
+        assert allowed == set(STATUSES)
 
 
 def test_model_inserts_a_job_the_queue_reads(engine: sqlalchemy.Engine,

@@ -159,7 +159,9 @@ def test_worker_that_lost_its_lease_does_not_complete(db_url: str,
 def test_memory_cap_exits_cleanly(db_url: str, conn: psycopg.Connection[Any]) -> None:
     big = queue.enqueue(conn, "noop", {"allocate_mb": 300}, priority=1)
     small = queue.enqueue(conn, "noop", {})
-    worker = start_worker(db_url, "noop", "--memory-cap-mb", "200")
+    # the job's own limit (default: the worker's cap) is raised, so the job completes and the
+    # worker's rule, not the job's, is what this test sees
+    worker = start_worker(db_url, "noop", "--memory-cap-mb", "200", GEOJOBS_JOB_MEMORY_MB="1000")
     _, err = worker.communicate(timeout=60)
     assert worker.returncode == 0
     assert "over the cap" in err

@@ -1,7 +1,8 @@
 """The chaos soak, short version (the full one is ``make soak``; figures in docs/reliability.md).
 
-Workers of two job types under SIGKILL, SIGTERM, a memory cap and every worker connection
-terminated midway, on this test's own database only (never a server restart here).
+Workers of two job types under SIGKILL, SIGTERM, a memory cap, cancels and timeouts of running
+jobs and every worker connection terminated midway, on this test's own database only (never a
+server restart here).
 """
 
 from __future__ import annotations
@@ -30,6 +31,9 @@ def test_short_soak_loses_nothing(db_url: str, tmp_path: Path) -> None:
     assert report.reconnect_warnings >= 1  # the workers saw the database go away
     assert report.by_kind["raises"] == {"failed": report.by_kind["raises"]["failed"]}
     assert report.by_kind["dissolve"].get("completed", 0) >= 0.9 * sum(report.by_kind["dissolve"].values())
+    assert report.cancels >= 3 and report.by_kind["cancel"] == {"cancelled": report.cancels}
+    assert report.cancel_stop_max_seconds < 2.0  # every cancelled job's work stopped in time
+    assert report.by_kind["timeout"] == {"failed": sum(report.by_kind["timeout"].values())}
     assert time.monotonic() - started < 90
 
 

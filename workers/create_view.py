@@ -1,27 +1,30 @@
 """``create_view`` job type: a view or materialised view of a table, from a structured spec.
 
-Params: ``input_table``, ``view_name`` (``schema.name``, default schema ``results``),
-``columns`` (default all), ``filter`` (``[{column, op, value}]`` joined by AND), ``bbox``
-with ``bbox_srid``, ``materialized``, ``replace``; or ``refresh: true`` with ``view_name`` to
-refresh a materialised view. Never SQL text: see docs/job_types/create_view.md.
+Params: ``input_table``, ``output_table`` (the view, ``schema.name``, default schema
+``results``), ``columns`` (default all), ``filter`` (``[{column, op, value}]`` joined by AND,
+or ``{where, bbox, bbox_srid}``), ``materialized``, ``overwrite``; or ``refresh: true`` with
+``output_table`` to refresh a materialised view. Jobs written before create_view spoke like
+the other job types still validate: ``view_name`` and ``replace`` are accepted for
+``output_table`` and ``overwrite``, and a top-level ``bbox``/``bbox_srid`` for the filter's.
+Never SQL text: see docs/job_types/create_view.md.
 """
 
 from __future__ import annotations
 
-from typing import Annotated, Any
+from typing import Any
 
 import psycopg
 from psycopg import sql
-from pydantic import AfterValidator, Field, model_validator
+from pydantic import AliasChoices, Field, model_validator
 
 from analysis.multi import MULTI_TYPE_NAMES, multi_type_name
 from geojobs import layer_sql, worker_cli
 from geojobs import view_sql as q
 from geojobs.context import JobContext
 from geojobs.errors import InvalidInput, OutputExists
-from geojobs.filters import BBox, Condition, FilterSpec, check_bbox, compose_where, require_srid
+from geojobs.filters import SRID, CheckedBBox, FilterSpec, filter_clause
 from geojobs.layers import Layer, describe_layer, split_name
-from geojobs.params import ColumnName, InputTable, JobParams, OutputTable
+from geojobs.params import ColumnName, InputTable, OutputParams, OutputTable
 
 JOB_TYPE = "create_view"
 
@@ -36,11 +39,22 @@ _TYPES = {
 }
 
 
-class Params(JobParams):
+_ALIASES = {"output_table": "view_name", "overwrite": "replace"}
+
+
+class Params(OutputParams):
     """Parameters of ``create_view``."""
 
-    view_name: OutputTable = Field(
-        description="The view, 'schema.name' (plain identifiers); default schema results."
+    output_table: OutputTable = Field(
+        validation_alias=AliasChoices("output_table", "view_name"),
+        description="The view, 'schema.name' (plain identifiers); default schema results. "
+        "Also accepted as view_name.",
+    )
+    overwrite: bool = Field(
+        default=False,
+        validation_alias=AliasChoices("overwrite", "replace"),
+        description="Replace an existing view of that name (never a table). Also accepted as "
+        "replace.",
     )
     input_table: InputTable | None = Field(
         default=None, description="Table (or view) to show; required unless refresh is true."
@@ -48,16 +62,30 @@ class Params(JobParams):
     columns: list[ColumnName] | None = Field(
         default=None, max_length=1600, description="Columns to show, in order; default all."
     )
-    filter: list[Condition] = Field(
-        default_factory=list, max_length=100, description="[{column, op, value}] joined by AND."
+    filter: FilterSpec | None = Field(
+        default=None,
+        description="Rows to show: [{column, op, value}, ...] joined by AND, or "
+        "{where: [...], bbox: [xmin, ymin, xmax, ymax], bbox_srid}.",
     )
-    bbox: Annotated[BBox | None, AfterValidator(check_bbox)] = Field(
-        default=None, description="[xmin, ymin, xmax, ymax]: rows whose geometry meets it."
+    bbox: CheckedBBox | None = Field(
+        default=None, description="Same as filter.bbox; accepted so that older jobs validate."
     )
-    bbox_srid: int | None = Field(default=None, gt=0, description="SRID of bbox; default the table's.")
+    bbox_srid: SRID | None = Field(
+        default=None, description="Same as filter.bbox_srid; accepted so that older jobs validate."
+    )
     materialized: bool = Field(default=False, description="A materialised view (indexed).")
-    replace: bool = Field(default=False, description="Replace an existing view of that name.")
-    refresh: bool = Field(default=False, description="Refresh the materialised view view_name; nothing else.")
+    refresh: bool = Field(
+        default=False, description="Refresh the materialised view output_table; nothing else."
+    )
+
+    @model_validator(mode="before")
+    @classmethod
+    def _one_name_each(cls, data: Any) -> Any:
+        if isinstance(data, dict):
+            for name, alias in _ALIASES.items():
+                if name in data and alias in data:
+                    raise ValueError(f"give {name} or its older name {alias}, not both")
+        return data
 
     @model_validator(mode="after")
     def _refresh_alone(self) -> Params:
@@ -66,17 +94,28 @@ class Params(JobParams):
                 name
                 for name in ("input_table", "columns", "bbox", "bbox_srid")
                 if getattr(self, name) is not None
-            ] + (["filter"] if self.filter else [])
+            ] + (["filter"] if self.filter not in (None, FilterSpec()) else [])
             if given:
-                raise ValueError(f"refresh takes only view_name; remove {', '.join(given)}")
+                raise ValueError(f"refresh takes only output_table; remove {', '.join(given)}")
         elif self.input_table is None:
             raise ValueError("input_table is required unless refresh is true")
+        if self.filter is not None and (self.bbox, self.bbox_srid) != (None, None) and (
+            self.filter.bbox is not None or self.filter.bbox_srid is not None
+        ):
+            raise ValueError("give the bbox in filter or at the top level, not both")
         return self
+
+    def filter_spec(self) -> tuple[FilterSpec | None, str | None]:
+        """The filter as one spec, and the name its bbox was given under (None: filter.bbox)."""
+        if (self.bbox, self.bbox_srid) == (None, None):
+            return self.filter, None
+        spec = self.filter or FilterSpec()
+        return spec.model_copy(update={"bbox": self.bbox, "bbox_srid": self.bbox_srid}), "bbox"
 
 
 EXAMPLE: dict[str, Any] = {
     "input_table": "public.nc_counties",
-    "view_name": "results.nc_high_sids",
+    "output_table": "results.nc_high_sids",
     "columns": ["fid", "name", "sid74", "bir74", "geom"],
     "filter": [{"column": "sid74", "op": ">=", "value": 10}],
     "materialized": True,
@@ -90,20 +129,12 @@ DEMO: list[dict[str, Any]] = []
 def run(ctx: JobContext, params: Params) -> dict[str, Any]:
     """Create (or refresh) the view; return its name and row count."""
     if params.refresh:
-        return _refresh(ctx.conn, params.view_name)
+        return _refresh(ctx.conn, params.output_table)
     assert params.input_table is not None
     layer = describe_layer(ctx.conn, params.input_table, require_geometry=False)
     columns = _columns(layer, params.columns)
-    spec = FilterSpec(where=params.filter, bbox=params.bbox, bbox_srid=params.bbox_srid)
-    where = compose_where(
-        spec,
-        layer.type_names,
-        geometry_column=layer.geometry_column,
-        srid=layer.srid,
-        field="filter",
-        bbox_field="bbox",
-    )
-    require_srid(ctx.conn, params.bbox_srid, field="bbox_srid")
+    spec, bbox_field = params.filter_spec()
+    where = filter_clause(ctx.conn, spec, layer, field="filter", bbox_field=bbox_field)
     warnings: list[str] = []
     key = layer.key
     if params.materialized and key is not None and key not in columns:
@@ -116,23 +147,24 @@ def run(ctx: JobContext, params: Params) -> dict[str, Any]:
         )
     select, geometry_type = _select_list(ctx.conn, layer, columns)
 
-    schema, name = split_name(params.view_name)
+    schema, name = split_name(params.output_table)
     assert schema is not None
     view = sql.Identifier(schema, name)
     if (schema, name) == (layer.schema, layer.name):
-        raise InvalidInput("a view cannot replace its own input table", field="view_name")
-    _make_room(ctx.conn, schema, name, replace=params.replace)
+        raise InvalidInput("a view cannot replace its own input table", field="output_table")
+    _make_room(ctx.conn, schema, name, overwrite=params.overwrite)
 
     statement = q.CREATE_MATERIALIZED if params.materialized else q.CREATE_VIEW
-    ctx.conn.execute(statement.format(view=view, columns=select, table=layer.identifier, where=where))
+    ctx.conn.execute(statement.format(view=view, columns=select, table=layer.identifier,
+                                      where=where if where is not None else sql.SQL("TRUE")))
     ctx.progress(0.8)
     geometry_column = layer.geometry_column if layer.geometry_column in columns else None
     if params.materialized:
         if geometry_column is not None:
             ctx.conn.execute(
-                q.GIST_INDEX.format(
+                layer_sql.GIST_INDEX.format(
                     name=sql.Identifier(f"{name[:55]}_geom_gix"),
-                    view=view,
+                    table=view,
                     geom=sql.Identifier(geometry_column),
                 )
             )
@@ -144,8 +176,8 @@ def run(ctx: JobContext, params: Params) -> dict[str, Any]:
             )
     rows = _count(ctx.conn, view)
     return {
-        "view_name": params.view_name,
-        "output_table": params.view_name,
+        "view_name": params.output_table,
+        "output_table": params.output_table,
         "rows": rows,
         "materialized": params.materialized,
         "columns": columns,
@@ -225,7 +257,7 @@ def _cast(conn: psycopg.Connection[Any], layer: Layer, column: str) -> tuple[sql
     return template.format(geom=ident, type=sql.SQL(gtype), srid=sql.Literal(int(srid))), gtype
 
 
-def _make_room(conn: psycopg.Connection[Any], schema: str, name: str, *, replace: bool) -> None:
+def _make_room(conn: psycopg.Connection[Any], schema: str, name: str, *, overwrite: bool) -> None:
     """Drop an existing view of that name when asked to; never drop a table."""
     row = conn.execute(layer_sql.RELATION_EXISTS, {"schema": schema, "name": name}).fetchone()
     if row is None:
@@ -233,12 +265,13 @@ def _make_room(conn: psycopg.Connection[Any], schema: str, name: str, *, replace
     kind = row[0]
     if kind not in q.DROP:
         raise OutputExists(
-            f"{schema}.{name} exists and is not a view; choose another view_name",
-            field="view_name",
+            f"{schema}.{name} exists and is not a view; choose another output_table",
+            field="output_table",
         )
-    if not replace:
+    if not overwrite:
         raise OutputExists(
-            f"{schema}.{name} already exists; set replace to true to replace it", field="view_name"
+            f"{schema}.{name} already exists; set overwrite to true to replace it",
+            field="output_table",
         )
     try:
         with conn.transaction():
@@ -246,16 +279,17 @@ def _make_room(conn: psycopg.Connection[Any], schema: str, name: str, *, replace
     except psycopg.errors.DependentObjectsStillExist as exc:
         raise InvalidInput(
             f"{schema}.{name} cannot be replaced: other objects depend on it ({exc.diag.message_detail})",
-            field="view_name",
+            field="output_table",
         ) from None
 
 
 def _refresh(conn: psycopg.Connection[Any], view_name: str) -> dict[str, Any]:
+    """Refresh a materialised view, concurrently when a unique index allows it."""
     schema, name = split_name(view_name)
     row = conn.execute(layer_sql.RELATION_EXISTS, {"schema": schema, "name": name}).fetchone()
     if row is None or row[0] != "m":
         what = "does not exist" if row is None else "is not a materialised view"
-        raise InvalidInput(f"{view_name} {what}; nothing to refresh", field="view_name")
+        raise InvalidInput(f"{view_name} {what}; nothing to refresh", field="output_table")
     view = sql.Identifier(schema or "", name)
     unique = conn.execute(q.HAS_UNIQUE_INDEX, {"schema": schema, "name": name}).fetchone()
     concurrently = bool(unique and unique[0])
@@ -271,7 +305,7 @@ def _refresh(conn: psycopg.Connection[Any], view_name: str) -> dict[str, Any]:
 
 
 def _count(conn: psycopg.Connection[Any], view: sql.Identifier) -> int:
-    row = conn.execute(q.COUNT_ROWS.format(view=view)).fetchone()
+    row = conn.execute(layer_sql.COUNT_ROWS.format(table=view)).fetchone()
     return int(row[0]) if row else 0
 
 

@@ -71,12 +71,8 @@ def run(ctx: JobContext, params: Params) -> dict[str, Any]:
         "output_table": output,
         "rows": rows,
         "input_features": len(gdf),
-        "groups": summary.groups,
-        "skipped_empty": summary.skipped_empty,
-        "repaired": summary.repaired,
-        "coverage_union_groups": summary.coverage_groups,
         "srid": layer.srid,
-        "warnings": summary.warnings,
+        **summary.to_dict(),
     }
 
 

@@ -17,8 +17,8 @@ from analysis.hotspot import hotspot
 from geojobs import worker_cli
 from geojobs.context import JobContext
 from geojobs.errors import InvalidParams
-from geojobs.local_stats import GridParams, LocalParams, run_local, warm_up_worker
-from geojobs.params import ColumnName
+from geojobs.local_stats import LocalParams, run_local, warm_up_worker
+from geojobs.params import ColumnName, GridParams
 
 JOB_TYPE = "hotspot"
 

@@ -9,7 +9,7 @@ docs/job_types/hotspot_timeseries.md. Three input shapes: long (``location_colum
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Any
 
 import geopandas as gpd
 from pydantic import Field
@@ -18,39 +18,25 @@ from analysis.emerging import emerging_hot_spots, input_shape, parse_time_step
 from geojobs import worker_cli
 from geojobs.context import JobContext
 from geojobs.errors import InvalidInput, InvalidParams
-from geojobs.layers import check_output_free, describe_layer, read_layer, write_layer
-from geojobs.params import ColumnName, InputTable, JobParams, OutputParams, OutputTable
+from geojobs.layers import (
+    check_output_free,
+    describe_layer,
+    output_srid,
+    read_layer,
+    write_layer,
+)
+from geojobs.params import (
+    BinaryWeightsParams,
+    ColumnName,
+    GridParams,
+    InputTable,
+    OutputParams,
+    OutputTable,
+)
 
 JOB_TYPE = "hotspot_timeseries"
 
 _TIME_TYPES = {"timestamp", "timestamptz", "date"}
-
-
-class GridParams(JobParams):
-    """Cells that point incidents are counted in."""
-
-    shape: Literal["square", "hexagon"] = Field(default="square", description="Cell shape.")
-    cell_size: float | None = Field(
-        default=None, gt=0, le=1e7,
-        description="Distance between adjacent cell centres, in the units of the projected "
-        "CRS (metres for geographic input, which is projected to UTM); default from the "
-        "points' spacing.",
-    )  # fmt: skip
-
-
-class WeightsParams(JobParams):
-    """Spatial neighbours; the space-time Gi* always uses binary weights."""
-
-    type: Literal["queen", "rook", "knn", "distance_band"] | None = Field(
-        default=None,
-        description="Default queen for polygons, distance band for points and grid cells.",
-    )
-    k: int | None = Field(default=None, ge=1, le=1000, description="Neighbours for knn.")
-    threshold: float | None = Field(
-        default=None, gt=0,
-        description="Distance band; default the smallest giving everyone a neighbour.",
-    )  # fmt: skip
-    transform: Literal["B"] | None = Field(default=None, description="Only 'B' (binary).")
 
 
 class Params(OutputParams):
@@ -75,7 +61,7 @@ class Params(OutputParams):
         default=None, max_length=40, description="Incidents: step length, e.g. '1 month'."
     )
     grid: GridParams | None = Field(default=None, description="Incidents: the cells.")
-    weights: WeightsParams | None = Field(default=None, description="Spatial neighbours.")
+    weights: BinaryWeightsParams | None = Field(default=None, description="Spatial neighbours.")
     neighborhood_time_step: int = Field(
         default=1, ge=0, le=100, description="Previous time steps in each neighbourhood (k)."
     )
@@ -172,13 +158,7 @@ def run(ctx: JobContext, params: Params) -> dict[str, Any]:
         min_time_steps=params.min_time_steps,
         progress=lambda f: ctx.progress(0.1 + 0.75 * f),
     )
-    locations = result.locations
-    srid = layer.srid
-    if shape == "incidents" and locations.crs is not None:
-        # the cells are made in a projected CRS (UTM for geographic input): keep it
-        srid = locations.crs.to_epsg() or srid
-        if locations.crs.to_epsg() is None:
-            locations = locations.to_crs(layer.srid)
+    locations, srid = output_srid(result.locations, layer, gdf.crs)
     rows = write_layer(ctx.conn, locations, output, srid=srid, overwrite=params.overwrite)
     ctx.progress(0.92)
     slice_rows = None
@@ -198,7 +178,6 @@ def run(ctx: JobContext, params: Params) -> dict[str, Any]:
             overwrite=params.overwrite,
             field="slices_table",
         )
-    summary = result.summary
     return {
         "output_table": output,
         "rows": rows,
@@ -207,8 +186,7 @@ def run(ctx: JobContext, params: Params) -> dict[str, Any]:
         "input_shape": shape,
         "input_rows": len(gdf),
         "srid": srid,
-        **{k: v for k, v in summary.items() if k != "warnings"},
-        "warnings": summary.get("warnings", []),
+        **result.summary.to_dict(),
     }
 
 

@@ -15,13 +15,13 @@ from __future__ import annotations
 import math
 from typing import Any, Literal
 
-from psycopg import sql
 from pydantic import Field, field_validator
 
 from analysis.nearest import default_method, nearest
 from geojobs import worker_cli
 from geojobs.context import JobContext
 from geojobs.errors import InvalidInput
+from geojobs.filters import FilterSpec, filter_clause
 from geojobs.layers import Layer, check_output_free, describe_layer, read_layer, write_layer
 from geojobs.params import ColumnName, InputTable, OutputParams
 
@@ -46,8 +46,9 @@ class Params(OutputParams):
                                         "metres (geodesic).")
     method: Literal["planar", "geodesic"] | None = Field(
         default=None, description="Default: geodesic for longitude/latitude, else planar.")
-    near_filter: Any = Field(
-        default=None, description="Structured filter on near_table (as create_view's filter).")
+    near_filter: FilterSpec | None = Field(
+        default=None, description="Only these features of near_table: [{column, op, value}, "
+                                  "...] joined by AND, or {where: [...], bbox, bbox_srid}.")
     lines: bool = Field(default=False, description="Also write near_line, the shortest line.")
 
     @field_validator("search_radius")
@@ -84,17 +85,6 @@ def _near_key(layer: Layer, requested: str | None) -> str:
     return layer.key
 
 
-def _where(ctx: JobContext, layer: Layer, raw: Any) -> sql.Composable | None:
-    if raw is None:
-        return None
-    from geojobs.filters import compose_where, parse_filter, table_columns
-
-    spec = parse_filter(raw, field="near_filter")
-    return compose_where(spec, table_columns(ctx.conn, layer.schema, layer.name),
-                         geometry_column=layer.geometry_column, srid=layer.srid,
-                         field="near_filter")
-
-
 def run(ctx: JobContext, params: Params) -> dict[str, Any]:
     """Read both layers, find the neighbours, write the result table."""
     layer = describe_layer(ctx.conn, params.input_table, geometry_column=params.geometry_column)
@@ -104,7 +94,7 @@ def run(ctx: JobContext, params: Params) -> dict[str, Any]:
     key = _near_key(near_layer, params.near_key)
     same = (layer.qualified_name, layer.geometry_column) == (
         near_layer.qualified_name, near_layer.geometry_column)
-    where = _where(ctx, near_layer, params.near_filter)
+    where = filter_clause(ctx.conn, params.near_filter, near_layer, field="near_filter")
     output = ctx.output_table(params.output_table)
     check_output_free(ctx.conn, output, overwrite=params.overwrite)
 

@@ -27,6 +27,12 @@ class Params(JobParams):
                                     description="Raise RuntimeError with this message.")
     allocate_mb: int = Field(default=0, ge=0, le=4096,
                              description="Megabytes to allocate and keep (tests the memory cap).")
+    sql_sleep_seconds: float = Field(default=0.0, ge=0, le=3600,
+                                     description="Seconds to spend in one SQL statement "
+                                                 "(pg_sleep) on the job's connection.")
+    spin_seconds: float = Field(default=0.0, ge=0, le=3600,
+                                description="Seconds to spend in a numba-compiled loop that "
+                                            "never returns to Python.")
 
 
 EXAMPLE: dict[str, Any] = {"sleep_seconds": 0.1}
@@ -40,6 +46,13 @@ def run(ctx: JobContext, params: Params) -> dict[str, Any]:
         if params.sleep_seconds:
             time.sleep(params.sleep_seconds / params.steps)
         ctx.progress((step + 1) / params.steps)
+    if params.sql_sleep_seconds:
+        ctx.conn.execute("SELECT pg_sleep(%s)", (params.sql_sleep_seconds,))
+    if params.spin_seconds:
+        # numba (0.8 s to import) loads only for this diagnostic, not in every noop worker
+        from analysis.spin import spin
+
+        spin(params.spin_seconds)
     if params.allocate_mb:
         block = bytearray(params.allocate_mb * 2**20)
         block[:: 4096] = b"x" * len(block[:: 4096])  # touch every page so it is resident

@@ -20,7 +20,8 @@ from geojobs import worker_cli
 from geojobs.config import output_dir, raster_dir
 from geojobs.context import JobContext
 from geojobs.errors import InvalidInput
-from geojobs.layers import Layer, describe_layer, read_layer
+from geojobs.filters import FilterSpec, filter_clause
+from geojobs.layers import describe_layer, read_layer
 from geojobs.params import ColumnName, InputTable, JobParams
 
 JOB_TYPE = "raster_clip"
@@ -34,8 +35,9 @@ class Params(JobParams):
     clip_table: InputTable = Field(description="Polygons to clip to.")
     clip_geometry_column: ColumnName | None = Field(
         default=None, description="Geometry column of clip_table; default its first one.")
-    clip_filter: Any = Field(
-        default=None, description="Structured filter on clip_table (as create_view's filter).")
+    clip_filter: FilterSpec | None = Field(
+        default=None, description="Only these features of clip_table: [{column, op, value}, "
+                                  "...] joined by AND, or {where: [...], bbox, bbox_srid}.")
     output_raster: str | None = Field(
         default=None, max_length=1024, description="Output file relative to the output "
                                                    "directory; default raster_clip_<job id>.tif.")
@@ -65,17 +67,6 @@ EXAMPLE: dict[str, Any] = {
 DEMO: list[dict[str, Any]] = []  # needs a raster in GEOJOBS_RASTER_DIR; see the notebook
 
 
-def _where(ctx: JobContext, layer: Layer, raw: Any) -> Any:
-    if raw is None:
-        return None
-    from geojobs.filters import compose_where, parse_filter, table_columns
-
-    spec = parse_filter(raw, field="clip_filter")
-    return compose_where(spec, table_columns(ctx.conn, layer.schema, layer.name),
-                         geometry_column=layer.geometry_column, srid=layer.srid,
-                         field="clip_filter")
-
-
 def run(ctx: JobContext, params: Params) -> dict[str, Any]:
     """Resolve both paths safely, read the polygons, clip, return the output's description."""
     source = resolve_input(raster_dir(), params.raster, field="raster")
@@ -85,7 +76,7 @@ def run(ctx: JobContext, params: Params) -> dict[str, Any]:
     layer = describe_layer(ctx.conn, params.clip_table, field="clip_table",
                            geometry_column=params.clip_geometry_column,
                            geometry_field="clip_geometry_column")
-    where = _where(ctx, layer, params.clip_filter)
+    where = filter_clause(ctx.conn, params.clip_filter, layer, field="clip_filter")
     shapes = read_layer(ctx.conn, layer, [], where=where)
     if not len(shapes):
         raise InvalidInput(f"no feature of {layer.qualified_name} passes clip_filter",
@@ -96,7 +87,7 @@ def run(ctx: JobContext, params: Params) -> dict[str, Any]:
                          overwrite=params.overwrite,
                          progress=lambda f: ctx.progress(0.05 + 0.9 * f))
     return {
-        **result.as_dict(),
+        **result.to_dict(),
         "output_raster": str(target.relative_to(output_dir().resolve())),
         "clip_features": len(shapes),
         "clip_srid": layer.srid,

@@ -49,6 +49,10 @@ def create_app(settings: ApiSettings | None = None) -> FastAPI:
                   redoc_url=None, openapi_url="/openapi.json",
                   description="OGC API - Processes - Part 1: Core 1.0.0 over the geojobs job table.")
     app.state.settings = settings
+    # Routers mounted beside the Processes routes (the result layers) add their conformance
+    # classes here, and landing-page links with hrefs relative to the API root.
+    app.state.conformance = []
+    app.state.landing_links = []
     install_handlers(app)
     app.include_router(ProcessesEndpoints().router)
     app.include_router(OperationsEndpoints(database_url=settings.database_url).router)

@@ -97,10 +97,7 @@ class Dispatcher:
                     await asyncio.wait_for(self._wake.wait(), 5)
                 self._wake.clear()
                 continue
-            timeout = 60.0
-            if due is not None:
-                now = await self.store.pool.fetchval("SELECT now()")
-                timeout = max(0.0, min(timeout, (due - now).total_seconds()))
+            timeout = 60.0 if due is None else max(0.0, min(60.0, float(due)))
             self._wake.clear()
             if timeout > 0:
                 with contextlib.suppress(asyncio.TimeoutError):

@@ -31,12 +31,6 @@ OUTPUTS: dict[str, Any] = {
 }
 
 
-def _description(module: Any) -> tuple[str, str]:
-    text = (module.__doc__ or "").strip()
-    title = text.splitlines()[0] if text else module.JOB_TYPE
-    return title.strip("`").replace("``", ""), text.replace("``", "`")
-
-
 @cache
 def _described(job_type: str) -> dict[str, Any]:
     module = registry.load(job_type)
@@ -53,7 +47,7 @@ def _described(job_type: str) -> dict[str, Any]:
             "maxOccurs": 1,
         }
         inputs[name] = entry
-    title, text = _description(module)
+    title, text = module.summary, module.description
     outputs = dict(OUTPUTS)
     if job_type == "raster_clip":
         outputs = {"result": OUTPUTS["result"], "cog": {

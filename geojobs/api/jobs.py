@@ -12,10 +12,13 @@ from geojobs.config import output_dir
 __all__ = ["OGC_STATUS", "SQL_STATUS", "FINAL", "status_info", "results_document", "iso",
            "raster_path"]
 
-OGC_STATUS = {"queued": "accepted", "running": "running", "completed": "successful",
-              "failed": "failed", "cancelled": "dismissed"}
-"""Our status -> the OGC status code."""
-SQL_STATUS = {v: k for k, v in OGC_STATUS.items()}
+OGC_STATUS = {"waiting": "accepted", "queued": "accepted", "running": "running",
+              "completed": "successful", "failed": "failed", "cancelled": "dismissed"}
+"""Our status -> the OGC status code (waiting: for the jobs it depends on)."""
+SQL_STATUS: dict[str, list[str]] = {}
+for _ours, _ogc in OGC_STATUS.items():
+    SQL_STATUS.setdefault(_ogc, []).append(_ours)
+"""The OGC status code -> our statuses."""
 FINAL = {"completed", "failed", "cancelled"}
 
 
@@ -32,7 +35,8 @@ def _message(job: Mapping[str, Any]) -> str:
     status, progress = job["status"], job["progress"]
     if status == "running":
         return f"running, {round(100 * (progress or 0))} %"
-    return {"queued": "queued", "completed": "completed", "cancelled": "dismissed"}.get(status, status)
+    return {"queued": "queued", "waiting": "waiting for the jobs it depends on",
+            "completed": "completed", "cancelled": "dismissed"}.get(status, status)
 
 
 def status_info(job: Mapping[str, Any], base: str, *, status: str | None = None) -> dict[str, Any]:

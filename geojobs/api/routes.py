@@ -7,7 +7,7 @@ import json
 import shutil
 import tempfile
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -215,11 +215,14 @@ class ProcessesEndpoints:
                          "type": "application/json", "title": "processes"},
                         {"href": f"{base}/jobs", "rel": REL + "job-list",
                          "type": "application/json", "title": "jobs"},
+                        *({**link, "href": base + link["href"]}
+                          for link in getattr(request.app.state, "landing_links", [])),
                     ]}
 
         @router.get("/conformance", summary="Conformance classes", tags=["Capabilities"])
-        def conformance() -> dict[str, list[str]]:
-            return {"conformsTo": CONFORMANCE}
+        def conformance(request: Request) -> dict[str, list[str]]:
+            extra = getattr(request.app.state, "conformance", [])
+            return {"conformsTo": CONFORMANCE + [c for c in extra if c not in CONFORMANCE]}
 
         @router.get("/api", summary="OpenAPI 3.0 definition", tags=["Capabilities"],
                     response_class=JSONResponse)
@@ -287,7 +290,13 @@ class ProcessesEndpoints:
                 raise
             assert row is not None
             jid, created = int(row["job_id"]), bool(row["created"])
-            job = await _job(store, user, jid)
+            job: Mapping[str, Any]
+            if created and preference.wait is None:  # as inserted: no second round trip
+                job = {"id": jid, "job_type": processID, "status": "queued", "progress": None,
+                       "error": None, "result": None, "created_at": row["created_at"],
+                       "started_at": None, "finished_at": None, "updated_at": row["created_at"]}
+            else:
+                job = await _job(store, user, jid)
             applied = []
             if preference.wait is not None and created:
                 job = await self._wait(store, user, jid, job, preference.wait)
@@ -320,7 +329,7 @@ class ProcessesEndpoints:
                 unknown = [s for s in names if s not in SQL_STATUS]
                 if unknown:
                     raise BadRequest(f"status: unknown {unknown}; use {list(SQL_STATUS)}", field="status")
-                statuses = [SQL_STATUS[s] for s in names]
+                statuses = [ours for s in names for ours in SQL_STATUS[s]]
             types = [t for part in processID for t in part.split(",") if t] if processID else None
             start = end = None
             if datetime is not None:
@@ -369,7 +378,7 @@ class ProcessesEndpoints:
                     raise BadRequest(f"f: unknown format {f!r}; use one of {sorted(FORMATS)}",
                                      field="f")
             job = await _job(store, user, jid)
-            if job["status"] in ("queued", "running"):
+            if job["status"] in ("waiting", "queued", "running"):
                 raise ResultNotReady(f"job {jid} is {OGC_STATUS[job['status']]}", field="jobID")
             if job["status"] == "failed":
                 raise JobFailed(f"job {jid} failed: {job['error']}", field="jobID")
@@ -403,7 +412,7 @@ class ProcessesEndpoints:
         ) -> Response:
             job = await _job(store, user, jid)
             base = base_url(request)
-            if job["status"] in ("queued", "running"):
+            if job["status"] in ("waiting", "queued", "running"):
                 if await store.fetchval("cancel_job", id=jid, username=user.scope):
                     job = await _job(store, user, jid)
                     return JSONResponse(status_info(job, base), headers=NO_STORE)
@@ -435,7 +444,7 @@ class ProcessesEndpoints:
         """403 when ``overwrite`` would replace a table another user's job wrote."""
         if not getattr(params, "overwrite", False) or user.admin:
             return
-        field_name = "output_table" if hasattr(params, "output_table") else "view_name"
+        field_name = "output_table"  # every job type that writes a table names it so
         target = getattr(params, field_name, None)
         if not target:
             return
@@ -446,8 +455,8 @@ class ProcessesEndpoints:
             raise Forbidden(f"inputs.{field_name}: {target} was not written by your jobs; "
                             "it may not be overwritten", field=f"inputs.{field_name}")
 
-    async def _wait(self, store: Store, user: User, jid: int, job: asyncpg.Record,
-                    seconds: int) -> asyncpg.Record:
+    async def _wait(self, store: Store, user: User, jid: int, job: Mapping[str, Any],
+                    seconds: int) -> Mapping[str, Any]:
         """The job once it is final, or as it is after ``seconds``; woken by NOTIFY."""
         deadline = time.monotonic() + seconds
         async with store.watch(jid) as changes:

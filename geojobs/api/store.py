@@ -19,12 +19,13 @@ import asyncpg
 from psycopg.conninfo import conninfo_to_dict
 
 from geojobs.config import SQL_DIR
+from geojobs.queue import JOB_EVENTS_CHANNEL
 
 __all__ = ["api_queries", "asyncpg_dsn", "Store", "JOB_CHANNEL", "CALLBACK_CHANNEL"]
 
 log = logging.getLogger("geojobs.api")
 
-JOB_CHANNEL = "geojobs_jobs"
+JOB_CHANNEL = JOB_EVENTS_CHANNEL
 CALLBACK_CHANNEL = "geojobs_callbacks"
 _NAME_LINE = re.compile(r"^-- name: (\w+)\s*$", re.MULTILINE)
 _PARAM = re.compile(r"%\((\w+)\)s")

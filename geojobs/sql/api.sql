@@ -27,8 +27,9 @@ UPDATE api_keys SET revoked_at = now() WHERE name = %(name)s AND revoked_at IS N
 SELECT EXISTS (SELECT 1 FROM pg_roles WHERE rolname = %(name)s);
 
 -- name: submit_job
--- Insert a job for a user (or find the one of its idempotency key).
-SELECT job_id, created FROM geojobs_submit_as(%(username)s, %(job_type)s, %(params)s::jsonb,
+-- Insert a job for a user (or find the one of its idempotency key). now() is the transaction's
+-- time, so it equals the new row's created_at.
+SELECT job_id, created, now() AS created_at FROM geojobs_submit_as(%(username)s, %(job_type)s, %(params)s::jsonb,
     %(idempotency_key)s, %(max_queued)s, %(success_uri)s, %(in_progress_uri)s, %(failed_uri)s);
 
 -- name: get_job
@@ -99,5 +100,6 @@ SET attempts = attempts + 1, last_error = %(error)s,
 WHERE id = %(id)s;
 
 -- name: next_delivery
--- When the next pending callback is due (NULL: none).
-SELECT min(next_at) FROM api_deliveries WHERE delivered_at IS NULL AND given_up_at IS NULL;
+-- Seconds until the next pending callback is due (NULL: none pending).
+SELECT extract(epoch FROM min(next_at) - now())::float8 FROM api_deliveries
+WHERE delivered_at IS NULL AND given_up_at IS NULL;

@@ -2,8 +2,9 @@
 -- Each query starts with a "-- name: <name>" line and a one-line comment.
 
 -- name: fold_finished
--- Fold jobs finished more than settle_seconds ago into geojobs_metrics_finished (migration 0007).
-SELECT geojobs_metrics_fold(%(settle_seconds)s);
+-- Fold jobs finished more than settle_seconds ago into geojobs_metrics_finished (at most
+-- max_rows of them; migration 0007b).
+SELECT geojobs_metrics_fold(%(settle_seconds)s, %(max_rows)s);
 
 -- name: optional_tables
 -- Which tables of other migrations exist (the worker registry).
@@ -11,33 +12,39 @@ SELECT to_regclass('geojobs_workers') IS NOT NULL AS workers;
 
 -- name: live_jobs
 -- Queued and running jobs by type: counts, how many are ready now, how long the oldest ready one
--- has waited. Reads the partial indexes of the hot rows only.
-SELECT job_type, status, count(*) AS jobs,
-       count(*) FILTER (WHERE status = 'queued' AND available_at <= now()) AS ready,
-       coalesce(extract(epoch FROM now() - min(available_at)
-                        FILTER (WHERE status = 'queued' AND available_at <= now())), 0)::float8
-           AS oldest_ready_seconds
+-- has waited. One branch per status, so each reads its own partial index (claim, running).
+SELECT job_type, 'queued' AS status, count(*) AS jobs,
+       count(*) FILTER (WHERE available_at <= now()) AS ready,
+       coalesce(extract(epoch FROM now() - min(available_at) FILTER (WHERE available_at <= now())),
+                0)::float8 AS oldest_ready_seconds
 FROM background_jobs
-WHERE status IN ('queued', 'running')
-GROUP BY job_type, status;
+WHERE status = 'queued'
+GROUP BY job_type
+UNION ALL
+SELECT job_type, 'running', count(*), 0, 0::float8
+FROM background_jobs
+WHERE status = 'running'
+GROUP BY job_type;
+
+-- name: finished_state
+-- Up to when jobs are folded (NULL: none yet), and the duration histogram's upper bounds (seconds).
+SELECT nullif(folded_until, '-infinity') AS folded_until, buckets FROM geojobs_metrics_state;
 
 -- name: finished_jobs
 -- Job outcomes by type, status and duration bucket: the folded counts plus the rows finished
--- since the last fold (run in the same snapshot, so no job is counted twice or missed).
+-- since the last fold (run in the snapshot that read finished_state, so no job is counted twice
+-- or missed). folded_until comes as a value, so the planner sees how few rows are that recent.
 SELECT f.job_type, f.status, f.bucket, sum(f.jobs)::bigint AS jobs, sum(f.seconds)::float8 AS seconds
 FROM (
     SELECT job_type, status, bucket, jobs, seconds FROM geojobs_metrics_finished
     UNION ALL
-    SELECT j.job_type, j.status, geojobs_metrics_bucket(j.started_at, j.finished_at, s.buckets), 1,
+    SELECT j.job_type, j.status,
+           geojobs_metrics_bucket(j.started_at, j.finished_at, %(buckets)s::float8[]), 1,
            coalesce(extract(epoch FROM j.finished_at - j.started_at), 0)
-    FROM background_jobs j, geojobs_metrics_state s
-    WHERE j.status IN ('completed', 'failed', 'cancelled') AND j.finished_at > s.folded_until
+    FROM background_jobs j
+    WHERE j.status IN ('completed', 'failed', 'cancelled') AND j.finished_at > coalesce(%(folded_until)s::timestamptz, '-infinity')
 ) AS f
 GROUP BY f.job_type, f.status, f.bucket;
-
--- name: duration_buckets
--- The duration histogram's upper bounds, in seconds.
-SELECT buckets FROM geojobs_metrics_state;
 
 -- name: live_workers
 -- Workers seen within the lease (the registry of migration 0004).

@@ -22,7 +22,7 @@ WHERE j.id = (
 )
 RETURNING j.id, j.job_type,
           CASE WHEN j.depends_on IS NULL THEN j.params ELSE geojobs_resolve_outputs(j.params) END,
-          j.attempts, j.max_attempts;
+          j.attempts, j.max_attempts, j.timeout_seconds, j.memory_limit_mb;
 
 -- name: complete_job
 -- Record success, only if this worker still holds this attempt (compare-and-set).
@@ -86,7 +86,8 @@ RETURNING id;
 -- name: get_job
 -- One job row.
 SELECT id, job_type, params, status, priority, attempts, max_attempts, available_at, created_at,
-       started_at, finished_at, heartbeat_at, worker_id, progress, result, error, depends_on
+       started_at, finished_at, heartbeat_at, worker_id, progress, result, error, depends_on,
+       timeout_seconds, memory_limit_mb, expires_at, pinned, idempotency_key
 FROM background_jobs WHERE id = %(id)s;
 
 -- name: list_jobs
@@ -100,7 +101,8 @@ ORDER BY id DESC
 LIMIT %(limit)s;
 
 -- name: cancel_job
--- Cancel a waiting, queued or running job; a running one stops at its next progress check.
+-- Cancel a waiting, queued or running job; the worker of a running one is told by NOTIFY
+-- and stops it.
 UPDATE background_jobs
 SET status = 'cancelled', finished_at = now(), error = 'cancelled by request'
 WHERE id = %(id)s AND status IN ('waiting', 'queued', 'running')
@@ -114,14 +116,50 @@ SET status = 'queued', attempts = 0, available_at = now(), finished_at = NULL, s
 WHERE id = %(id)s AND status IN ('failed', 'cancelled')
 RETURNING id;
 
--- name: count_ready
--- How many jobs of one type are ready now.
-SELECT count(*) FROM background_jobs
-WHERE status = 'queued' AND job_type = %(job_type)s AND available_at <= now();
+-- name: job_state
+-- Status and holder of one job: why a heartbeat was refused (cancelled, or the lease lost).
+SELECT status, worker_id, attempts FROM background_jobs WHERE id = %(id)s;
 
--- name: listen_job_events
--- Be woken when a job's status or progress changes (JSON payload with the id; migration 0003).
-LISTEN geojobs_jobs;
+-- name: terminate_backend
+-- End the database session of a killed job process at once (its transaction rolls back),
+-- waiting up to one second for it to be gone.
+SELECT pg_terminate_backend(%(pid)s, 1000);
+
+-- name: register_worker
+-- A worker process announces itself (or again, after a reconnection).
+INSERT INTO geojobs_workers (worker_id, job_type, host, pid, version, rss_mb)
+VALUES (%(worker_id)s, %(job_type)s, %(host)s, %(pid)s, %(version)s, %(rss_mb)s)
+ON CONFLICT (worker_id) DO UPDATE
+SET last_seen = now(), current_job = NULL, rss_mb = EXCLUDED.rss_mb;
+
+-- name: touch_worker
+-- A worker is alive: its current job, jobs run and resident memory.
+UPDATE geojobs_workers
+SET last_seen = now(), current_job = %(current_job)s, jobs_run = %(jobs_run)s, rss_mb = %(rss_mb)s
+WHERE worker_id = %(worker_id)s
+RETURNING worker_id;
+
+-- name: unregister_worker
+-- A worker stops.
+DELETE FROM geojobs_workers WHERE worker_id = %(worker_id)s;
+
+-- name: prune_workers
+-- Forget workers not seen for longer than the lease.
+DELETE FROM geojobs_workers WHERE last_seen < now() - make_interval(secs => %(lease_seconds)s)
+RETURNING worker_id;
+
+-- name: list_workers
+-- Every registered worker, with the seconds since it was last seen.
+SELECT worker_id, job_type, host, pid, version, started_at, last_seen, current_job, jobs_run,
+       rss_mb, extract(epoch FROM now() - last_seen)::float8 AS seen_seconds_ago
+FROM geojobs_workers
+ORDER BY job_type, started_at;
+
+-- name: live_workers
+-- How many workers of one type were seen within the given seconds.
+SELECT count(*) FROM geojobs_workers
+WHERE job_type = %(job_type)s AND last_seen >= now() - make_interval(secs => %(seconds)s);
+
 
 -- name: claim_quiet
 -- For one job: how long it has been queued, and how long since a worker of its type last showed
@@ -169,3 +207,76 @@ SET status = 'cancelled', finished_at = now(), error = 'cancelled by request'
 WHERE id IN (SELECT job_id FROM pipeline_steps WHERE pipeline_id = %(id)s AND NOT reused)
   AND status IN ('waiting', 'queued', 'running')
 RETURNING id;
+
+-- name: enqueue_job_controlled
+-- Insert a job with limits and an idempotency key; a key already used by this submitter
+-- returns the first job instead (inserted = false).
+WITH inserted AS (
+    INSERT INTO background_jobs (job_type, params, priority, max_attempts, timeout_seconds,
+                                 memory_limit_mb, idempotency_key)
+    VALUES (%(job_type)s, %(params)s, %(priority)s, %(max_attempts)s, %(timeout_seconds)s,
+            %(memory_limit_mb)s, %(idempotency_key)s)
+    ON CONFLICT (submitted_by, idempotency_key) WHERE idempotency_key IS NOT NULL DO NOTHING
+    RETURNING id
+)
+SELECT id, true FROM inserted
+UNION ALL
+SELECT id, false FROM background_jobs
+WHERE submitted_by = session_user AND idempotency_key = %(idempotency_key)s
+  AND NOT EXISTS (SELECT 1 FROM inserted);
+
+-- name: pin_job
+-- Keep (or stop keeping) a finished job's outputs past their expiry.
+UPDATE background_jobs SET pinned = %(pinned)s WHERE id = %(id)s RETURNING id;
+
+-- name: worker_of_job
+-- The registry row of the worker holding or last holding a job, if it is still registered.
+SELECT w.worker_id, w.host, w.pid, w.version, w.last_seen
+FROM background_jobs AS j JOIN geojobs_workers AS w ON w.worker_id = j.worker_id
+WHERE j.id = %(id)s;
+
+-- name: janitor_expired_outputs
+-- Finished jobs whose outputs are past their expiry (expires_at, else finished_at + the result
+-- TTL; or the job row itself past the job TTL), not pinned, not yet dropped, and read by no
+-- unfinished job (by name in its params, or as a dependency). Locked, skipping rows another
+-- janitor holds.
+SELECT j.id, j.result
+FROM background_jobs AS j
+WHERE j.status IN ('completed', 'failed', 'cancelled') AND NOT j.pinned
+  AND j.result IS NOT NULL AND NOT j.result ? 'expired_at'
+  AND (COALESCE(j.expires_at, j.finished_at + make_interval(secs => %(result_ttl_days)s * 86400)) < now()
+       OR j.finished_at < now() - make_interval(secs => %(job_ttl_days)s * 86400))
+  AND NOT EXISTS (
+      SELECT 1 FROM background_jobs AS o
+      WHERE o.status IN ('waiting', 'queued', 'running')
+        AND (o.depends_on @> ARRAY[j.id]
+             OR strpos(o.params::text, COALESCE(j.result->>'output_table',
+                                                j.result->>'output_view', '\0')) > 0))
+ORDER BY j.finished_at
+LIMIT %(limit)s
+FOR UPDATE OF j SKIP LOCKED;
+
+-- name: janitor_mark_expired
+-- Record that a job's outputs were dropped.
+UPDATE background_jobs
+SET result = result || jsonb_build_object('expired_at', now())
+WHERE id = %(id)s;
+
+-- name: janitor_delete_jobs
+-- Delete finished job rows past the job TTL whose outputs are gone (or never existed), not
+-- pinned and needed by no unfinished job.
+DELETE FROM background_jobs AS j
+WHERE j.id IN (
+    SELECT id FROM background_jobs
+    WHERE status IN ('completed', 'failed', 'cancelled') AND NOT pinned
+      AND finished_at < now() - make_interval(secs => %(job_ttl_days)s * 86400)
+      AND (result IS NULL OR result ? 'expired_at'
+           OR NOT (result ?| ARRAY['output_table', 'output_view', 'output_raster']))
+    ORDER BY finished_at
+    LIMIT %(limit)s
+    FOR UPDATE SKIP LOCKED
+)
+AND NOT EXISTS (SELECT 1 FROM background_jobs AS o
+                WHERE o.status IN ('waiting', 'queued', 'running') AND o.depends_on @> ARRAY[j.id])
+AND NOT EXISTS (SELECT 1 FROM pipeline_steps AS s WHERE s.job_id = j.id)
+RETURNING j.id;

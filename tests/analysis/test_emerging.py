@@ -91,7 +91,7 @@ def test_wide_k0_equals_esda_per_year(us_income) -> None:
         np.testing.assert_allclose(got["gi_zscore"], g.Zs, atol=1e-9)
         np.testing.assert_allclose(got["gi_pvalue"], 2 * g.p_norm, atol=1e-12)
         np.testing.assert_array_equal(got["value"], us_income[year].to_numpy(float))
-    assert result.summary["weights"]["type"] == "queen"
+    assert result.summary.to_dict()["weights"]["type"] == "queen"
 
 
 def test_long_and_wide_layouts_agree(us_income, us_long) -> None:
@@ -110,7 +110,7 @@ def test_long_and_wide_layouts_agree(us_income, us_long) -> None:
     assert (got["STATE_NAME"] == by_fips["STATE_NAME"]).all()
     assert got.geometry.geom_equals(by_fips.geometry).all()
     assert "income" not in got.columns and "year" not in got.columns
-    assert long.summary["categories"] == wide.summary["categories"]
+    assert long.summary.to_dict()["categories"] == wide.summary.to_dict()["categories"]
     assert len(long.slices) == 48 * 81
     assert long.slices["time"].iloc[0] == 1929
 
@@ -125,8 +125,8 @@ def test_output_columns_and_summary(us_income) -> None:
     assert (out["category"].map(CATEGORY_CODES) == out["category_code"]).all()
     assert (out["n_time_steps"] == 81).all()
     assert (out["hot_steps"] + out["cold_steps"] <= 81).all()
-    assert sum(result.summary["categories"].values()) == 48
-    assert len(result.summary["categories"]) == 17
+    assert sum(result.summary.to_dict()["categories"].values()) == 48
+    assert len(result.summary.to_dict()["categories"]) == 17
     last = result.slices.loc[result.slices["time_index"] == 80].sort_values("location_id")
     np.testing.assert_allclose(out["last_gi_zscore"], last["gi_zscore"])
     assert (out["last_gi_bin"].to_numpy() == last["gi_bin"].to_numpy()).all()
@@ -148,7 +148,7 @@ def test_too_few_time_steps_fails_with_the_field() -> None:
         emerging_hot_spots(mexico, value_columns=decades)
     assert err.value.field == "value_columns"
     result = emerging_hot_spots(mexico, value_columns=decades, min_time_steps=5)
-    assert result.summary["time_steps"] == 7 and len(result.locations) == 32
+    assert result.summary.to_dict()["time_steps"] == 7 and len(result.locations) == 32
 
 
 # --- incidents --------------------------------------------------------------
@@ -177,8 +177,8 @@ def test_incident_counts_match_a_spatial_join(shape) -> None:
     assert len(slices) == len(cells) * 24
     assert (slices == 0).any()  # empty cells in the extent count 0
     assert cells["count"].sum() == len(incidents)
-    assert result.summary["weights"]["type"] == "distance_band"
-    assert result.summary["islands"] == 0
+    assert result.summary.to_dict()["weights"]["type"] == "distance_band"
+    assert result.summary.to_dict()["islands"] == 0
 
 
 @pytest.mark.parametrize("shape", ["square", "hexagon"])
@@ -210,8 +210,8 @@ def test_geographic_incidents_are_projected() -> None:
         grid={"shape": "square", "cell_size": 500},
     )  # fmt: skip
     assert result.locations.crs.is_projected
-    assert result.summary["crs"] == result.locations.crs.to_string()
-    assert result.summary["categories"]["Intensifying Hot Spot"] >= 1
+    assert result.summary.to_dict()["crs"] == result.locations.crs.to_string()
+    assert result.summary.to_dict()["categories"]["Intensifying Hot Spot"] >= 1
 
 
 def test_weekly_steps_start_at_the_first_day() -> None:
@@ -251,7 +251,7 @@ def test_cell_size_is_derived_when_missing() -> None:
     result = emerging_hot_spots(
         incidents, time_column="reported_at", time_step="1 month", grid={"shape": "hexagon"}
     )
-    grid = result.summary["grid"]
+    grid = result.summary.to_dict()["grid"]
     assert grid["cell_size_derived"] and grid["cell_size"] > 0
     assert grid["cells"] == len(result.locations)
     assert result.locations["count"].sum() == len(incidents)
@@ -265,7 +265,7 @@ def test_null_times_and_geometries_are_dropped_and_counted() -> None:
         incidents, time_column="reported_at", time_step="1 month",
         grid={"shape": "square", "cell_size": 1000},
     )  # fmt: skip
-    assert result.summary["incidents_dropped"] == 15
+    assert result.summary.to_dict()["incidents_dropped"] == 15
     assert result.locations["count"].sum() == len(incidents) - 15
 
 

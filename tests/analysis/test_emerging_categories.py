@@ -1,7 +1,7 @@
 """The 17-category classifier on hand-made series, one per category, and its edges.
 
-Each series is written from the category's definition in issue 8 / ArcGIS
-Pro ("H" a significant hot step, "C" cold, "." not significant).
+Each series is written from the category's definition in ArcGIS
+Pro's "How Emerging Hot Spot Analysis works" ("H" a significant hot step, "C" cold, "." not significant).
 """
 
 from __future__ import annotations

@@ -235,7 +235,8 @@ CREATE TRIGGER background_jobs_dependencies_cascade
     EXECUTE FUNCTION background_jobs_cascade();
 
 -- Pipelines: one row per submitted run; its steps map step names to jobs. A rerun is a new
--- run that names the run it replaces and reuses (links) the upstream steps' jobs.
+-- run that names the run it replaces and reuses (links) the upstream steps' jobs. A job row
+-- deleted (by retention) leaves its runs without that step.
 CREATE TABLE IF NOT EXISTS pipelines (
     id            bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
     name          text        NOT NULL DEFAULT '',
@@ -250,7 +251,7 @@ CREATE TABLE IF NOT EXISTS pipeline_steps (
     pipeline_id  bigint  NOT NULL REFERENCES pipelines (id) ON DELETE CASCADE,
     step         text    NOT NULL,
     position     integer NOT NULL,
-    job_id       bigint  NOT NULL REFERENCES background_jobs (id),
+    job_id       bigint  NOT NULL REFERENCES background_jobs (id) ON DELETE CASCADE,
     reused       boolean NOT NULL DEFAULT false,
     PRIMARY KEY (pipeline_id, step)
 );
@@ -276,6 +277,21 @@ AS $$
         SET status = 'cancelled', finished_at = now(), error = 'cancelled by ' || session_user
         WHERE id = job_id AND status IN ('waiting', 'queued', 'running')
           AND submitted_by = session_user
+        RETURNING id
+    )
+    SELECT EXISTS (SELECT 1 FROM cancelled);
+$$;
+
+-- The HTTP API's cancel (migration 0003) also cancels waiting jobs.
+CREATE OR REPLACE FUNCTION geojobs_cancel_as(job_id bigint, username text) RETURNS boolean
+LANGUAGE sql SECURITY DEFINER
+SET search_path = public, pg_temp
+AS $$
+    WITH cancelled AS (
+        UPDATE public.background_jobs
+        SET status = 'cancelled', finished_at = now(), error = 'dismissed by ' || username
+        WHERE id = job_id AND status IN ('waiting', 'queued', 'running')
+          AND (submitted_by = username OR username IS NULL)
         RETURNING id
     )
     SELECT EXISTS (SELECT 1 FROM cancelled);

@@ -50,10 +50,11 @@ $$;
 -- counts; returns how many were folded. The delay lets late commits land first (a job's
 -- finished_at is set just before its transaction commits). Concurrent calls (two API
 -- processes) take turns on the state row; SECURITY DEFINER, so a read-only scraping role can
--- fold too (it can only add what the table already says).
+-- fold too (it can only add what the table already says). No JIT: compiling the plan would
+-- cost more than running it.
 CREATE OR REPLACE FUNCTION geojobs_metrics_fold(settle_seconds double precision DEFAULT 60)
 RETURNS bigint
-LANGUAGE plpgsql SECURITY DEFINER SET search_path = public, pg_temp AS $$
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = public, pg_temp SET jit = off AS $$
 DECLARE
     state geojobs_metrics_state;
     until timestamptz := now() - make_interval(secs => settle_seconds);

@@ -1,0 +1,249 @@
+"""``python -m bench.api``: the HTTP API against direct SQL, side by side in one run, on loopback.
+
+- Submit latency: jobs submitted one at a time, alternating ``POST /processes/noop/execution``
+  (one keep-alive HTTP connection) and ``INSERT INTO background_jobs`` (one psycopg
+  connection, autocommit); p50/p95 of each, the API's added time at p50, and the API server's
+  CPU time per submit (its process and children, from /proc).
+- Submits per second with 1 and 16 concurrent clients: asyncio with httpx (API) against
+  asyncio with 16 psycopg async connections (SQL), both in this one client process.
+- ``GET /jobs/{id}`` per second with 16 clients.
+- Completion to SSE event: a noop worker runs each job; a client follows ``/jobs/{id}/events``;
+  the time from the job's ``finished_at`` (set in the worker's completion transaction, just
+  before its commit) to the arrival of the ``successful`` event, p50/p95.
+
+No worker runs during the submit measurements (jobs stay queued). The uvicorn worker count is
+``--uvicorn-workers`` (default 1) and is printed with the figures.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Awaitable, Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import httpx
+import psutil
+import psycopg
+from psycopg.conninfo import make_conninfo
+from psycopg.types.json import Jsonb
+
+from bench.database import bench_database
+from bench.measure import percentiles
+from bench.report import machine, print_table, write_json
+from geojobs.api.keys import create_key
+
+__all__ = ["run", "main"]
+
+ROOT = Path(__file__).resolve().parents[1]
+INSERT = "INSERT INTO background_jobs (job_type, params) VALUES (%s, %s) RETURNING id"
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def _start(cmd: list[str], env: dict[str, str], log: Any) -> subprocess.Popen[str]:
+    return subprocess.Popen(cmd, env=env, cwd=ROOT, text=True, stdout=log, stderr=subprocess.STDOUT)
+
+
+def _stop(proc: subprocess.Popen[str]) -> None:
+    if proc.poll() is None:
+        proc.terminate()
+        try:
+            proc.wait(15)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+
+
+def _ms(seconds: float) -> float:
+    return seconds * 1000.0
+
+
+def _cpu(pid: int) -> float:
+    """CPU seconds used so far by a process and its children."""
+    proc = psutil.Process(pid)
+    times = [proc.cpu_times(), *(c.cpu_times() for c in proc.children(recursive=True))]
+    return sum(t.user + t.system for t in times)
+
+
+def submit_latency(api: httpx.Client, sql: psycopg.Connection[Any], n: int,
+                   server_pid: int) -> list[dict[str, Any]]:
+    """Sequential submits, API and SQL alternating; milliseconds, and the API server's CPU
+    milliseconds per submit (what the load of the machine does not change)."""
+    api_t, sql_t, api_cpu = [], [], 0.0
+    body = {"inputs": {}}
+    for _ in range(20):  # warm both paths
+        api.post("/processes/noop/execution", json=body)
+        sql.execute(INSERT, ("noop", Jsonb({})))
+    for _ in range(n):
+        c0 = _cpu(server_pid)
+        t0 = time.perf_counter()
+        response = api.post("/processes/noop/execution", json=body)
+        api_t.append(time.perf_counter() - t0)
+        api_cpu += _cpu(server_pid) - c0
+        assert response.status_code == 201, response.text
+        t0 = time.perf_counter()
+        sql.execute(INSERT, ("noop", Jsonb({}))).fetchone()
+        sql_t.append(time.perf_counter() - t0)
+    a50, a95 = percentiles([_ms(t) for t in api_t])
+    s50, s95 = percentiles([_ms(t) for t in sql_t])
+    return [{"path": "HTTP API", "n": n, "p50_ms": a50, "p95_ms": a95, "added_p50_ms": a50 - s50,
+             "server_cpu_ms": _ms(api_cpu / n)},
+            {"path": "SQL INSERT", "n": n, "p50_ms": s50, "p95_ms": s95, "added_p50_ms": 0.0,
+             "server_cpu_ms": float("nan")}]
+
+
+async def _spread(total: int, clients: int, one: Callable[[int], Awaitable[None]]) -> float:
+    """Run ``total`` calls over ``clients`` concurrent tasks; calls per second."""
+    counter = iter(range(total))
+
+    async def client(index: int) -> None:
+        for _ in counter:
+            await one(index)
+
+    t0 = time.perf_counter()
+    await asyncio.gather(*(client(i) for i in range(clients)))
+    return total / (time.perf_counter() - t0)
+
+
+async def throughput(url: str, key: str, db_url: str, total: int, clients: int) -> dict[str, Any]:
+    """Submits per second through the API and by SQL, and GET /jobs/{id} per second."""
+    limits = httpx.Limits(max_connections=clients, max_keepalive_connections=clients)
+    async with httpx.AsyncClient(base_url=url, headers={"Authorization": f"Bearer {key}"},
+                                 limits=limits, trust_env=False, timeout=60) as http:
+        ids: list[str] = []
+
+        async def post(_: int) -> None:
+            response = await http.post("/processes/noop/execution", json={"inputs": {}})
+            assert response.status_code == 201, response.text
+            ids.append(response.json()["jobID"])
+
+        api_rate = await _spread(total, clients, post)
+
+        async def get(i: int) -> None:
+            response = await http.get(f"/jobs/{ids[i % len(ids)]}")
+            assert response.status_code == 200
+
+        get_rate = await _spread(total, clients, get)
+    conns = [await psycopg.AsyncConnection.connect(db_url, autocommit=True) for _ in range(clients)]
+    try:
+        async def insert(i: int) -> None:
+            await (await conns[i].execute(INSERT, ("noop", Jsonb({})))).fetchone()
+
+        sql_rate = await _spread(total, clients, insert)
+    finally:
+        for conn in conns:
+            await conn.close()
+    return {"clients": clients, "submits": total, "api_submits_per_s": api_rate,
+            "sql_inserts_per_s": sql_rate, "api_vs_sql": api_rate / sql_rate,
+            "api_get_job_per_s": get_rate}
+
+
+def sse_latency(url: str, key: str, sql: psycopg.Connection[Any], n: int) -> dict[str, Any]:
+    """From finished_at (the worker's completion) to the successful SSE event; milliseconds."""
+    lags = []
+    headers = {"Authorization": f"Bearer {key}"}
+    with httpx.Client(base_url=url, headers=headers, trust_env=False, timeout=60) as http:
+        for _ in range(n):
+            job = http.post("/processes/noop/execution",
+                            json={"inputs": {"sleep_seconds": 0.2}}).json()["jobID"]
+            arrived = None
+            with http.stream("GET", f"/jobs/{job}/events") as stream:
+                for line in stream.iter_lines():
+                    if line.startswith("data: ") and json.loads(line[6:])["status"] == "successful":
+                        arrived = time.time()
+                        break
+            assert arrived is not None
+            finished = sql.execute("SELECT extract(epoch FROM finished_at) FROM background_jobs "
+                                   "WHERE id = %s", (int(job),)).fetchone()[0]  # type: ignore[index]
+            lags.append(_ms(arrived - float(finished)))
+    p50, p95 = percentiles(lags)
+    return {"jobs": n, "completion_to_sse_p50_ms": p50, "completion_to_sse_p95_ms": p95}
+
+
+def run(*, n_latency: int, n_throughput: int, n_sse: int, uvicorn_workers: int) -> dict[str, Any]:
+    """The whole comparison in one fresh database; returns the tables."""
+    out: dict[str, Any] = {}
+    with bench_database(prefix="geojobs_bench_api") as db_url, tempfile.TemporaryDirectory() as tmp:
+        with psycopg.connect(db_url, autocommit=True) as conn:
+            key = create_key(conn, "bench")
+        port = _free_port()
+        url = f"http://127.0.0.1:{port}"
+        env = dict(os.environ, PYTHONPATH=str(ROOT), GEOJOBS_OUTPUT_DIR=tmp,
+                   DATABASE_URL=make_conninfo(db_url, user="geojobs_api"),
+                   GEOJOBS_API_MAX_QUEUED="100000000", GEOJOBS_API_POOL_SIZE="20")
+        log = open(Path(tmp) / "api.log", "w")  # noqa: SIM115 - closed below
+        server = _start([sys.executable, "-m", "geojobs.cli", "serve", "--port", str(port),
+                         "--workers", str(uvicorn_workers), "--log-level", "warning"], env, log)
+        worker = None
+        try:
+            deadline = time.monotonic() + 60
+            while True:
+                try:
+                    if httpx.get(f"{url}/conformance", trust_env=False, timeout=1).is_success:
+                        break
+                except httpx.HTTPError:
+                    pass
+                if time.monotonic() > deadline or server.poll() is not None:
+                    raise RuntimeError((Path(tmp) / "api.log").read_text())
+                time.sleep(0.2)
+            with httpx.Client(base_url=url, headers={"Authorization": f"Bearer {key}"},
+                              trust_env=False, timeout=60) as http, \
+                    psycopg.connect(db_url, autocommit=True) as sql:
+                out["latency"] = submit_latency(http, sql, n_latency, server.pid)
+                print_table(f"Submit latency, sequential (uvicorn workers: {uvicorn_workers})",
+                            out["latency"])
+                out["throughput"] = [asyncio.run(throughput(url, key, db_url, n_throughput, c))
+                                     for c in (1, 16)]
+                print_table(f"Submits and GET /jobs/{{id}} per second (uvicorn workers: "
+                            f"{uvicorn_workers})", out["throughput"])
+                sql.execute("DELETE FROM background_jobs")
+                worker = _start([sys.executable, "-m", "workers.noop"],
+                                dict(env, DATABASE_URL=make_conninfo(db_url, user="geojobs_worker")),
+                                log)
+                time.sleep(2)
+                out["sse"] = [sse_latency(url, key, sql, n_sse)]
+                print_table("Completion to SSE event", out["sse"])
+        finally:
+            if worker is not None:
+                _stop(worker)
+            _stop(server)
+            log.close()
+    return out
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m bench.api", description=__doc__)
+    parser.add_argument("--quick", action="store_true", help="small sizes: check, not measure")
+    parser.add_argument("--uvicorn-workers", type=int, default=1)
+    parser.add_argument("--latency-jobs", type=int, help="sequential submits (default 400)")
+    parser.add_argument("--submits", type=int, help="submits per throughput case (default 2000)")
+    parser.add_argument("--sse-jobs", type=int, help="jobs followed over SSE (default 40)")
+    parser.add_argument("--json", type=Path, help="also save the figures here")
+    args = parser.parse_args(argv)
+    sizes = (30, 200, 5) if args.quick else (400, 2000, 40)
+    sizes = (args.latency_jobs or sizes[0], args.submits or sizes[1], args.sse_jobs or sizes[2])
+    print(f"machine: {machine()}", flush=True)
+    print(f"command: python -m bench.api {' '.join(argv or sys.argv[1:])}", flush=True)
+    out = run(n_latency=sizes[0], n_throughput=sizes[1], n_sse=sizes[2],
+              uvicorn_workers=args.uvicorn_workers)
+    if args.json:
+        write_json(args.json, [row for rows in out.values() for row in rows],
+                   uvicorn_workers=args.uvicorn_workers)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,426 @@
+"""The k nearest features of one layer to each feature of another (ArcGIS *Near* semantics).
+
+Distances are between the features' nearest points, not their centroids, so
+points, lines and polygons can be mixed on either side. The search uses
+Shapely 2's STRtree: a per-feature search radius that doubles until it holds
+``k`` candidates (a candidate set that holds ``k`` features within ``r`` holds
+the true ``k`` nearest, ties included), then exact distances on the candidates.
+
+``planar`` distances are in the CRS's units. ``geodesic`` distances are in
+metres on the CRS's ellipsoid: the nearest points are found in longitude and
+latitude, then measured with :class:`pyproj.Geod` (Karney 2013, *Algorithms
+for geodesics*, J. Geodesy 87:43-55); candidates are bounded by a box that no
+feature within the current ``k``-th geodesic distance can lie outside.
+Data crossing the antimeridian is not handled.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Literal, cast
+
+import geopandas as gpd
+import numpy as np
+import pandas as pd
+import shapely
+from numpy.typing import NDArray
+from pyproj import CRS, Geod
+
+from analysis.errors import AnalysisError, EmptyInput
+
+__all__ = ["NEAR_COLUMNS", "Method", "default_method", "nearest"]
+
+Method = Literal["planar", "geodesic"]
+NEAR_COLUMNS = ("near_id", "near_rank", "near_dist", "near_angle")
+MAX_K = 1000
+
+IntArray = NDArray[np.int64]
+FloatArray = NDArray[np.float64]
+
+
+def default_method(crs: CRS | None) -> Method:
+    """``geodesic`` for geographic coordinates, ``planar`` otherwise."""
+    return "geodesic" if crs is not None and CRS.from_user_input(crs).is_geographic else "planar"
+
+
+def nearest(
+    inputs: gpd.GeoDataFrame,
+    near: gpd.GeoDataFrame | None = None,
+    *,
+    k: int = 1,
+    search_radius: float | None = None,
+    method: Method | None = None,
+    near_key: str | None = None,
+    input_key: str | None = None,
+    same_table: bool = False,
+    lines: bool = False,
+) -> gpd.GeoDataFrame:
+    """Return one row per input feature and neighbour rank, closest first.
+
+    ``near`` defaults to ``inputs`` itself. With ``same_table`` (implied when
+    ``near`` is omitted) a near feature whose key equals the input feature's
+    key is never its neighbour. Keys are the named columns, or the index.
+    ``search_radius`` is in the CRS's units for ``planar`` and in metres for
+    ``geodesic``. Output: the input rows (index and every column) plus
+    ``near_id``, ``near_rank`` (ties broken by ``near_id``), ``near_dist``,
+    ``near_angle`` (degrees counter-clockwise from east, -180..180, from the
+    input's nearest point to the near feature's) and, with ``lines``,
+    ``near_line``. An input feature without neighbour keeps one row of nulls.
+    """
+    if near is None:
+        near, same_table = inputs, True
+        input_key = input_key if input_key is not None else near_key
+    k = _check_k(k)
+    radius = _check_radius(search_radius)
+    method = _check_method(inputs, near, method)
+    taken = [c for c in (*NEAR_COLUMNS, "near_line") if c in inputs.columns]
+    if taken:
+        raise AnalysisError(
+            f"the input already has column(s) {taken}, which the result needs; rename them",
+            field="input_table",
+        )
+    if len(inputs) == 0:
+        raise EmptyInput("the input layer has no feature", field="input_table")
+    near = near if near.crs == inputs.crs or near.crs is None else near.to_crs(inputs.crs)
+    near_ids = _keys(near, near_key, "near_table")
+    near_geoms = np.asarray(near.geometry.array, dtype=object)
+    usable = ~(shapely.is_missing(near_geoms) | shapely.is_empty(near_geoms))
+    if not usable.any():
+        raise EmptyInput("the near layer has no feature with a geometry", field="near_table")
+    b_pos = np.flatnonzero(usable)
+    b = near_geoms[b_pos]
+    a = np.asarray(inputs.geometry.array, dtype=object)
+
+    exclude = None
+    if same_table:
+        in_ids = _keys(inputs, input_key, "input_table")
+        codes, _ = pd.factorize(np.concatenate([np.asarray(in_ids, dtype=object),
+                                                np.asarray(near_ids, dtype=object)[b_pos]]))
+        exclude = (codes[: len(a)], codes[len(a):])
+
+    key_order = np.argsort(np.argsort(np.asarray(near_ids[b_pos]), kind="stable"))
+    if method == "planar":
+        left, right, dist, line = _planar_knn(a, b, k, radius, exclude, key_order, lines)
+    else:
+        left, right, dist, line = _geodesic_knn(a, b, k, radius, exclude, key_order, inputs.crs)
+    right = b_pos[right]
+    angle = _angles(line, method, inputs.crs)
+    if lines and method == "geodesic" and not CRS.from_user_input(inputs.crs).is_geographic:
+        line = gpd.GeoSeries(line, crs=CRS.from_user_input(inputs.crs).geodetic_crs)
+        line = np.asarray(line.to_crs(inputs.crs).array, dtype=object)
+    return _assemble(inputs, near_ids, left, right, dist, angle, line if lines else None)
+
+
+def _check_k(k: int) -> int:
+    if isinstance(k, bool) or not isinstance(k, int | np.integer) or not 1 <= k <= MAX_K:
+        raise AnalysisError(f"k must be a whole number from 1 to {MAX_K}, got {k!r}", field="k")
+    return int(k)
+
+
+def _check_radius(radius: float | None) -> float | None:
+    if radius is None:
+        return None
+    if not isinstance(radius, int | float) or not math.isfinite(radius) or radius < 0:
+        raise AnalysisError(
+            f"search_radius must be a finite distance of 0 or more, got {radius!r}",
+            field="search_radius",
+        )
+    return float(radius)
+
+
+def _check_method(inputs: gpd.GeoDataFrame, near: gpd.GeoDataFrame, method: str | None) -> Method:
+    if (inputs.crs is None) != (near.crs is None):
+        raise AnalysisError(
+            "one layer has a coordinate reference system and the other has none; "
+            "assign the right SRID to both",
+            field="near_table",
+        )
+    if method is None:
+        return default_method(inputs.crs)
+    if method not in ("planar", "geodesic"):
+        raise AnalysisError(
+            f"method must be 'planar' or 'geodesic', got {method!r}", field="method"
+        )
+    if method == "geodesic" and inputs.crs is None:
+        raise AnalysisError(
+            "geodesic distances need a coordinate reference system; the input has none",
+            field="method",
+        )
+    if method == "planar" and inputs.crs is not None and CRS.from_user_input(
+        inputs.crs
+    ).is_geographic:
+        raise AnalysisError(
+            "planar distances on longitude/latitude would be in degrees; "
+            "use method 'geodesic' (metres) or a projected layer",
+            field="method",
+        )
+    return cast(Method, method)
+
+
+def _keys(frame: gpd.GeoDataFrame, column: str | None, field: str) -> pd.Index:
+    if column is None:
+        keys = frame.index
+    elif column in frame.columns:
+        keys = pd.Index(frame[column])
+    else:
+        raise AnalysisError(f"the layer has no key column {column!r}", field=field)
+    if keys.hasnans or not keys.is_unique:
+        raise AnalysisError(
+            "the layer's key must be unique and not null to identify neighbours", field=field
+        )
+    return keys
+
+
+def _search(
+    tree: shapely.STRtree,
+    a: NDArray[np.object_],
+    k: int,
+    cap: float,
+    exclude: tuple[IntArray, IntArray] | None,
+    start: float,
+) -> tuple[IntArray, IntArray, NDArray[np.bool_]]:
+    """Candidate pairs such that each input has at least ``k`` within ``r <= cap``.
+
+    Returns the pairs and which inputs reached ``cap`` (they may hold fewer).
+    """
+    n = len(a)
+    r = np.full(n, min(start, cap))
+    pending = np.flatnonzero(~(shapely.is_missing(a) | shapely.is_empty(a)))
+    at_cap = np.zeros(n, dtype=bool)
+    lefts: list[IntArray] = []
+    rights: list[IntArray] = []
+    while pending.size:
+        sub_l, right = tree.query(a[pending], predicate="dwithin", distance=r[pending])
+        left = pending[sub_l]
+        if exclude is not None:
+            keep = exclude[0][left] != exclude[1][right]
+            left, right = left[keep], right[keep]
+        counts = np.bincount(left, minlength=n)[pending]
+        done = (counts >= k) | (r[pending] >= cap)
+        finished = np.zeros(n, dtype=bool)
+        finished[pending[done]] = True
+        at_cap[pending[done & (r[pending] >= cap)]] = True
+        sel = finished[left]
+        lefts.append(left[sel])
+        rights.append(right[sel])
+        pending = pending[~done]
+        r[pending] = np.minimum(r[pending] * 2.0, cap)
+    return (np.concatenate(lefts) if lefts else np.empty(0, np.int64),
+            np.concatenate(rights) if rights else np.empty(0, np.int64), at_cap)
+
+
+def _start_radius(a: NDArray[np.object_], b: NDArray[np.object_], k: int) -> tuple[float, float]:
+    """A first search radius (k features' worth of the near layer's density),
+    and a radius that holds every pair."""
+    ax0, ay0, ax1, ay1 = shapely.total_bounds(a)
+    bx0, by0, bx1, by1 = shapely.total_bounds(b)
+    span = math.hypot(max(ax1, bx1) - min(ax0, bx0), max(ay1, by1) - min(ay0, by0))
+    everything = span * (1 + 1e-9) + 1e-12 * max(1.0, span)
+    width, height = bx1 - bx0, by1 - by0
+    area = width * height if width > 0 and height > 0 else max(width, height) ** 2
+    density = math.sqrt(k * area / (math.pi * len(b)))
+    return max(density, everything * 1e-9), everything
+
+
+def _tie_key(dist: FloatArray) -> FloatArray:
+    """Distances rounded to 11 significant digits, so that geometric ties computed with
+    different rounding (a boundary shared by two polygons, traversed in opposite
+    directions) still go to the near key."""
+    with np.errstate(divide="ignore"):
+        exponent = np.floor(np.log10(np.where(dist > 0, dist, 1.0)))
+    scale = 10.0 ** (exponent - 10)
+    return np.round(dist / scale) * scale
+
+
+def _top_k(
+    left: IntArray,
+    right: IntArray,
+    dist: FloatArray,
+    k: int,
+    radius: float | None,
+    key_order: IntArray,
+) -> IntArray:
+    """Positions of the ``k`` closest pairs per input, ties broken by the near key."""
+    if radius is not None:
+        inside = np.flatnonzero(dist <= radius)
+    else:
+        inside = np.arange(len(left))
+    order = inside[np.lexsort((key_order[right[inside]], _tie_key(dist[inside]), left[inside]))]
+    sl = left[order]
+    first = np.searchsorted(sl, sl, side="left")
+    rank = np.arange(len(sl)) - first
+    return order[rank < k]
+
+
+def _planar_knn(
+    a: NDArray[np.object_],
+    b: NDArray[np.object_],
+    k: int,
+    radius: float | None,
+    exclude: tuple[IntArray, IntArray] | None,
+    key_order: IntArray,
+    all_lines: bool,
+) -> tuple[IntArray, IntArray, FloatArray, NDArray[np.object_]]:
+    tree = shapely.STRtree(b)
+    start, everything = _start_radius(a, b, k)
+    cap = everything if radius is None else radius
+    left, right, _ = _search(tree, a, k, cap, exclude, start)
+    dist = shapely.distance(a[left], b[right])
+    keep = _top_k(left, right, dist, k, radius, key_order)
+    left, right, dist = left[keep], right[keep], dist[keep]
+    # Touching pairs need no line for their angle (0); skip them unless lines are wanted.
+    line = np.full(len(left), None, dtype=object)
+    todo = np.arange(len(left)) if all_lines else np.flatnonzero(dist > 0)
+    line[todo] = shapely.shortest_line(a[left[todo]], b[right[todo]])
+    return left, right, dist, line
+
+
+def _box_margins(geod: Geod, dist: FloatArray, lat_lo: FloatArray, lat_hi: FloatArray
+                 ) -> tuple[FloatArray, FloatArray]:
+    """Degrees of latitude and longitude that no path of length ``dist`` can exceed.
+
+    A path of length d changes latitude by at most d / (a(1 - e^2)) (the
+    smallest meridional radius of curvature) and longitude by at most
+    d / (a cos(phi_max)), phi_max the highest latitude it can reach.
+    """
+    m_min = geod.a * (1 - geod.es)
+    dlat = np.minimum(np.degrees(dist / m_min), 180.0)
+    top = np.maximum(np.abs(lat_lo), np.abs(lat_hi)) + dlat
+    with np.errstate(divide="ignore", invalid="ignore"):
+        dlon = np.degrees(dist / (geod.a * np.cos(np.radians(np.minimum(top, 90.0)))))
+    dlon = np.where((top >= 90.0) | ~np.isfinite(dlon), 360.0, dlon)
+    return dlat, dlon
+
+
+def _shifted(geoms: NDArray[np.object_], shift: float) -> NDArray[np.object_]:
+    if shift == 0.0:
+        return geoms
+    return np.asarray(shapely.transform(geoms, lambda c: c + (shift, 0.0)), dtype=object)
+
+
+def _geodesic_dist(geod: Geod, a: NDArray[np.object_], b: NDArray[np.object_]) -> FloatArray:
+    c = shapely.get_coordinates(shapely.shortest_line(a, b)).reshape(-1, 2, 2)
+    _, _, dist = geod.inv(c[:, 0, 0], c[:, 0, 1], c[:, 1, 0], c[:, 1, 1])
+    return np.asarray(dist, dtype=float)
+
+
+def _kth_smallest(left: IntArray, dist: FloatArray, k: int, n: int) -> FloatArray:
+    kth = np.full(n, np.inf)
+    order = np.lexsort((dist, left))
+    sl = left[order]
+    pick = order[(np.arange(len(sl)) - np.searchsorted(sl, sl, side="left")) == k - 1]
+    kth[left[pick]] = dist[pick]
+    return kth
+
+
+def _geodesic_knn(
+    a: NDArray[np.object_],
+    b: NDArray[np.object_],
+    k: int,
+    radius: float | None,
+    exclude: tuple[IntArray, IntArray] | None,
+    key_order: IntArray,
+    crs: CRS,
+) -> tuple[IntArray, IntArray, FloatArray, NDArray[np.object_]]:
+    crs = CRS.from_user_input(crs)
+    geod = crs.get_geod()
+    assert geod is not None
+    if not crs.is_geographic:
+        lonlat = crs.geodetic_crs
+        a = np.asarray(gpd.GeoSeries(a, crs=crs).to_crs(lonlat).array, dtype=object)
+        b = np.asarray(gpd.GeoSeries(b, crs=crs).to_crs(lonlat).array, dtype=object)
+    tree = shapely.STRtree(b)
+    # Stage 1: k candidates by distance in degrees bound the k-th geodesic distance.
+    start, everything = _start_radius(a, b, k)
+    left, right, _ = _search(tree, a, k, everything, exclude, start)
+    kth = _kth_smallest(left, _geodesic_dist(geod, a[left], b[right]), k, len(a))
+    if radius is not None:
+        kth = np.minimum(kth, radius)
+    # Stage 2: every feature within that bound, found with a conservative
+    # lon/lat box, also shifted by 360 degrees where it crosses the antimeridian.
+    todo = np.flatnonzero(~(shapely.is_missing(a) | shapely.is_empty(a)))
+    x0, y0, x1, y1 = shapely.bounds(a[todo]).T
+    dlat, dlon = _box_margins(geod, kth[todo], y0, y1)
+    lefts, rights, dists, shifts = [], [], [], []
+    for shift, crosses in ((0.0, np.ones(len(todo), bool)), (-360.0, x1 + dlon > 180.0),
+                           (360.0, x0 - dlon < -180.0)):
+        sel = np.flatnonzero(crosses)
+        boxes = shapely.box(x0[sel] - dlon[sel] + shift, y0[sel] - dlat[sel],
+                            x1[sel] + dlon[sel] + shift, y1[sel] + dlat[sel])
+        sub, r = tree.query(boxes, predicate="intersects")
+        lft = todo[sel[sub]]
+        if exclude is not None:
+            keep = exclude[0][lft] != exclude[1][r]
+            lft, r = lft[keep], r[keep]
+        lefts.append(lft)
+        rights.append(r)
+        dists.append(_geodesic_dist(geod, _shifted(a[lft], shift), b[r]))
+        shifts.append(np.full(len(lft), shift))
+    left, right = np.concatenate(lefts), np.concatenate(rights)
+    dist, shift_of = np.concatenate(dists), np.concatenate(shifts)
+    # A pair found twice (once shifted) keeps its shorter distance.
+    order = np.lexsort((dist, right, left))
+    first = np.ones(len(order), bool)
+    first[1:] = (np.diff(left[order]) != 0) | (np.diff(right[order]) != 0)
+    once = order[first]
+    keep = once[_top_k(left[once], right[once], dist[once], k, radius, key_order)]
+    left, right, dist, shift_of = left[keep], right[keep], dist[keep], shift_of[keep]
+    line = np.empty(len(left), dtype=object)
+    for shift in (0.0, -360.0, 360.0):
+        at = np.flatnonzero(shift_of == shift)
+        shortest = shapely.shortest_line(_shifted(a[left[at]], shift), b[right[at]])
+        line[at] = _shifted(np.asarray(shortest, dtype=object), -shift)
+    return left, right, dist, line
+
+
+def _angles(line: NDArray[np.object_], method: Method, crs: CRS | None) -> FloatArray:
+    """Degrees from east, counter-clockwise, along each line; 0 where there is none."""
+    angle = np.zeros(len(line))
+    has = np.flatnonzero(~shapely.is_missing(line))
+    c = shapely.get_coordinates(line[has]).reshape(-1, 2, 2)
+    if method == "planar":
+        dx, dy = c[:, 1, 0] - c[:, 0, 0], c[:, 1, 1] - c[:, 0, 1]
+        angle[has] = np.degrees(np.arctan2(dy, dx))
+        return angle
+    geod = CRS.from_user_input(crs).get_geod()
+    assert geod is not None
+    azimuth, _, dist = geod.inv(c[:, 0, 0], c[:, 0, 1], c[:, 1, 0], c[:, 1, 1])
+    turned = (90.0 - np.asarray(azimuth) + 180.0) % 360.0 - 180.0
+    turned = np.where(turned == -180.0, 180.0, turned)
+    angle[has] = np.where(np.asarray(dist) == 0, 0.0, turned)
+    return angle
+
+
+def _assemble(
+    inputs: gpd.GeoDataFrame,
+    near_ids: pd.Index,
+    left: IntArray,
+    right: IntArray,
+    dist: FloatArray,
+    angle: FloatArray,
+    line: NDArray[np.object_] | None,
+) -> gpd.GeoDataFrame:
+    n = len(inputs)
+    lonely = np.setdiff1d(np.arange(n), left)
+    rows = np.concatenate([left, lonely])
+    target = np.concatenate([right, np.full(len(lonely), -1)])
+    rank = np.zeros(len(rows), dtype=np.int64)
+    if len(left):
+        first = np.searchsorted(left, left, side="left")
+        rank[: len(left)] = np.arange(len(left)) - first + 1
+    order = np.lexsort((rank, rows))
+    rows, target = rows[order], target[order]
+    matched = target >= 0
+    out = inputs.iloc[rows].copy()
+    out["near_id"] = pd.array(near_ids.to_numpy()).take(target, allow_fill=True)
+    out["near_rank"] = pd.arrays.IntegerArray(rank[order], ~matched)
+    fill = np.full(len(rows), np.nan)
+    dist_all, angle_all = fill.copy(), fill.copy()
+    dist_all[: len(left)], angle_all[: len(left)] = dist, angle
+    out["near_dist"] = pd.arrays.FloatingArray(dist_all[order], ~matched)
+    out["near_angle"] = pd.arrays.FloatingArray(angle_all[order], ~matched)
+    if line is not None:
+        lines_all = np.full(len(rows), None, dtype=object)
+        lines_all[: len(left)] = line
+        out["near_line"] = gpd.GeoSeries(lines_all[order], index=out.index, crs=inputs.crs)
+    return out

@@ -1,0 +1,43 @@
+"""What a job handler receives: the job's identity, its connection and its progress channel."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import psycopg
+
+from geojobs.config import output_schemas
+
+__all__ = ["JobContext"]
+
+
+@dataclass(frozen=True)
+class JobContext:
+    """One attempt of one job, as a handler sees it.
+
+    ``conn`` is inside the job's transaction: everything the handler writes through it
+    becomes visible only if the job completes, together with the job row. ``report`` records
+    progress (0 to 1) and raises :class:`~geojobs.errors.JobInterrupted` when the job was
+    cancelled or this worker lost its lease, so a handler stops at its next progress check.
+    """
+
+    job_id: int
+    job_type: str
+    attempt: int
+    worker_id: str
+    conn: psycopg.Connection[Any]
+    report: Callable[[float], None]
+    log: logging.Logger = field(default_factory=lambda: logging.getLogger("geojobs.job"))
+
+    def progress(self, fraction: float) -> None:
+        """Record progress between 0 and 1; stop here if the job was cancelled."""
+        self.report(min(max(float(fraction), 0.0), 1.0))
+
+    def output_table(self, requested: str | None) -> str:
+        """The output table, ``schema.name``: the one requested, or results.<type>_<id>."""
+        if requested:
+            return requested
+        return f"{output_schemas()[0]}.{self.job_type}_{self.job_id}"

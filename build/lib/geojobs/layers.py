@@ -1,0 +1,370 @@
+"""Reading PostGIS layers into GeoDataFrames and writing result tables, for every job type.
+
+Both directions use binary COPY with (E)WKB geometries: no hex text, no row-by-row INSERT.
+Input tables and columns are looked up in the catalog first; a missing one raises
+:class:`InputLayerMissing` naming the parameter at fault.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import decimal
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import geopandas as gpd
+import numpy as np
+import pandas as pd
+import psycopg
+import shapely
+from psycopg import sql
+
+from geojobs import layer_sql as q
+from geojobs.errors import InputLayerMissing, InvalidInput, OutputExists
+
+__all__ = ["Layer", "describe_layer", "read_layer", "write_layer", "split_name",
+           "output_exists", "check_output_free", "multi_geometry_type", "to_multi"]
+
+# Column types read as they are; anything else is read as text (numeric as double precision).
+_NATIVE = {"int2", "int4", "int8", "float4", "float8", "bool", "text", "date", "timestamp",
+           "timestamptz"}
+_AS_TEXT = {"varchar", "bpchar", "name", "char"}
+_MULTI = {"Point": "MultiPoint", "LineString": "MultiLineString", "Polygon": "MultiPolygon"}
+
+
+def split_name(name: str) -> tuple[str | None, str]:
+    """Split ``schema.table`` (or ``table``) into its parts."""
+    schema, _, table = name.rpartition(".")
+    return (schema or None), table
+
+
+@dataclass(frozen=True)
+class Layer:
+    """An input table or view as the catalog describes it."""
+
+    schema: str
+    name: str
+    columns: dict[str, str]  # column name -> pg_type.typname
+    type_names: dict[str, str]  # column name -> format_type(), e.g. 'numeric(10,2)'
+    geometry_column: str | None
+    srid: int
+    geometry_type: str | None
+    key: str | None  # single-column primary key, if any
+    geometry_columns: tuple[str, ...] = field(default=())
+    source_field: str = "input_table"  # the parameter that named this layer, for errors
+
+    @property
+    def identifier(self) -> sql.Identifier:
+        return sql.Identifier(self.schema, self.name)
+
+    @property
+    def qualified_name(self) -> str:
+        return f"{self.schema}.{self.name}"
+
+    @property
+    def attributes(self) -> list[str]:
+        """Every column but the geometry columns."""
+        return [c for c in self.columns if c not in self.geometry_columns]
+
+    def require_column(self, column: str, *, field: str) -> str:
+        """Return ``column`` if the layer has it, else fail naming the parameter."""
+        if column not in self.columns:
+            raise InputLayerMissing(
+                f"column {column!r} does not exist in {self.qualified_name}; "
+                f"columns are {self.attributes}", field=field)
+        return column
+
+    def require_numeric(self, column: str, *, field: str) -> str:
+        """Return ``column`` if it exists and holds numbers, else fail naming the parameter."""
+        self.require_column(column, field=field)
+        if self.columns[column] not in {"int2", "int4", "int8", "float4", "float8", "numeric"}:
+            raise InvalidInput(
+                f"column {column!r} of {self.qualified_name} is {self.type_names[column]}, "
+                "not a number", field=field)
+        return column
+
+
+def describe_layer(
+    conn: psycopg.Connection[Any], table: str, *, field: str = "input_table",
+    geometry_column: str | None = None, geometry_field: str = "geometry_column",
+    require_geometry: bool = True,
+) -> Layer:
+    """Look ``table`` up in the catalog: its columns, key, geometry column, SRID and type."""
+    schema, name = split_name(table)
+    row = conn.execute(q.FIND_RELATION, {"schema": schema, "name": name}).fetchone()
+    if row is None:
+        where = f"schema {schema!r}" if schema else "the search path"
+        raise InputLayerMissing(f"table {table!r} does not exist in {where}", field=field)
+    schema, name = row[0], row[1]
+    if not row[3]:
+        raise InvalidInput(
+            f"table {schema}.{name} exists but this worker's role may not read it: "
+            f"GRANT USAGE ON SCHEMA {schema} and SELECT ON {schema}.{name} to the worker role",
+            field=field)
+    rows = conn.execute(q.RELATION_COLUMNS, {"schema": schema, "name": name}).fetchall()
+    columns = {r[0]: r[2] for r in rows}
+    type_names = {r[0]: r[1] for r in rows}
+    geoms = tuple(r[0] for r in rows if r[2] == "geometry")
+    key = next((r[0] for r in rows if r[5]), None)
+    if geometry_column is not None:
+        if geometry_column not in geoms:
+            raise InputLayerMissing(
+                f"{table!r} has no geometry column {geometry_column!r}; geometry columns are "
+                f"{list(geoms)}", field=geometry_field)
+        geom = geometry_column
+    elif geoms:
+        geom = geoms[0]
+    elif require_geometry:
+        raise InvalidInput(f"table {table!r} has no geometry column", field=field)
+    else:
+        return Layer(schema, name, columns, type_names, None, 0, None, key, geoms, field)
+    info = next(r for r in rows if r[0] == geom)
+    srid, gtype = info[3] or 0, info[4]
+    if not srid:
+        sample = conn.execute(q.SAMPLE_SRID.format(
+            geom=sql.Identifier(geom), table=sql.Identifier(schema, name))).fetchone()
+        if sample is not None:
+            srid, gtype = sample[0], gtype or sample[1]
+    if not srid:
+        raise InvalidInput(
+            f"table {table!r} has no SRID (0) on {geom!r}: set one with "
+            "UpdateGeometrySRID or ST_SetSRID before queueing the job", field=field)
+    return Layer(schema, name, columns, type_names, geom, int(srid),
+                 _normalise_type(gtype), key, geoms, field)
+
+
+def _normalise_type(gtype: str | None) -> str | None:
+    if gtype is None:
+        return None
+    names = {n.upper(): n for n in ("Point", "LineString", "Polygon", "MultiPoint",
+                                     "MultiLineString", "MultiPolygon", "GeometryCollection",
+                                     "Geometry")}
+    return names.get(gtype.upper(), gtype)
+
+
+def read_layer(
+    conn: psycopg.Connection[Any], layer: Layer, columns: Sequence[str] | None = None, *,
+    where: sql.Composable | None = None,
+) -> gpd.GeoDataFrame:
+    """Read ``columns`` (default: every attribute) and the geometry into a GeoDataFrame.
+
+    Binary COPY streams rows; geometries arrive as EWKB and are parsed by ``shapely.from_wkb``
+    in one vectorised call. ``numeric`` columns become floats; types without a natural
+    pandas equivalent (json, arrays, uuid...) become text.
+    """
+    names = list(layer.attributes if columns is None else columns)
+    select: list[sql.Composable] = []
+    types: list[str] = []
+    for name in names:
+        typ = layer.columns[name]
+        ident = sql.Identifier(name)
+        if typ in _NATIVE:
+            select.append(ident)
+            types.append(typ)
+        elif typ == "numeric":
+            select.append(sql.SQL("{}::float8 AS {}").format(ident, ident))
+            types.append("float8")
+        else:
+            select.append(sql.SQL("{}::text AS {}").format(ident, ident))
+            types.append("text")
+    assert layer.geometry_column is not None
+    select.append(sql.Identifier(layer.geometry_column))
+    types.append("bytea")  # geometry_send is EWKB: take the bytes as they come
+    statement = q.COPY_OUT.format(
+        columns=sql.SQL(", ").join(select), table=layer.identifier,
+        where=sql.SQL(" WHERE {}").format(where) if where is not None else sql.SQL(""))
+    with conn.cursor() as cur, cur.copy(statement) as copy:
+        copy.set_types(types)
+        rows = list(copy.rows())
+    values = list(zip(*rows, strict=True)) if rows else [()] * len(types)
+    data = {name: _column(vals, typ) for name, vals, typ in zip(names, values, types, strict=False)}
+    try:
+        geometry = shapely.from_wkb(np.array(values[-1], dtype=object))
+    except shapely.errors.GEOSException as exc:  # e.g. a ring left unclosed by NaN coordinates
+        raise InvalidInput(f"a geometry of {layer.qualified_name} cannot be read ({exc}); find it "
+                           "with ST_IsValidReason and fix or remove it", field=layer.source_field
+                           ) from None
+    _require_finite(layer, geometry, data)
+    return gpd.GeoDataFrame(data, geometry=gpd.GeoSeries(geometry, crs=layer.srid),
+                            crs=layer.srid)
+
+
+def _require_finite(layer: Layer, geometry: np.ndarray, data: dict[str, Any]) -> None:
+    """Fail naming the parameter when a geometry has NaN or infinite coordinates (GEOS cannot
+    compute with them, and would fail the same way on every retry)."""
+    if np.isfinite(shapely.get_coordinates(geometry)).all():
+        return
+    coords, index = shapely.get_coordinates(geometry, return_index=True)
+    bad = np.unique(index[~np.isfinite(coords).all(axis=1)])
+    first = (f"; the first has {layer.key} = {data[layer.key][bad[0]]!r}"
+             if layer.key in data else "")
+    raise InvalidInput(
+        f"{len(bad)} feature(s) of {layer.qualified_name} have NaN or infinite coordinates"
+        f"{first}; fix or remove them before queueing the job", field=layer.source_field)
+
+
+def _column(values: Sequence[Any], pg_type: str) -> Any:
+    """Turn one column of COPY values into a pandas array with a fitting dtype."""
+    if pg_type in {"int2", "int4", "int8"}:
+        return pd.array(values, dtype={"int2": "Int16", "int4": "Int32", "int8": "Int64"}[pg_type])
+    if pg_type in {"float4", "float8"}:
+        return np.array([np.nan if v is None else v for v in values], dtype="float64")
+    if pg_type == "bool":
+        return pd.array(values, dtype="boolean")
+    if pg_type in {"timestamp", "timestamptz"}:
+        return pd.to_datetime(pd.Series(values, dtype=object))
+    return pd.array(values, dtype=object) if pg_type == "date" else pd.array(values, dtype="str")
+
+
+# -- writing ---------------------------------------------------------------------------------
+
+
+_TYPE_NAMES = {0: "Point", 1: "LineString", 2: "LineString", 3: "Polygon", 4: "MultiPoint",
+               5: "MultiLineString", 6: "MultiPolygon", 7: "GeometryCollection"}
+
+
+def multi_geometry_type(geometries: Any) -> str:
+    """The typed-column type fitting every geometry: Multi* when parts and multis mix."""
+    names = {_TYPE_NAMES[k] for k in shapely.get_type_id(geometries).tolist() if k >= 0}
+    if len(names) == 1:
+        return names.pop()
+    multis = {_MULTI.get(n, n) for n in names}
+    return multis.pop() if len(multis) == 1 else "Geometry"
+
+
+def to_multi(geometries: Any) -> np.ndarray:
+    """Promote single-part geometries to their Multi* type; others pass through."""
+    geoms = np.asarray(geometries, dtype=object)
+    out = geoms.copy()
+    type_ids = shapely.get_type_id(geoms)
+    for single, make in ((0, shapely.multipoints), (1, shapely.multilinestrings),
+                         (3, shapely.multipolygons)):
+        idx = np.flatnonzero(type_ids == single)
+        if len(idx):
+            out[idx] = make(geoms[idx], indices=np.arange(len(idx)))  # one C call, not a loop
+    return out
+
+
+def _typed(geometries: Any) -> str:
+    """The column type of an extra geometry column (only one kind, else Geometry)."""
+    kinds = {_TYPE_NAMES[k] for k in shapely.get_type_id(geometries).tolist() if k >= 0}
+    return kinds.pop() if len(kinds) == 1 else "Geometry"
+
+
+def output_exists(conn: psycopg.Connection[Any], table: str) -> bool:
+    """Whether a relation named ``schema.table`` exists."""
+    schema, name = split_name(table)
+    return conn.execute(q.RELATION_EXISTS, {"schema": schema, "name": name}).fetchone() is not None
+
+
+def check_output_free(conn: psycopg.Connection[Any], table: str, *, overwrite: bool,
+                      field: str = "output_table") -> None:
+    """Fail before any work when the output exists and ``overwrite`` is false."""
+    if not overwrite and output_exists(conn, table):
+        raise OutputExists(f"{table!r} already exists; set overwrite to true to replace it",
+                           field=field)
+
+
+def _pg_type(series: pd.Series) -> str:
+    dtype = series.dtype
+    if isinstance(dtype, gpd.array.GeometryDtype):
+        return "geometry"
+    if pd.api.types.is_bool_dtype(dtype):
+        return "boolean"
+    if pd.api.types.is_integer_dtype(dtype):
+        return {1: "smallint", 2: "smallint", 4: "integer"}.get(dtype.itemsize, "bigint")
+    if pd.api.types.is_float_dtype(dtype):
+        return "real" if dtype.itemsize == 4 else "double precision"
+    if isinstance(dtype, pd.DatetimeTZDtype):
+        return "timestamptz"
+    if pd.api.types.is_datetime64_dtype(dtype):
+        return "timestamp"
+    sample = series.dropna()
+    first = sample.iloc[0] if len(sample) else None
+    if isinstance(first, bool | np.bool_):
+        return "boolean"
+    if isinstance(first, dt.datetime):
+        return "timestamptz" if first.tzinfo else "timestamp"
+    if isinstance(first, dt.date):
+        return "date"
+    if isinstance(first, decimal.Decimal):
+        return "numeric"
+    return "text"
+
+
+_COPY_TYPE = {"boolean": "bool", "smallint": "int2", "integer": "int4", "bigint": "int8",
+              "real": "float4", "double precision": "float8", "timestamptz": "timestamptz",
+              "timestamp": "timestamp", "date": "date", "numeric": "numeric", "text": "text",
+              "geometry": "bytea"}
+
+
+def _python_values(series: pd.Series, pg_type: str, srid: int = 0) -> list[Any]:
+    """Column values as Python objects for COPY: missing values (NaN, NA, NaT) become None."""
+    missing = series.isna().to_numpy()
+    if pg_type == "geometry":  # a second geometry column (e.g. nearest's near_line), as EWKB
+        values = list(shapely.to_wkb(shapely.set_srid(series.to_numpy(), srid), include_srid=True))
+    elif pg_type in {"timestamp", "timestamptz"}:
+        values = [v.to_pydatetime() if hasattr(v, "to_pydatetime") else v for v in series]
+    elif pg_type == "text":
+        values = [v if isinstance(v, str) else str(v) for v in series.astype(object)]
+    else:
+        values = series.astype(object).tolist()
+    if missing.any():
+        values = [None if m else v for v, m in zip(values, missing, strict=True)]
+    return values
+
+
+def write_layer(
+    conn: psycopg.Connection[Any], gdf: gpd.GeoDataFrame, table: str, *, srid: int,
+    overwrite: bool = False, geometry_type: str | None = None, geometry_name: str = "geom",
+    field: str = "output_table",
+) -> int:
+    """Create ``table`` (``schema.name``) from ``gdf`` by binary COPY; return the row count.
+
+    The table gets a ``fid`` identity primary key (or ``fid_1``... when the data has a
+    ``fid``), a geometry column typed with ``srid`` and a GiST index, so QGIS opens it as it
+    is. Run this inside the job's transaction: the table appears only if the job completes.
+    """
+    schema, name = split_name(table)
+    assert schema is not None, "output tables are schema-qualified"
+    ident = sql.Identifier(schema, name)
+    if output_exists(conn, table):
+        if not overwrite:
+            raise OutputExists(f"{table!r} already exists; set overwrite to true to replace it",
+                               field=field)
+        conn.execute(q.DROP_TABLE.format(table=ident))
+    attrs = [c for c in gdf.columns if c != gdf.geometry.name]
+    if geometry_name in attrs:
+        raise InvalidInput(f"the result has an attribute named {geometry_name!r}, the name of "
+                           "its geometry column; rename that attribute", field=field)
+    key = next(k for k in ("fid", "fid_1", "fid_2", "fid_3", "result_fid") if k not in attrs)
+    geoms = gdf.geometry.to_numpy()
+    gtype = geometry_type or (multi_geometry_type(geoms) if len(gdf) else "Geometry")
+    if gtype.startswith("Multi"):
+        geoms = to_multi(geoms)
+    pg_types = {c: _pg_type(gdf[c]) for c in attrs}
+    column_defs = [sql.SQL("{} {}").format(sql.Identifier(c), sql.SQL(pg_types[c]))
+                   if pg_types[c] != "geometry" else sql.SQL("{} geometry({}, {})").format(
+                       sql.Identifier(c), sql.SQL(_typed(gdf[c].to_numpy())), sql.Literal(int(srid)))
+                   for c in attrs]
+    column_defs.append(sql.SQL("{} geometry({}, {})").format(
+        sql.Identifier(geometry_name), sql.SQL(gtype), sql.Literal(int(srid))))
+    conn.execute(q.CREATE_TABLE.format(table=ident, key=sql.Identifier(key),
+                                       columns=sql.SQL(", ").join(column_defs)))
+    ewkb = shapely.to_wkb(shapely.set_srid(geoms, int(srid)), include_srid=True)
+    columns = [range(1, len(gdf) + 1),
+               *(_python_values(gdf[c], pg_types[c], int(srid)) for c in attrs)]
+    columns.append(list(ewkb))
+    statement = q.COPY_IN.format(table=ident, columns=sql.SQL(", ").join(
+        map(sql.Identifier, [key, *attrs, geometry_name])))
+    with conn.cursor() as cur, cur.copy(statement) as copy:
+        copy.set_types(["int8", *(_COPY_TYPE[pg_types[c]] for c in attrs), "bytea"])
+        for row in zip(*columns, strict=True):
+            copy.write_row(row)
+    conn.execute(q.ADD_PRIMARY_KEY.format(table=ident, key=sql.Identifier(key)))
+    conn.execute(q.SYNC_IDENTITY, {"table": ident.as_string(conn), "key": key, "n": len(gdf)})
+    conn.execute(q.GIST_INDEX.format(name=sql.Identifier(f"{name[:55]}_geom_gix"), table=ident,
+                                     geom=sql.Identifier(geometry_name)))
+    conn.execute(q.ANALYZE.format(table=ident))
+    return len(gdf)

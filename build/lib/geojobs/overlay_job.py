@@ -1,0 +1,131 @@
+"""What the ``clip`` and ``erase`` job types share: their parameters and their run.
+
+Both read the input layer and the (optionally filtered) overlay layer by binary COPY, run
+:func:`analysis.overlay.clip` or :func:`~analysis.overlay.erase` in the worker (the engine
+chosen by measurement, see docs/job_types/clip.md) and write the result by binary COPY.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import Field
+
+from analysis.overlay import OverlayResult, clip, erase
+from geojobs.context import JobContext
+from geojobs.filters import FilterSpec, compose_where, require_srid
+from geojobs.layers import Layer, check_output_free, describe_layer, read_layer, write_layer
+from geojobs.params import ColumnName, InputTable, OutputParams
+
+__all__ = ["OverlayParams", "output_geometry_type", "run_overlay"]
+
+_FAMILY = {0: "MultiPoint", 1: "MultiLineString", 2: "MultiPolygon"}
+_DIMENSION = {
+    "Point": 0,
+    "MultiPoint": 0,
+    "LineString": 1,
+    "MultiLineString": 1,
+    "Polygon": 2,
+    "MultiPolygon": 2,
+}
+
+
+class OverlayParams(OutputParams):
+    """Parameters common to clip and erase (the overlay layer's names differ per type)."""
+
+    input_table: InputTable = Field(description="Layer to cut, 'schema.table'.")
+    geometry_column: ColumnName | None = Field(
+        default=None, description="Geometry column of the input; default its first one."
+    )
+
+
+def output_geometry_type(layer: Layer, result: OverlayResult) -> str:
+    """The typed output column: the Multi* of the input's dimension, or Point for points.
+
+    Clipping a polygon can split it, so a Polygon input needs a MultiPolygon column; a point
+    is never split.  An input of mixed dimensions keeps an untyped ``Geometry`` column.
+    """
+    types = set(result.frame.geometry.geom_type)
+    if not types and layer.geometry_type in _DIMENSION:
+        types = {layer.geometry_type}
+    if types == {"Point"} and layer.geometry_type in ("Point", "Geometry", None):
+        return "Point"
+    dims = {_DIMENSION.get(t, -1) for t in types}
+    return _FAMILY.get(dims.pop(), "Geometry") if len(dims) == 1 else "Geometry"
+
+
+def run_overlay(
+    ctx: JobContext,
+    how: Literal["clip", "erase"],
+    params: OverlayParams,
+    *,
+    other_table: str,
+    other_geometry_column: str | None,
+    other_filter: FilterSpec | None,
+) -> dict[str, Any]:
+    """Read both layers, overlay them in the worker, write the result table."""
+    table_field, column_field, filter_field = (
+        f"{how}_table",
+        f"{how}_geometry_column",
+        f"{how}_filter",
+    )
+    layer = describe_layer(ctx.conn, params.input_table, geometry_column=params.geometry_column)
+    other = describe_layer(
+        ctx.conn,
+        other_table,
+        field=table_field,
+        geometry_column=other_geometry_column,
+        geometry_field=column_field,
+    )
+    where = None
+    if other_filter is not None:
+        require_srid(ctx.conn, other_filter.bbox_srid, field=f"{filter_field}.bbox_srid")
+        where = compose_where(
+            other_filter,
+            other.type_names,
+            geometry_column=other.geometry_column,
+            srid=other.srid,
+            field=filter_field,
+        )
+    output = ctx.output_table(params.output_table)
+    check_output_free(ctx.conn, output, overwrite=params.overwrite)
+
+    gdf = read_layer(ctx.conn, layer)
+    mask = read_layer(ctx.conn, other, columns=[], where=where)
+    ctx.progress(0.15)
+    operation = clip if how == "clip" else erase
+    result = operation(gdf, mask, field=table_field, progress=lambda f: ctx.progress(0.15 + 0.7 * f))
+    rows = write_layer(
+        ctx.conn,
+        result.frame,
+        output,
+        srid=layer.srid,
+        overwrite=params.overwrite,
+        geometry_type=output_geometry_type(layer, result),
+    )
+    summary = result.summary
+    return {
+        "output_table": output,
+        "rows": rows,
+        "srid": layer.srid,
+        **summary.as_dict(),
+        "engine": "shapely",
+        "warnings": _warnings(how, result, other_filter is not None),
+    }
+
+
+def _warnings(how: str, result: OverlayResult, filtered: bool) -> list[str]:
+    s = result.summary
+    notes = []
+    if s.overlay_features == 0:
+        selected = "the filter selected no feature of" if filtered else "there is no feature in"
+        notes.append(f"{selected} the {how} layer")
+    if s.repaired:
+        notes.append(f"{s.repaired} invalid input geometries were repaired with make_valid")
+    if s.collapsed:
+        notes.append(f"{s.collapsed} invalid input geometries collapsed when repaired; skipped")
+    if s.skipped_null or s.skipped_empty:
+        notes.append(f"{s.skipped_null + s.skipped_empty} null or empty input geometries skipped")
+    if s.overlay_repaired:
+        notes.append(f"{s.overlay_repaired} invalid {how} geometries were repaired")
+    return notes

@@ -1,0 +1,140 @@
+"""``nearest`` job type: the k nearest features of one layer to each feature of another.
+
+Params: ``input_table``, ``near_table`` (may be the same table: a feature is then never its own
+neighbour), ``k``, ``search_radius``, ``method`` (``planar``/``geodesic``), ``near_filter``
+(structured filter), ``lines``, ``output_table``, ``overwrite``. Output: every input attribute
+and geometry, one row per input feature and neighbour rank, with ``near_id``, ``near_rank``,
+``near_dist``, ``near_angle`` (and ``near_line``); see docs/job_types/nearest.md.
+
+Engine: Shapely's STRtree in the worker (``analysis.nearest``); bench/README.md has the
+measurement against PostGIS ``LATERAL ... ORDER BY <-> LIMIT k``.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any, Literal
+
+from psycopg import sql
+from pydantic import Field, field_validator
+
+from analysis.nearest import default_method, nearest
+from geojobs import worker_cli
+from geojobs.context import JobContext
+from geojobs.errors import InvalidInput
+from geojobs.layers import Layer, check_output_free, describe_layer, read_layer, write_layer
+from geojobs.params import ColumnName, InputTable, OutputParams
+
+JOB_TYPE = "nearest"
+
+
+class Params(OutputParams):
+    """Parameters of ``nearest``."""
+
+    input_table: InputTable = Field(description="Features to find neighbours for.")
+    near_table: InputTable = Field(description="Candidate neighbours; may be input_table.")
+    geometry_column: ColumnName | None = Field(
+        default=None, description="Geometry column of input_table; default its first one.")
+    near_geometry_column: ColumnName | None = Field(
+        default=None, description="Geometry column of near_table; default its first one.")
+    near_key: ColumnName | None = Field(
+        default=None, description="Unique column of near_table reported as near_id; default "
+                                  "its primary key.")
+    k: int = Field(default=1, ge=1, le=1000, description="Neighbours per input feature.")
+    search_radius: float | None = Field(
+        default=None, ge=0, description="Only neighbours this close: CRS units (planar) or "
+                                        "metres (geodesic).")
+    method: Literal["planar", "geodesic"] | None = Field(
+        default=None, description="Default: geodesic for longitude/latitude, else planar.")
+    near_filter: Any = Field(
+        default=None, description="Structured filter on near_table (as create_view's filter).")
+    lines: bool = Field(default=False, description="Also write near_line, the shortest line.")
+
+    @field_validator("search_radius")
+    @classmethod
+    def _finite(cls, value: float | None) -> float | None:
+        if value is not None and not math.isfinite(value):
+            raise ValueError("must be a finite distance")
+        return value
+
+
+EXAMPLE: dict[str, Any] = {
+    "input_table": "public.georgia_counties",
+    "near_table": "public.georgia_counties",
+    "k": 3,
+    "lines": True,
+}
+
+DEMO: list[dict[str, Any]] = [
+    {"input_table": "public.georgia_counties", "near_table": "public.georgia_counties", "k": 3,
+     "lines": True, "output_table": "results.demo_georgia_neighbours", "overwrite": True},
+    {"input_table": "public.nc_counties", "near_table": "public.us_states", "k": 2,
+     "near_filter": [{"column": "state_name", "op": "!=", "value": "North Carolina"}],
+     "output_table": "results.demo_nc_nearest_states", "overwrite": True},
+]
+
+
+def _near_key(layer: Layer, requested: str | None) -> str:
+    if requested is not None:
+        return layer.require_column(requested, field="near_key")
+    if layer.key is None:
+        raise InvalidInput(
+            f"{layer.qualified_name} has no single-column primary key to report as near_id; "
+            "name a unique column in near_key", field="near_key")
+    return layer.key
+
+
+def _where(ctx: JobContext, layer: Layer, raw: Any) -> sql.Composable | None:
+    if raw is None:
+        return None
+    from geojobs.filters import compose_where, parse_filter, table_columns
+
+    spec = parse_filter(raw, field="near_filter")
+    return compose_where(spec, table_columns(ctx.conn, layer.schema, layer.name),
+                         geometry_column=layer.geometry_column, srid=layer.srid,
+                         field="near_filter")
+
+
+def run(ctx: JobContext, params: Params) -> dict[str, Any]:
+    """Read both layers, find the neighbours, write the result table."""
+    layer = describe_layer(ctx.conn, params.input_table, geometry_column=params.geometry_column)
+    near_layer = describe_layer(ctx.conn, params.near_table, field="near_table",
+                                geometry_column=params.near_geometry_column,
+                                geometry_field="near_geometry_column")
+    key = _near_key(near_layer, params.near_key)
+    same = (layer.qualified_name, layer.geometry_column) == (
+        near_layer.qualified_name, near_layer.geometry_column)
+    where = _where(ctx, near_layer, params.near_filter)
+    output = ctx.output_table(params.output_table)
+    check_output_free(ctx.conn, output, overwrite=params.overwrite)
+
+    inputs = read_layer(ctx.conn, layer)
+    ctx.progress(0.2)
+    near = read_layer(ctx.conn, near_layer, [key], where=where)
+    ctx.progress(0.3)
+    method = params.method or default_method(inputs.crs)
+    result = nearest(inputs, near, k=params.k, search_radius=params.search_radius,
+                     method=method, near_key=key, input_key=key if same else None,
+                     same_table=same, lines=params.lines)
+    ctx.progress(0.7)
+    rows = write_layer(ctx.conn, result, output, srid=layer.srid, overwrite=params.overwrite)
+    matched = result["near_rank"].notna()
+    dist = result["near_dist"].dropna()
+    return {
+        "output_table": output,
+        "rows": rows,
+        "input_features": len(inputs),
+        "near_features": len(near),
+        "without_neighbour": int((~matched).sum()),
+        "k": params.k,
+        "method": method,
+        "units": "metres" if method == "geodesic" else "CRS units",
+        "same_table": same,
+        "max_near_dist": float(dist.max()) if len(dist) else None,
+        "engine": "strtree",
+        "srid": layer.srid,
+    }
+
+
+if __name__ == "__main__":
+    raise SystemExit(worker_cli.main(JOB_TYPE))

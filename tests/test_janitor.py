@@ -1,0 +1,138 @@
+"""Retention (the janitor), pin/unpin, idempotency keys and the CLI of job control."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import threading
+from typing import Any
+
+import psycopg
+import pytest
+from psycopg import sql
+from psycopg.types.json import Jsonb
+
+from geojobs import janitor, queue
+from tests.support import ROOT, worker_env
+
+pytestmark = pytest.mark.db
+
+
+def _finished_job(conn: psycopg.Connection[Any], table: str | None, days_ago: float, *,
+                  pinned: bool = False, status: str = "completed") -> int:
+    """A finished job whose result table (created here) is ``results.<table>``."""
+    result = None
+    if table is not None:
+        conn.execute(sql.SQL("CREATE TABLE results.{} (fid int)").format(sql.Identifier(table)))
+        result = {"output_table": f"results.{table}", "rows": 0, "warnings": []}
+    row = conn.execute(
+        "INSERT INTO background_jobs (job_type, status, attempts, finished_at, result, pinned) "
+        "VALUES ('noop', %s, 1, now() - make_interval(secs => %s * 86400), %s, %s) RETURNING id",
+        (status, days_ago, Jsonb(result) if result else None, pinned)).fetchone()
+    assert row is not None
+    return int(row[0])
+
+
+def _exists(conn: psycopg.Connection[Any], name: str) -> bool:
+    row = conn.execute("SELECT to_regclass(%s) IS NOT NULL", (name,)).fetchone()
+    return bool(row and row[0])
+
+
+def test_janitor_drops_expired_keeps_pinned_fresh_and_read(conn: psycopg.Connection[Any]) -> None:
+    old = _finished_job(conn, "old", 40)
+    pinned = _finished_job(conn, "kept", 40, pinned=True)
+    fresh = _finished_job(conn, "fresh", 1)
+    read = _finished_job(conn, "still_read", 40)
+    ancient = _finished_job(conn, "ancient", 100)
+    ancient_failed = _finished_job(conn, None, 100, status="failed")
+    reader = queue.enqueue(conn, "noop", {})
+    conn.execute("UPDATE background_jobs SET params = %s WHERE id = %s",
+                 (Jsonb({"input_table": "results.still_read"}), reader))
+    conn.execute("UPDATE background_jobs SET expires_at = now() - interval '1 minute' "
+                 "WHERE id = %s", (fresh,))  # set by a front end: expires now
+    _finished_job(conn, "fresher", 1)
+
+    report = janitor.run_janitor(conn)
+
+    assert sorted(report.jobs_expired) == sorted([old, fresh, ancient])
+    assert sorted(report.dropped) == ["results.ancient", "results.fresh", "results.old"]
+    assert not _exists(conn, "results.old") and not _exists(conn, "results.ancient")
+    for kept in ("results.kept", "results.still_read", "results.fresher"):
+        assert _exists(conn, kept), kept
+    assert sorted(report.jobs_deleted) == sorted([ancient, ancient_failed])
+    ids = {r[0] for r in conn.execute("SELECT id FROM background_jobs")}
+    assert {old, pinned, fresh, read, reader} <= ids and ancient not in ids
+    assert "expired_at" in (queue.get(conn, old) or {})["result"]
+    assert janitor.run_janitor(conn).jobs_expired == []  # nothing left to do
+
+
+def test_two_janitors_at_once_do_each_job_once(db_url: str, conn: psycopg.Connection[Any]) -> None:
+    ids = [_finished_job(conn, f"t{i}", 40) for i in range(40)]
+    reports: list[janitor.JanitorReport] = []
+    errors: list[BaseException] = []
+
+    def one() -> None:
+        try:
+            with psycopg.connect(db_url, autocommit=True) as own:
+                reports.append(janitor.run_janitor(own))
+        except BaseException as exc:  # noqa: BLE001 - reported below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=one) for _ in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=120)
+    assert errors == []
+    done = [job for r in reports for job in r.jobs_expired]
+    assert sorted(done) == sorted(ids)  # every job once, none twice
+    left = conn.execute("SELECT count(*) FROM pg_tables WHERE schemaname = 'results'").fetchone()
+    assert left == (0,)
+
+
+def test_idempotency_key_returns_the_first_job(conn: psycopg.Connection[Any]) -> None:
+    first, new = queue.enqueue_controlled(conn, "noop", {}, idempotency_key="k-1")
+    again, new_again = queue.enqueue_controlled(conn, "noop", {"sleep_seconds": 1},
+                                                idempotency_key="k-1")
+    other, _ = queue.enqueue_controlled(conn, "noop", {}, idempotency_key="k-2")
+    assert (new, new_again) == (True, False) and again == first and other != first
+    count = conn.execute("SELECT count(*) FROM background_jobs").fetchone()
+    assert count == (2,)
+
+
+def _cli(db_url: str, *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "geojobs.cli", *args], env=worker_env(db_url),
+                          cwd=ROOT, text=True, capture_output=True, timeout=60)
+
+
+def test_cli_pin_show_workers_and_bad_input(db_url: str, conn: psycopg.Connection[Any]) -> None:
+    job = _finished_job(conn, "pin_me", 40)
+    assert _cli(db_url, "jobs", "pin", str(job)).returncode == 0
+    assert queue.get(conn, job)["pinned"] is True  # type: ignore[index]
+    assert janitor.run_janitor(conn).jobs_expired == []
+    assert _cli(db_url, "jobs", "unpin", str(job)).returncode == 0
+    missing = _cli(db_url, "jobs", "pin", "999999")
+    assert missing.returncode == 2 and "no job 999999" in missing.stderr
+    conn.execute("UPDATE background_jobs SET worker_id = 'somehost:12:abc' WHERE id = %s", (job,))
+    shown = _cli(db_url, "jobs", "show", str(job))
+    assert '"host": "somehost"' in shown.stdout
+    assert _cli(db_url, "workers").returncode == 0
+    before = conn.execute("SELECT count(*) FROM background_jobs").fetchone()
+    for flag, value in (("--timeout-seconds", "-1"), ("--timeout-seconds", "99999999"),
+                        ("--memory-limit-mb", "0"), ("--memory-limit-mb", "10000000")):
+        bad = _cli(db_url, "enqueue", "noop", flag, value)
+        assert bad.returncode == 2 and flag in bad.stderr, bad.stderr
+    assert conn.execute("SELECT count(*) FROM background_jobs").fetchone() == before
+
+
+def test_enqueue_wait_says_at_once_that_no_worker_runs(db_url: str) -> None:
+    proc = subprocess.Popen([sys.executable, "-m", "geojobs.cli", "enqueue", "noop", "--wait"],
+                            env=worker_env(db_url), cwd=ROOT, text=True,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    try:
+        assert proc.stderr is not None
+        line = proc.stderr.readline()
+        assert "no noop worker is running: start noop_worker" in line
+    finally:
+        proc.kill()
+        proc.communicate(timeout=10)
