@@ -18,7 +18,7 @@ pytestmark = pytest.mark.db
 @pytest.fixture(scope="module")
 def api(template_db: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[ApiServer]:
     yield from api_server(template_db, tmp_path_factory.mktemp("api_pipelines"),
-                          users={"alice": False, "bob": False, "ops": True}, workers=("noop",))
+                          users={"alice": False, "bob": False, "ops": True}, workers=("noop", "dissolve", "create_view"))
 
 
 def two_steps(name: str = "two") -> dict[str, Any]:
@@ -150,3 +150,31 @@ def test_output_of_another_users_job_is_refused(api: ApiServer) -> None:
     assert response.status_code == 400, response.text
     assert "output_of" in response.json()["detail"]
     assert counts(api) == before
+
+
+def test_dissolve_then_view_of_its_output(api: ApiServer) -> None:
+    spec = {"name": "regions", "steps": [
+        {"name": "regions", "job_type": "dissolve",
+         "params": {"input_table": "public.us_states", "by": ["sub_region"],
+                    "output_table": "results.pipe_regions"}},
+        {"name": "view", "job_type": "create_view",
+         "params": {"input_table": {"output_of": "regions"},
+                    "output_table": "results.pipe_regions_view"}}]}
+    with api.client("alice") as client:
+        response = client.post("/pipelines", json=spec)
+        assert response.status_code == 201, response.text
+        pid = response.json()["jobID"]
+
+        def done() -> dict[str, Any] | None:
+            info = client.get(f"/pipelines/{pid}").json()
+            return info if info["status"] in {"successful", "failed"} else None
+        final = wait_for(done, timeout=90, interval=0.2)
+    assert final["status"] == "successful", final
+    with api.connect() as conn:
+        regions = conn.execute("SELECT count(DISTINCT sub_region) FROM public.us_states").fetchone()
+        assert conn.execute("SELECT count(*) FROM results.pipe_regions_view").fetchone() == regions
+        view_params = conn.execute(
+            "SELECT j.params FROM pipeline_steps s JOIN background_jobs j ON j.id = s.job_id"
+            " WHERE s.pipeline_id = %s AND s.step = 'view'", (int(pid),)).fetchone()
+    assert view_params is not None
+    assert view_params[0]["input_table"] == {"output_of": int(final["steps"][0]["jobID"])}
