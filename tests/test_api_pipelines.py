@@ -18,7 +18,8 @@ pytestmark = pytest.mark.db
 @pytest.fixture(scope="module")
 def api(template_db: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[ApiServer]:
     yield from api_server(template_db, tmp_path_factory.mktemp("api_pipelines"),
-                          users={"alice": False, "bob": False, "ops": True}, workers=("noop", "dissolve", "create_view"))
+                          users={"alice": False, "bob": False, "ops": True},
+                          workers=("noop", "dissolve", "create_view"))
 
 
 def two_steps(name: str = "two") -> dict[str, Any]:
@@ -178,3 +179,20 @@ def test_dissolve_then_view_of_its_output(api: ApiServer) -> None:
             " WHERE s.pipeline_id = %s AND s.step = 'view'", (int(pid),)).fetchone()
     assert view_params is not None
     assert view_params[0]["input_table"] == {"output_of": int(final["steps"][0]["jobID"])}
+
+
+def test_overwrite_of_another_users_table_is_forbidden(api: ApiServer) -> None:
+    with api.client("bob") as bob:
+        jid = bob.post("/processes/dissolve/execution", json={"inputs": {
+            "input_table": "public.us_states", "by": ["sub_region"],
+            "output_table": "results.pipe_bobs"}}, headers={"Prefer": "wait=60"}).json()["jobID"]
+    spec = {"steps": [{"name": "mine", "job_type": "dissolve",
+                       "params": {"input_table": "public.us_states", "by": ["region"],
+                                  "output_table": "results.pipe_bobs", "overwrite": True}}]}
+    before = counts(api)
+    with api.client("alice") as alice:
+        assert alice.get(f"/jobs/{jid}").status_code == 404
+        response = alice.post("/pipelines", json=spec)
+    assert response.status_code == 403, response.text
+    assert "steps[0] (mine).params.output_table" in response.json()["detail"]
+    assert counts(api) == before

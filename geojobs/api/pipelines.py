@@ -17,7 +17,7 @@ from fastapi.responses import JSONResponse
 
 from geojobs import pipelines
 from geojobs.api.deps import User, current_user, get_store, json_body, settings_dep
-from geojobs.api.errors import BadRequest, NotFound
+from geojobs.api.errors import BadRequest, Forbidden, NotFound
 from geojobs.api.jobs import OGC_STATUS, iso, status_info
 from geojobs.api.settings import ApiSettings
 from geojobs.api.store import Store
@@ -75,6 +75,22 @@ def pipeline_document(run: Mapping[str, Any], steps: list[Mapping[str, Any]],
     }
 
 
+async def _check_overwrites(store: Store, user: User, planned: list[pipelines.PlannedStep]) -> None:
+    """403 when a step's ``overwrite`` would replace a table another user's job wrote."""
+    if user.admin:
+        return
+    for step in planned:
+        target = step.spec.params.get("output_table")
+        if not step.spec.params.get("overwrite") or not isinstance(target, str):
+            continue
+        if not await store.fetchval("relation_exists", table=target):
+            continue
+        if await store.fetchval("table_writer", table=target) != user.name:
+            where = f"steps[{step.position}] ({step.spec.name}).params.output_table"
+            raise Forbidden(f"{where}: {target} was not written by your jobs; it may not be "
+                            "overwritten", field=where)
+
+
 class PipelineEndpoints:
     """``POST /pipelines`` and ``GET /pipelines/{id}`` on one router."""
 
@@ -95,6 +111,7 @@ class PipelineEndpoints:
                 spec, planned = pipelines.plan(body)
             except InvalidParams as exc:
                 raise _bad_spec(exc) from None
+            await _check_overwrites(store, user, planned)
             async with store.pool.acquire() as conn, conn.transaction():
                 try:
                     pid = int(await store.fetchval(
