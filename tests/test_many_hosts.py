@@ -70,7 +70,7 @@ def test_two_hosts_share_the_queue_and_survive_one_host_dying(
         db_url: str, conn: psycopg.Connection[Any]) -> None:
     assert "127.0.0.1" in db_url or "localhost" in db_url  # loopback only
     holders = [_host(name) for name in HOSTS]
-    workers = {name: [_worker(h, db_url) for _ in range(2)] for name, h in zip(HOSTS, holders)}
+    workers = {name: [_worker(h, db_url) for _ in range(2)] for name, h in zip(HOSTS, holders, strict=True)}
     a, b = HOSTS
     errs: dict[int, str] = {}
     try:
