@@ -31,7 +31,7 @@ __all__ = ["QueueSystem", "GEOJOBS", "PROCRASTINATE", "PGQUEUER_ONE", "PGQUEUER_
            "SYSTEMS", "start_times"]
 
 QUEUE = "bench"
-_LOG_START = re.compile(r"^(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3}) INFO geojobs.worker: "
+_LOG_START = re.compile(r"^(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3}) INFO geojobs.worker(?: \[[^]]*\])?: "
                         r"job (\d+) noop attempt \d+/\d+ started", re.MULTILINE)
 _PEER_START = re.compile(r"^START (\d+) ([\d.]+)$", re.MULTILINE)
 

@@ -293,7 +293,7 @@ def _pending(url: str, ids: dict[int, str]) -> int | None:
 
 # -- the checks ------------------------------------------------------------------------------
 
-_LINE = re.compile(r"^(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3}) \w+ [\w.]+: (.*)$")
+_LINE = re.compile(r"^(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3}) \w+ [\w.]+(?: \[[^]]*\])?: (.*)$")
 _START = re.compile(r"job (\d+) \w+ attempt (\d+)/\d+ started")
 _END = re.compile(r"job (\d+) \w+ attempt \d+/\d+ (completed|failed|stopped)")
 _GIVEN_BACK = re.compile(r"job (\d+) \w+: grace period over")

@@ -10,7 +10,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from geojobs import db, health, janitor, pipelines, queue, registry, top, units
+from geojobs import db, export, health, janitor, pipelines, queue, registry, top, units
 from geojobs.client import no_worker_message
 from geojobs.config import lease_seconds
 from geojobs.demo import run_demo
@@ -98,6 +98,40 @@ def _follow(conn: Any, job_id: int) -> int:
             _print_json({k: job[k] for k in ("status", "result", "error")})
             return 0 if job["status"] == "completed" else 1
         time.sleep(0.25)
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    """Write a job's result table (or ``--table``) to a file, as the API's downloads do."""
+    fmt_name = args.format or Path(args.output).suffix.lstrip(".").replace("geoparquet", "parquet")
+    fmt = export.check_format(fmt_name, field="--format")
+    if (args.job_id is None) == (args.table is None):
+        raise GeojobsError("export needs either JOB_ID or --table (not both)", field="JOB_ID")
+    path = Path(args.output)
+    if path.exists() and not args.overwrite:
+        raise GeojobsError(f"-o: {path} exists; pass --overwrite to replace it", field="-o")
+    with db.connect() as conn:
+        metadata: dict[str, str] = {}
+        table = args.table
+        if args.job_id is not None:
+            job = queue.get(conn, args.job_id)
+            if job is None:
+                raise GeojobsError(f"JOB_ID: no job {args.job_id}", field="JOB_ID")
+            if job["status"] != "completed":
+                raise GeojobsError(f"JOB_ID: job {args.job_id} is {job['status']}, not completed",
+                                   field="JOB_ID")
+            table = export.result_table(job.get("result"))
+            if table is None:
+                raise GeojobsError(f"JOB_ID: job {args.job_id} wrote no table", field="JOB_ID")
+            metadata = export.provenance(job)
+        path.unlink(missing_ok=True)
+        try:
+            count = export.export_table(conn, table, fmt, path, metadata,
+                                        field="--table" if args.table else "JOB_ID")
+        except BaseException:
+            path.unlink(missing_ok=True)  # no half-written file is left behind
+            raise
+    print(f"wrote {count} features of {table} to {path}")
+    return 0
 
 
 def cmd_jobs(args: argparse.Namespace) -> int:
@@ -371,6 +405,17 @@ def build_parser() -> argparse.ArgumentParser:
                                           "(default PREFIX/.venv/bin/python)")
     p_units.add_argument("--output", type=Path, help="directory to write the unit files to")
     p_units.set_defaults(func=cmd_units)
+    p_export = sub.add_parser("export", help="write a job's result table to a file "
+                              "(gpkg, parquet, fgb, geojson, csv)")
+    p_export.add_argument("job_id", nargs="?", type=int, metavar="JOB_ID",
+                          help="a completed job whose result table to export")
+    p_export.add_argument("--table", help="export this table or view instead (schema.name)")
+    p_export.add_argument("--format", choices=sorted(export.FORMATS),
+                          help="file format (default: from the -o suffix)")
+    p_export.add_argument("-o", "--output", required=True, help="the file to write")
+    p_export.add_argument("--overwrite", action="store_true", help="replace an existing file")
+    p_export.set_defaults(func=cmd_export)
+
     p_serve = sub.add_parser("serve", help="serve the HTTP API (OGC API - Processes)")
     p_serve.add_argument("--host", default="127.0.0.1")
     p_serve.add_argument("--port", type=int, default=8000)

@@ -66,3 +66,6 @@ DROP_TABLE = sql.SQL("DROP TABLE IF EXISTS {table}")
 GIST_INDEX = sql.SQL("CREATE INDEX {name} ON {table} USING gist ({geom})")
 ANALYZE = sql.SQL("ANALYZE {table}")
 COUNT_ROWS = sql.SQL("SELECT count(*) FROM {table}")
+# The extent of a layer's geometries as xmin, ymin, xmax, ymax (NULLs when it has none).
+EXTENT = sql.SQL("SELECT ST_XMin(e), ST_YMin(e), ST_XMax(e), ST_YMax(e) "
+                 "FROM (SELECT ST_Extent({geom}) AS e FROM {table}) AS x")

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import datetime as dt
 import decimal
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -24,7 +24,7 @@ from analysis.multi import ewkb, multi_type_name, to_multi
 from geojobs import layer_sql as q
 from geojobs.errors import InputLayerMissing, InvalidInput, OutputExists
 
-__all__ = ["Layer", "describe_layer", "read_layer", "write_layer", "split_name",
+__all__ = ["Layer", "describe_layer", "read_layer", "iter_layer", "write_layer", "split_name",
            "output_exists", "check_output_free", "multi_geometry_type", "to_multi",
            "output_srid"]
 
@@ -153,6 +153,38 @@ def read_layer(
     in one vectorised call. ``numeric`` columns become floats; types without a natural
     pandas equivalent (json, arrays, uuid...) become text.
     """
+    names, statement, types = _copy_out(layer, columns, where)
+    with conn.cursor() as cur, cur.copy(statement) as copy:
+        copy.set_types(types)
+        rows = list(copy.rows())
+    return _frame(layer, names, types, rows)
+
+
+def iter_layer(
+    conn: psycopg.Connection[Any], layer: Layer, chunk_rows: int = 50_000,
+) -> Iterator[gpd.GeoDataFrame]:
+    """Every attribute and the geometry, as GeoDataFrames of at most ``chunk_rows`` rows.
+
+    One binary COPY streams the whole table; only one chunk is held in memory at a time, so
+    memory stays flat however large the table is. An empty table yields one empty frame.
+    """
+    names, statement, types = _copy_out(layer, None, None)
+    with conn.cursor() as cur, cur.copy(statement) as copy:
+        copy.set_types(types)
+        rows: list[tuple[Any, ...]] = []
+        sent = False
+        for row in copy.rows():
+            rows.append(row)
+            if len(rows) >= chunk_rows:
+                yield _frame(layer, names, types, rows)
+                rows, sent = [], True
+        if rows or not sent:
+            yield _frame(layer, names, types, rows)
+
+
+def _copy_out(layer: Layer, columns: Sequence[str] | None,
+              where: sql.Composable | None) -> tuple[list[str], sql.Composed, list[str]]:
+    """The COPY statement reading ``columns`` and the geometry, and the types it returns."""
     names = list(layer.attributes if columns is None else columns)
     select: list[sql.Composable] = []
     types: list[str] = []
@@ -174,9 +206,12 @@ def read_layer(
     statement = q.COPY_OUT.format(
         columns=sql.SQL(", ").join(select), table=layer.identifier,
         where=sql.SQL(" WHERE {}").format(where) if where is not None else sql.SQL(""))
-    with conn.cursor() as cur, cur.copy(statement) as copy:
-        copy.set_types(types)
-        rows = list(copy.rows())
+    return names, statement, types
+
+
+def _frame(layer: Layer, names: list[str], types: list[str],
+           rows: list[tuple[Any, ...]]) -> gpd.GeoDataFrame:
+    """COPY rows (attributes, then EWKB) as a GeoDataFrame in the layer's CRS."""
     values = list(zip(*rows, strict=True)) if rows else [()] * len(types)
     data = {name: _column(vals, typ) for name, vals, typ in zip(names, values, types, strict=False)}
     try:

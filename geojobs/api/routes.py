@@ -4,16 +4,22 @@ from __future__ import annotations
 
 import asyncio
 import json
+import shutil
+import tempfile
 import time
 from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Annotated, Any, Literal
 from urllib.parse import urlencode
 
 import asyncpg
+import psycopg
 from fastapi import APIRouter, Depends, Query, Request, Response
+from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import FileResponse, JSONResponse, StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from starlette.background import BackgroundTask
 
 from geojobs import registry
 from geojobs.api.callbacks import check_callback_uri
@@ -52,6 +58,7 @@ from geojobs.api.jobs import (
 from geojobs.api.settings import ApiSettings
 from geojobs.api.store import Store
 from geojobs.errors import InvalidParams
+from geojobs.export import FORMATS, ExportFormat, export_table, provenance, result_table
 from geojobs.params import validate_params
 
 __all__ = ["ProcessesEndpoints", "CONFORMANCE", "base_url", "NO_STORE"]
@@ -151,6 +158,31 @@ async def _job(store: Store, user: User, jid: int) -> asyncpg.Record:
     if row is None:
         raise NoSuchJob(f"jobID: no job {jid}", field="jobID")
     return row
+
+
+def _export_to(job: dict[str, Any], table: str, fmt: ExportFormat, path: Path, dsn: str) -> None:
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        export_table(conn, table, fmt, path, provenance(job), field="jobID")
+
+
+async def _download(job: dict[str, Any], fmt: ExportFormat, dsn: str) -> Response:
+    """The job's whole result table as a file in ``fmt``.
+
+    The export streams the table in chunks into a temporary file (in a worker thread, so the
+    event loop stays free), which is then streamed to the client and deleted.
+    """
+    table = result_table(job["result"])
+    if table is None:
+        raise NoSuchJob(f"job {job['id']} has no result table to download", field="jobID")
+    tmpdir = Path(tempfile.mkdtemp(prefix="geojobs-export-"))
+    path = tmpdir / f"{table.rpartition('.')[2]}{fmt.suffix}"
+    try:
+        await run_in_threadpool(_export_to, job, table, fmt, path, dsn)
+    except BaseException:
+        shutil.rmtree(tmpdir, ignore_errors=True)
+        raise
+    return FileResponse(path, media_type=fmt.media_type, filename=path.name, headers=NO_STORE,
+                        background=BackgroundTask(shutil.rmtree, tmpdir, ignore_errors=True))
 
 
 @dataclass
@@ -334,7 +366,17 @@ class ProcessesEndpoints:
             jid: Annotated[int, Depends(job_id)],
             user: Annotated[User, Depends(current_user)],
             store: Annotated[Store, Depends(get_store)],
+            settings: Annotated[ApiSettings, Depends(settings_dep)],
+            f: Annotated[str | None, Query(
+                description="Download the whole result table as a file: " + ", ".join(FORMATS))]
+            = None,
         ) -> Response:
+            fmt = None
+            if f is not None:
+                fmt = FORMATS.get(f)
+                if fmt is None:
+                    raise BadRequest(f"f: unknown format {f!r}; use one of {sorted(FORMATS)}",
+                                     field="f")
             job = await _job(store, user, jid)
             if job["status"] in ("waiting", "queued", "running"):
                 raise ResultNotReady(f"job {jid} is {OGC_STATUS[job['status']]}", field="jobID")
@@ -342,6 +384,8 @@ class ProcessesEndpoints:
                 raise JobFailed(f"job {jid} failed: {job['error']}", field="jobID")
             if job["status"] == "cancelled":
                 raise NoSuchJob(f"job {jid} was dismissed", field="jobID")
+            if fmt is not None:
+                return await _download(dict(job), fmt, settings.database_url)
             return JSONResponse(results_document(job, base_url(request)), headers=NO_STORE)
 
         @router.get("/jobs/{jobID}/results/cog", summary="The COG file of a raster job", tags=["Jobs"],

@@ -34,7 +34,7 @@ SELECT job_id, created, now() AS created_at FROM geojobs_submit_as(%(username)s,
 
 -- name: get_job
 -- One job as the API shows it, if the user may see it (NULL user: any).
-SELECT id, job_type, status, progress, error, result, created_at, started_at, finished_at,
+SELECT id, job_type, params, status, progress, error, result, created_at, started_at, finished_at,
        greatest(created_at, started_at, finished_at, heartbeat_at) AS updated_at, submitted_by
 FROM background_jobs
 WHERE id = %(id)s AND (%(username)s::text IS NULL OR submitted_by = %(username)s);
