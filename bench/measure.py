@@ -89,7 +89,7 @@ def _hwm_kb(pid: int) -> int | None:
 
 
 def _wait_peak(proc: subprocess.Popen[bytes], timeout: float) -> tuple[int, float]:
-    """Wait for ``proc``; return (exit code, peak RSS in MB).
+    """Wait for ``proc``; return (exit code, peak RSS in MB of it and its job process).
 
     ``VmHWM`` is the kernel's high-water mark of the process's resident set since its
     ``exec``: sampled every 5 ms until exit, its last value misses only a peak reached in the
@@ -99,7 +99,13 @@ def _wait_peak(proc: subprocess.Popen[bytes], timeout: float) -> tuple[int, floa
     deadline = time.monotonic() + timeout
     peak_kb = 0
     while proc.poll() is None:
-        peak_kb = max(peak_kb, _hwm_kb(proc.pid) or 0)
+        # The job runs in a process forked from the worker: the worker's high-water mark plus
+        # its job process's, an upper bound (pages the fork still shares are counted twice).
+        try:
+            pids = [proc.pid, *(c.pid for c in psutil.Process(proc.pid).children())]
+        except psutil.Error:
+            pids = [proc.pid]
+        peak_kb = max(peak_kb, sum((_hwm_kb(pid) or 0) for pid in pids))
         if time.monotonic() > deadline:
             proc.kill()
             proc.wait()
