@@ -19,6 +19,7 @@ from fastapi.middleware.cors import CORSMiddleware
 from geojobs.api.callbacks import Dispatcher
 from geojobs.api.errors import install_handlers
 from geojobs.api.oas import document_to_oas30
+from geojobs.api.pipelines import PipelineEndpoints
 from geojobs.api.routes import ProcessesEndpoints
 from geojobs.api.settings import ApiSettings, get_settings
 from geojobs.api.store import Store
@@ -55,6 +56,7 @@ def create_app(settings: ApiSettings | None = None) -> FastAPI:
     app.state.landing_links = []
     install_handlers(app)
     app.include_router(ProcessesEndpoints().router)
+    app.include_router(PipelineEndpoints().router)
     app.include_router(OperationsEndpoints(database_url=settings.database_url).router)
 
     cache: dict[str, Any] = {}

@@ -103,3 +103,28 @@ WHERE id = %(id)s;
 -- Seconds until the next pending callback is due (NULL: none pending).
 SELECT extract(epoch FROM min(next_at) - now())::float8 FROM api_deliveries
 WHERE delivered_at IS NULL AND given_up_at IS NULL;
+
+-- name: pipeline_create_as
+-- Record a pipeline run of an API user (its steps follow in the same transaction).
+SELECT geojobs_pipeline_create_as(%(username)s, %(name)s, %(spec)s) AS id;
+
+-- name: pipeline_step_as
+-- Insert one step's job of the user's run and link it; the job id.
+SELECT geojobs_pipeline_step_as(%(username)s, %(pipeline_id)s, %(step)s, %(position)s,
+                                %(job_type)s, %(params)s, %(depends_on)s::bigint[],
+                                %(priority)s, %(max_attempts)s) AS job_id;
+
+-- name: get_pipeline
+-- One pipeline run, if the user may see it (NULL user: any).
+SELECT id, name, replaces, rerun_from, submitted_by, created_at
+FROM pipelines
+WHERE id = %(id)s AND (%(username)s::text IS NULL OR submitted_by = %(username)s);
+
+-- name: pipeline_steps
+-- The steps of a run in spec order with their jobs as the API shows them.
+SELECT s.step, s.position, s.reused, j.id, j.job_type, j.status, j.progress, j.error, j.result,
+       j.depends_on, j.created_at, j.started_at, j.finished_at,
+       greatest(j.created_at, j.started_at, j.finished_at, j.heartbeat_at) AS updated_at
+FROM pipeline_steps AS s JOIN background_jobs AS j ON j.id = s.job_id
+WHERE s.pipeline_id = %(id)s
+ORDER BY s.position;
