@@ -2,7 +2,7 @@
 
 Critical: the database cannot be reached, or a job type has queued jobs and no live worker.
 Warning: the oldest ready job has waited longer than ``GEOJOBS_HEALTH_MAX_WAIT_SECONDS``
-(default 900), queued jobs name a type no worker knows, or the worker registry is missing.
+(default 900), or queued jobs name a type no worker knows.
 The verdict names job types and counts only: no job ids, parameters, users or errors.
 """
 
@@ -66,8 +66,6 @@ def assess(snap: Snapshot, *, job_types: list[str] | None = None,
     health = Health()
     wait_limit = max_wait_seconds() if max_wait is None else max_wait
     wanted = job_types or snap.job_types()
-    if snap.workers is None:
-        health.add(WARNING, "worker registry geojobs_workers is missing: live workers unknown")
     for job_type in wanted:
         queued = snap.live.get((job_type, "queued"), 0)
         if not queued:

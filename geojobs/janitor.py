@@ -6,13 +6,16 @@ pinned. Finished job rows are deleted ``GEOJOBS_JOB_TTL_DAYS`` (90) after they f
 outputs first. Nothing an unfinished job reads (by name in its params, or as a dependency) is
 touched. Each job is handled in its own transaction holding its row lock, taken with SKIP
 LOCKED, so several janitors (several hosts) can run at once without doing anything twice.
+Each run is recorded in ``geojobs_janitor_runs`` (migration 0007c) for monitoring.
 """
 
 from __future__ import annotations
 
 import logging
 import os
+import socket
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -92,6 +95,7 @@ def run_janitor(conn: psycopg.Connection[Any], *, result_ttl: float | None = Non
     params = {"result_ttl_days": result_ttl_days() if result_ttl is None else result_ttl,
               "job_ttl_days": job_ttl_days() if job_ttl is None else job_ttl, "limit": 1}
     report = JanitorReport()
+    started_at = datetime.now(UTC)
     while True:
         with conn.transaction():
             row = queue.janitor_next_expired(conn, params)
@@ -109,4 +113,8 @@ def run_janitor(conn: psycopg.Connection[Any], *, result_ttl: float | None = Non
             break
     if report.jobs_deleted:
         log.info("deleted %d finished job rows", len(report.jobs_deleted))
+    queue.janitor_record_run(conn, {
+        "host": socket.gethostname(), "started_at": started_at,
+        "jobs_expired": len(report.jobs_expired), "tables_dropped": len(report.dropped),
+        "files_removed": len(report.files_removed), "jobs_deleted": len(report.jobs_deleted)})
     return report

@@ -4,9 +4,9 @@ Everything comes from the tables, so one scrape covers the workers of every host
 figures survive restarts of whoever serves them: queued and running jobs from their partial
 indexes; job outcomes (counters and duration histograms) from ``geojobs_metrics_finished``,
 into which each scrape first folds the jobs finished since the previous one (migration 0007);
-live workers and their memory from the worker registry ``geojobs_workers`` (migration 0004),
-when it exists. Labels carry job types (registered ones only), statuses, hosts and worker
-ids: never parameters, user names or errors.
+live workers and their memory from the worker registry ``geojobs_workers`` (migration 0004);
+the last janitor run from ``geojobs_janitor_runs`` (migration 0007c). Labels carry job types
+(registered ones only), statuses, hosts and worker ids: never parameters, user names or errors.
 """
 
 from __future__ import annotations
@@ -75,20 +75,21 @@ class Snapshot:
     oldest_ready_seconds: dict[str, float] = field(default_factory=dict)
     finished: dict[tuple[str, str, int], tuple[int, float]] = field(default_factory=dict)
     buckets: list[float] = field(default_factory=list)
-    workers: list[dict[str, Any]] | None = None
-    """None when the worker registry table does not exist."""
+    workers: list[dict[str, Any]] = field(default_factory=list)
+    janitor: dict[str, Any] | None = None
+    """The last janitor run, None when none has run yet."""
     folded: int = 0
     seconds: float = 0.0
 
     def job_types(self) -> list[str]:
         """Registered types, then any other label seen."""
         seen = {t for t, _ in self.live} | {t for t, _, _ in self.finished}
-        seen |= {w["job_type"] for w in self.workers or []}
+        seen |= {w["job_type"] for w in self.workers}
         names = registry.names()
         return names + sorted(seen - set(names))
 
     def live_workers(self, job_type: str) -> int:
-        return sum(1 for w in self.workers or [] if w["job_type"] == job_type)
+        return sum(1 for w in self.workers if w["job_type"] == job_type)
 
 
 def snapshot(conn: psycopg.Connection[Any], *, settle_seconds: float = 60.0,
@@ -126,11 +127,10 @@ def snapshot(conn: psycopg.Connection[Any], *, settle_seconds: float = 60.0,
                 key = (_type_label(job_type), status, bucket)
                 old_jobs, old_seconds = snap.finished.get(key, (0, 0.0))
                 snap.finished[key] = (old_jobs + jobs, old_seconds + seconds)
-        row = conn.execute(q["optional_tables"]).fetchone()
-        if row and row[0]:
-            with conn.cursor(row_factory=dict_row) as cur:
-                snap.workers = cur.execute(q["live_workers"],
-                                           {"lease_seconds": lease_seconds()}).fetchall()
+        with conn.cursor(row_factory=dict_row) as cur:
+            snap.workers = cur.execute(q["live_workers"],
+                                       {"lease_seconds": lease_seconds()}).fetchall()
+            snap.janitor = cur.execute(q["last_janitor_run"]).fetchone()
     snap.seconds = time.perf_counter() - started
     return snap
 
@@ -182,27 +182,44 @@ def metric_families(snap: Snapshot) -> Iterator[Metric]:
             duration.add_metric([job_type, status], cumulative, sums.get((job_type, status), 0.0))
     yield duration
 
-    if snap.workers is not None:
-        live = GaugeMetricFamily("geojobs_workers", "Live workers (seen within the lease), by type.",
-                                 labels=["job_type"])
-        busy = GaugeMetricFamily("geojobs_workers_busy", "Live workers running a job, by type.",
-                                 labels=["job_type"])
-        for job_type in types:
-            mine = [w for w in snap.workers if _type_label(w["job_type"]) == job_type]
-            live.add_metric([job_type], len(mine))
-            busy.add_metric([job_type], sum(1 for w in mine if w["current_job"] is not None))
-        rss = GaugeMetricFamily("geojobs_worker_resident_memory_bytes",
-                                "Resident memory of each live worker, as it last reported.",
-                                labels=["job_type", "host", "worker_id"])
-        start = GaugeMetricFamily("geojobs_worker_start_time_seconds",
-                                  "When each live worker process started (Unix time).",
-                                  labels=["job_type", "host", "worker_id"])
-        for w in snap.workers:
-            labels = [_type_label(w["job_type"]), w["host"], w["worker_id"]]
-            if w["rss_mb"] is not None:
-                rss.add_metric(labels, float(w["rss_mb"]) * 2**20)
-            start.add_metric(labels, w["started_at"])
-        yield from (live, busy, rss, start)
+    live = GaugeMetricFamily("geojobs_workers", "Live workers (seen within the lease), by type.",
+                             labels=["job_type"])
+    busy = GaugeMetricFamily("geojobs_workers_busy", "Live workers running a job, by type.",
+                             labels=["job_type"])
+    for job_type in types:
+        mine = [w for w in snap.workers if _type_label(w["job_type"]) == job_type]
+        live.add_metric([job_type], len(mine))
+        busy.add_metric([job_type], sum(1 for w in mine if w["current_job"] is not None))
+    rss = GaugeMetricFamily("geojobs_worker_resident_memory_bytes",
+                            "Resident memory of each live worker, as it last reported.",
+                            labels=["job_type", "host", "worker_id"])
+    start = GaugeMetricFamily("geojobs_worker_start_time_seconds",
+                              "When each live worker process started (Unix time).",
+                              labels=["job_type", "host", "worker_id"])
+    for w in snap.workers:
+        labels = [_type_label(w["job_type"]), w["host"], w["worker_id"]]
+        if w["rss_mb"] is not None:
+            rss.add_metric(labels, float(w["rss_mb"]) * 2**20)
+        start.add_metric(labels, w["started_at"])
+    yield from (live, busy, rss, start)
+
+    if snap.janitor is not None:
+        run = snap.janitor
+        yield GaugeMetricFamily("geojobs_janitor_last_run_timestamp_seconds",
+                                "When the last janitor run finished (Unix time).",
+                                value=run["finished_at"])
+        yield GaugeMetricFamily("geojobs_janitor_last_run_duration_seconds",
+                                "How long the last janitor run took.", value=run["seconds"])
+        for name, column, what in (
+                ("geojobs_janitor_last_run_jobs_expired", "jobs_expired",
+                 "Jobs whose outputs the last janitor run dropped."),
+                ("geojobs_janitor_last_run_tables_dropped", "tables_dropped",
+                 "Result tables and views the last janitor run dropped."),
+                ("geojobs_janitor_last_run_files_removed", "files_removed",
+                 "Result files the last janitor run removed."),
+                ("geojobs_janitor_last_run_jobs_deleted", "jobs_deleted",
+                 "Finished job rows the last janitor run deleted.")):
+            yield GaugeMetricFamily(name, what, value=run[column])
 
     yield GaugeMetricFamily("geojobs_metrics_scrape_seconds",
                             "Time this scrape spent reading the database.", value=snap.seconds)

@@ -320,3 +320,8 @@ def janitor_mark_expired(conn: psycopg.Connection, job_id: int) -> None:
 def janitor_delete_jobs(conn: psycopg.Connection, params: dict[str, Any]) -> list[int]:
     """Delete a batch of finished job rows past the job TTL; their ids."""
     return [int(r[0]) for r in _run(conn, "janitor_delete_jobs", params)]
+
+
+def janitor_record_run(conn: psycopg.Connection, params: dict[str, Any]) -> None:
+    """Insert one row into ``geojobs_janitor_runs`` for a finished janitor run."""
+    _run(conn, "janitor_record_run", params)

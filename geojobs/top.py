@@ -87,9 +87,7 @@ def render(data: TopData, *, job_types: list[str] | None = None) -> RenderableTy
     workers = Table(expand=True, box=None, header_style="bold")
     for column in ("host", "type", "worker", "job", "RSS MB", "jobs run", "last seen"):
         workers.add_column(column)
-    if snap.workers is None:
-        workers.add_row("-", "-", "worker registry not installed (migration 0004)", "", "", "", "")
-    for w in snap.workers or []:
+    for w in snap.workers:
         workers.add_row(w["host"], w["job_type"], w["worker_id"],
                         str(w["current_job"]) if w["current_job"] is not None else "idle",
                         f"{w['rss_mb']:.0f}" if w["rss_mb"] is not None else "-",

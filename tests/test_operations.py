@@ -23,7 +23,7 @@ import psycopg
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from geojobs import cli, health, metrics, queue
+from geojobs import cli, health, janitor, metrics, queue
 from tests.api_support import start_server, stop
 from tests.support import ROOT, start_worker, wait_for, worker_env
 
@@ -193,6 +193,83 @@ def test_health_and_worker_metrics(registry_table: psycopg.Connection[Any]) -> N
     assert cli.returncode == 2 and '"status": "critical"' in cli.stdout
 
 
+def test_a_real_worker_registers_itself_in_metrics_and_health(
+        registry_table: psycopg.Connection[Any], db_url: str) -> None:
+    conn = registry_table
+    queue.enqueue(conn, "dissolve", {})  # no dissolve worker: critical throughout
+    worker = start_worker(db_url, "noop")
+    try:
+        wait_for(lambda: conn.execute("SELECT count(*) FROM geojobs_workers WHERE job_type = 'noop'")
+                 .fetchone()[0] == 1, timeout=30, interval=0.1)
+        pid = conn.execute("SELECT pid FROM geojobs_workers WHERE job_type = 'noop'").fetchone()[0]
+        assert pid in (worker.pid, *_children(worker.pid))
+        found = samples(metrics.render(conn).decode())
+        assert value(found, "geojobs_workers", job_type="noop") == 1
+        assert value(found, "geojobs_workers", job_type="dissolve") == 0
+        queue.enqueue(conn, "noop", {})
+        verdict = health.check()
+        assert verdict.code == health.CRITICAL
+        assert verdict.reasons == ["dissolve: 1 queued job(s) and no live worker"]
+        ok = subprocess.run([*CLI, "health", "--type", "noop"], capture_output=True, text=True,
+                            cwd=ROOT, timeout=60, env=worker_env(db_url))
+        assert ok.returncode == 0 and ok.stdout.startswith("OK"), ok.stdout
+    finally:
+        worker.terminate()
+        worker.communicate(timeout=30)
+    # A worker that stops removes itself from the registry: the noop type has no live worker.
+    assert conn.execute("SELECT count(*) FROM geojobs_workers").fetchone()[0] == 0
+    queue.enqueue(conn, "noop", {})
+    assert "noop: 1 queued job(s) and no live worker" in health.check().reasons
+
+
+def _children(pid: int) -> list[int]:
+    """Process ids of the direct children of ``pid`` (the worker may run jobs in a child)."""
+    path = f"/proc/{pid}/task/{pid}/children"
+    return [int(p) for p in open(path).read().split()] if os.path.exists(path) else []
+
+
+def old_job_with_table(conn: psycopg.Connection[Any], table: str, days: float) -> int:
+    """A completed noop job that finished ``days`` ago and wrote ``results.<table>``."""
+    conn.execute(f"CREATE TABLE results.{table} (id int)")
+    row = conn.execute(
+        "INSERT INTO background_jobs (job_type, status, attempts, started_at, finished_at, result) "
+        "VALUES ('noop', 'completed', 1, now() - make_interval(days => %s), "
+        "now() - make_interval(days => %s), jsonb_build_object('output_table', %s::text)) "
+        "RETURNING id", (int(days), int(days), f"results.{table}")).fetchone()
+    return int(row[0])
+
+
+def test_janitor_runs_are_recorded_and_scraped(conn: psycopg.Connection[Any], db_url: str) -> None:
+    found = samples(metrics.render(conn).decode())
+    assert not any(name.startswith("geojobs_janitor_") for name, _ in found)  # never ran
+    old_job_with_table(conn, "ops_janitor_a", 40)  # outputs expired, row kept
+    old_job_with_table(conn, "ops_janitor_b", 100)  # outputs expired, then the row deleted
+    run = subprocess.run([*CLI, "janitor"], capture_output=True, text=True, cwd=ROOT, timeout=60,
+                         env=worker_env(db_url))
+    assert run.returncode == 0, run.stderr
+    rows = conn.execute("SELECT host, extract(epoch FROM finished_at)::float8, jobs_expired, "
+                        "tables_dropped, files_removed, jobs_deleted, started_at <= finished_at "
+                        "FROM geojobs_janitor_runs").fetchall()
+    assert rows == [(socket.gethostname(), rows[0][1], 2, 2, 0, 1, True)]
+    assert conn.execute("SELECT to_regclass('results.ops_janitor_a')").fetchone()[0] is None
+    found = samples(metrics.render(conn).decode())
+    assert value(found, "geojobs_janitor_last_run_timestamp_seconds") == pytest.approx(rows[0][1])
+    assert value(found, "geojobs_janitor_last_run_jobs_expired") == 2
+    assert value(found, "geojobs_janitor_last_run_tables_dropped") == 2
+    assert value(found, "geojobs_janitor_last_run_files_removed") == 0
+    assert value(found, "geojobs_janitor_last_run_jobs_deleted") == 1
+
+    again = subprocess.run([*CLI, "janitor"], capture_output=True, text=True, cwd=ROOT, timeout=60,
+                           env=worker_env(db_url))
+    assert again.returncode == 0, again.stderr
+    last = conn.execute("SELECT extract(epoch FROM max(finished_at))::float8, count(*) "
+                        "FROM geojobs_janitor_runs").fetchone()
+    assert last[1] == 2 and last[0] > rows[0][1]
+    found = samples(metrics.render(conn).decode())
+    assert value(found, "geojobs_janitor_last_run_timestamp_seconds") == pytest.approx(last[0])
+    assert value(found, "geojobs_janitor_last_run_jobs_expired") == 0  # the last run's counts
+
+
 def test_health_and_top_bad_input(db_url: str, capsys: pytest.CaptureFixture[str]) -> None:
     env = worker_env(UNREACHABLE)
     down = subprocess.run([*CLI, "health"], capture_output=True, text=True, cwd=ROOT, env=env, timeout=60)
@@ -359,6 +436,8 @@ def test_the_api_app_serves_metrics_and_health_without_a_key(
     add_finished(conn, "noop", "failed", 1.5, 120.0)
     add_worker(conn, "h1:1:a", "noop")
     queue.enqueue(conn, "noop", {})
+    old_job_with_table(conn, "ops_janitor_api", 40)
+    janitor.run_janitor(conn)
     (tmp_path / "out").mkdir()
     process = start_server(db_url, tmp_path / "out")
     try:
@@ -368,6 +447,10 @@ def test_the_api_app_serves_metrics_and_health_without_a_key(
         found = samples(scraped.text)
         assert value(found, "geojobs_jobs_finished_total", job_type="noop", status="failed") == 1
         assert value(found, "geojobs_workers", job_type="noop") == 1
+        assert value(found, "geojobs_janitor_last_run_tables_dropped") == 1
+        assert value(found, "geojobs_janitor_last_run_timestamp_seconds") == pytest.approx(
+            conn.execute("SELECT extract(epoch FROM finished_at)::float8 "
+                         "FROM geojobs_janitor_runs").fetchone()[0])
         verdict = httpx.get(base + "/health", timeout=10, trust_env=False)
         assert verdict.status_code == 200 and verdict.json()["status"] == "ok"
     finally:

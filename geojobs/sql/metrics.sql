@@ -6,10 +6,6 @@
 -- max_rows of them; migration 0007b).
 SELECT geojobs_metrics_fold(%(settle_seconds)s, %(max_rows)s);
 
--- name: optional_tables
--- Which tables of other migrations exist (the worker registry).
-SELECT to_regclass('geojobs_workers') IS NOT NULL AS workers;
-
 -- name: live_jobs
 -- Queued and running jobs by type: counts, how many are ready now, how long the oldest ready one
 -- has waited. One branch per status, so each reads its own partial index (claim, running).
@@ -72,3 +68,12 @@ FROM background_jobs
 WHERE status = 'failed'
 ORDER BY finished_at DESC NULLS LAST, id DESC
 LIMIT %(limit)s;
+
+-- name: last_janitor_run
+-- The last finished janitor run (migration 0007c): when it ran and what it did.
+SELECT extract(epoch FROM finished_at)::float8 AS finished_at,
+       extract(epoch FROM finished_at - started_at)::float8 AS seconds,
+       jobs_expired, tables_dropped, files_removed, jobs_deleted
+FROM geojobs_janitor_runs
+ORDER BY finished_at DESC, id DESC
+LIMIT 1;

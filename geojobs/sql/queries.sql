@@ -280,3 +280,10 @@ AND NOT EXISTS (SELECT 1 FROM background_jobs AS o
                 WHERE o.status IN ('waiting', 'queued', 'running') AND o.depends_on @> ARRAY[j.id])
 AND NOT EXISTS (SELECT 1 FROM pipeline_steps AS s WHERE s.job_id = j.id)
 RETURNING j.id;
+
+-- name: janitor_record_run
+-- Record one finished janitor run (what it did, on which host).
+INSERT INTO geojobs_janitor_runs (host, started_at, jobs_expired, tables_dropped, files_removed,
+                                  jobs_deleted)
+VALUES (%(host)s, %(started_at)s, %(jobs_expired)s, %(tables_dropped)s, %(files_removed)s,
+        %(jobs_deleted)s);
