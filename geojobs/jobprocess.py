@@ -21,12 +21,13 @@ import signal
 import time
 import traceback
 from collections.abc import Callable
+from datetime import UTC, datetime
 from multiprocessing.connection import Connection, Pipe
 from typing import Any
 
 import psycopg
 
-from geojobs import queue
+from geojobs import provenance, queue
 from geojobs.context import JobContext
 from geojobs.db import connect
 from geojobs.errors import GeojobsError
@@ -58,6 +59,7 @@ class JobProcess:
         self.module = module
         self.database_url = database_url
         self.backend_pid: int | None = None
+        provenance.versions()  # read the package metadata once, in the parent, before forking
         parent_end, child_end = Pipe(duplex=True)
         pid = os.fork()
         if pid == 0:  # the child
@@ -157,9 +159,14 @@ def _run_one(job: queue.ClaimedJob, conn: psycopg.Connection[Any], module: JobTy
         params = validate_params(module.Params, job.params)
         ctx = JobContext(job_id=job.id, job_type=job.job_type, attempt=job.attempt,
                          worker_id=job.worker_id, conn=conn, report=report)
+        started_at = datetime.now(UTC)
+        begun = time.perf_counter()
         with conn.transaction():
             result = dict(module.run(ctx, params) or {})
             result.setdefault("warnings", [])
+            result["provenance"] = provenance.record(
+                conn, job, params, result, started_at=started_at,
+                run_seconds=time.perf_counter() - begun)
             if not queue.complete(conn, job, result):
                 return ("interrupted", "the job was cancelled or taken back before it completed")
         return ("completed", {k: result[k] for k in ("output_table", "rows") if k in result})

@@ -22,7 +22,7 @@ WHERE j.id = (
 )
 RETURNING j.id, j.job_type,
           CASE WHEN j.depends_on IS NULL THEN j.params ELSE geojobs_resolve_outputs(j.params) END,
-          j.attempts, j.max_attempts, j.timeout_seconds, j.memory_limit_mb;
+          j.attempts, j.max_attempts, j.timeout_seconds, j.memory_limit_mb, j.rerun_of;
 
 -- name: complete_job
 -- Record success, only if this worker still holds this attempt (compare-and-set).
@@ -78,16 +78,19 @@ WHERE j.id IN (
 RETURNING j.id, j.status;
 
 -- name: enqueue_job
--- Insert a job, as any front end would (depends_on NULL for an independent job).
-INSERT INTO background_jobs (job_type, params, priority, max_attempts, depends_on)
-VALUES (%(job_type)s, %(params)s, %(priority)s, %(max_attempts)s, %(depends_on)s::bigint[])
+-- Insert a job, as any front end would (depends_on NULL for an independent job; rerun_of the
+-- job it re-runs, or NULL).
+INSERT INTO background_jobs (job_type, params, priority, max_attempts, depends_on, rerun_of)
+VALUES (%(job_type)s, %(params)s, %(priority)s, %(max_attempts)s, %(depends_on)s::bigint[],
+        %(rerun_of)s::bigint)
 RETURNING id;
 
 -- name: get_job
 -- One job row.
 SELECT id, job_type, params, status, priority, attempts, max_attempts, available_at, created_at,
        started_at, finished_at, heartbeat_at, worker_id, progress, result, error, depends_on,
-       timeout_seconds, memory_limit_mb, expires_at, pinned, idempotency_key
+       timeout_seconds, memory_limit_mb, expires_at, pinned, idempotency_key, rerun_of,
+       submitted_by
 FROM background_jobs WHERE id = %(id)s;
 
 -- name: list_jobs
@@ -224,6 +227,16 @@ UNION ALL
 SELECT id, false FROM background_jobs
 WHERE submitted_by = session_user AND idempotency_key = %(idempotency_key)s
   AND NOT EXISTS (SELECT 1 FROM inserted);
+
+-- name: insert_rerun
+-- Queue a copy of a job with new params (geojobs jobs rerun): same type, priority, attempts,
+-- limits and dependencies; rerun_of names the job it re-runs.
+INSERT INTO background_jobs (job_type, params, priority, max_attempts, timeout_seconds,
+                             memory_limit_mb, depends_on, rerun_of)
+SELECT job_type, %(params)s, priority, max_attempts, timeout_seconds, memory_limit_mb,
+       depends_on, id
+FROM background_jobs WHERE id = %(id)s
+RETURNING id;
 
 -- name: pin_job
 -- Keep (or stop keeping) a finished job's outputs past their expiry.
