@@ -163,3 +163,36 @@ def test_bad_reruns_name_the_key_and_insert_nothing(db_url, conn, args, message)
     assert out.returncode == 2 and message in out.stderr, out.stderr
     assert _count(conn) == before
     assert job_row(conn, job)["status"] == "queued" and job_row(conn, job)["pinned"] is False
+
+
+def test_pipeline_rerun_names_the_run_it_replaces(db_url, conn):
+    """``pipeline rerun --from STEP``: each re-run step's job has ``rerun_of`` = the job of the
+    same step in the replaced run, and its provenance names both runs."""
+    from geojobs import pipelines
+
+    spec = {"name": "regions", "steps": [
+        {"name": "regions", "job_type": "dissolve",
+         "params": {"input_table": "public.us_states", "by": ["sub_region"]}},
+        {"name": "view", "job_type": "create_view",
+         "params": {"input_table": {"output_of": "regions"}, "output_table": "results.regions_v"}},
+    ]}
+    first, jobs = pipelines.submit(conn, spec)
+    for job_type in ("dissolve", "create_view"):
+        assert run_worker(as_role(db_url), job_type).returncode == 0
+    assert pipelines.show(conn, first)["status"] == "completed"
+    second, again = pipelines.rerun(conn, first, "view",
+                                    ['view.filter=[{"column": "sub_region", "op": "=", '
+                                     '"value": "Pacific"}]'])
+    assert list(again) == ["view"]
+    assert job_row(conn, again["view"])["rerun_of"] == jobs["view"]
+    assert run_worker(as_role(db_url), "create_view").returncode == 0
+    row = job_row(conn, again["view"])
+    assert row["status"] == "completed", row["error"]
+    prov = row["result"]["provenance"]
+    assert prov["rerun_of"] == jobs["view"]
+    assert prov["pipeline"] == {"id": second, "replaces": first, "rerun_from": "view",
+                                "step": "view"}
+    # the reused upstream step is the same job, and the view reads its table
+    assert prov["inputs"][0]["table"] == job_row(conn, jobs["regions"])["result"]["output_table"]
+    count = conn.execute("SELECT count(*) FROM results.regions_v").fetchone()
+    assert count == (1,)
