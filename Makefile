@@ -16,10 +16,11 @@ postgis:
 		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq postgresql-$(PG_VERSION)-postgis-3; \
 	fi
 
-# logrotate: the per-worker log files' rotation is tested with the real thing; tmux: `geojobs top`.
+# logrotate: the per-worker log files' rotation is tested with the real thing; tmux: `geojobs top`;
+# gdal-bin: ogrinfo/ogr2ogr read the result layers over OGC API - Features in the tests.
 tools:
-	@command -v logrotate >/dev/null && command -v tmux >/dev/null || { \
-		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq logrotate tmux; }
+	@command -v logrotate >/dev/null && command -v tmux >/dev/null && command -v ogrinfo >/dev/null || { \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq logrotate tmux gdal-bin; }
 
 postgres:
 	@pg_isready -q -h 127.0.0.1 -p 5432 || pg_ctlcluster --skip-systemctl-redirect $(PG_VERSION) main start
