@@ -17,6 +17,7 @@ from fastapi import FastAPI, Request, Response
 from fastapi.middleware.cors import CORSMiddleware
 
 from geojobs.api.callbacks import Dispatcher
+from geojobs.api.console import mount_console
 from geojobs.api.errors import install_handlers
 from geojobs.api.oas import document_to_oas30
 from geojobs.api.pipelines import PipelineEndpoints
@@ -58,6 +59,9 @@ def create_app(settings: ApiSettings | None = None) -> FastAPI:
     app.include_router(ProcessesEndpoints().router)
     app.include_router(PipelineEndpoints().router)
     app.include_router(OperationsEndpoints(database_url=settings.database_url).router)
+    mount_console(app)
+    app.state.landing_links.append({"href": "/console", "rel": "alternate", "type": "text/html",
+                                    "title": "web console: jobs, forms, result maps, downloads"})
 
     cache: dict[str, Any] = {}
 
