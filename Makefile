@@ -18,10 +18,11 @@ postgis:
 
 # logrotate: the per-worker log files' rotation is tested with the real thing; tmux: `geojobs top`;
 # chromium: the web console is tested in a real browser (Playwright drives Debian's chromium; it
-# never downloads its own); gdal-bin: ogr2ogr is the floor of the download benchmark.
+# never downloads its own); gdal-bin: ogrinfo/ogr2ogr read the result layers over OGC API -
+# Features in the tests, and ogr2ogr is the floor of the download benchmark.
 tools:
 	@command -v logrotate >/dev/null && command -v tmux >/dev/null && command -v chromium >/dev/null \
-		&& command -v ogr2ogr >/dev/null || { \
+		&& command -v ogrinfo >/dev/null || { \
 		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq logrotate tmux \
 		chromium gdal-bin; }
 

@@ -56,7 +56,13 @@ def test_landing_conformance_and_openapi(api: ApiServer) -> None:
         assert {"self", "service-desc", "conformance", "http://www.opengis.net/def/rel/ogc/1.0/processes",
                 "http://www.opengis.net/def/rel/ogc/1.0/job-list"} <= set(rels)
         assert rels["service-desc"]["type"] == "application/vnd.oai.openapi+json;version=3.0"
-        assert set(http.get("/conformance").json()["conformsTo"]) == CONFORMANCE
+        conforms = set(http.get("/conformance").json()["conformsTo"])
+        assert {c for c in conforms if "ogcapi-processes" in c} == CONFORMANCE
+        # the result layers (tipg) beside them: Features, Tiles, and no HTML class
+        assert "http://www.opengis.net/spec/ogcapi-features-1/1.0/conf/core" in conforms
+        assert "http://www.opengis.net/spec/ogcapi-tiles-1/1.0/conf/mvt" in conforms
+        assert not [c for c in conforms if c.endswith("/conf/html")]
+        assert rels["data"]["href"].endswith("/collections")
         response = http.get("/api")
         assert response.headers["content-type"].startswith("application/vnd.oai.openapi+json")
         document = response.json()

@@ -1,10 +1,12 @@
-"""The HTTP API: OGC API - Processes on the job table (``geojobs serve``).
+"""The HTTP API: OGC API - Processes on the job table, and OGC API - Features and Tiles over the
+result tables (``geojobs serve``).
 
 :func:`create_app` builds the FastAPI app: the Processes routes of
 :class:`~geojobs.api.routes.ProcessesEndpoints`, the RFC 7807 error handlers of
-:mod:`geojobs.api.errors`, the asyncpg store and the callback dispatcher. Other routers (the
-result layers) mount into the same app, and so do ``/metrics`` and ``/health`` of
-:class:`~geojobs.opsapi.OperationsEndpoints` (no key: counts and verdicts only).
+:mod:`geojobs.api.errors`, the asyncpg store and the callback dispatcher. The result layers
+(:mod:`geojobs.api.layers`, tipg) mount into the same app and share its pool, and so do
+``/metrics`` and ``/health`` of :class:`~geojobs.opsapi.OperationsEndpoints` (no key: counts
+and verdicts only).
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ from fastapi.middleware.cors import CORSMiddleware
 from geojobs.api.callbacks import Dispatcher
 from geojobs.api.console import mount_console
 from geojobs.api.errors import install_handlers
+from geojobs.api.layers import mount_layers, start_layers, stop_layers
 from geojobs.api.oas import document_to_oas30
 from geojobs.api.pipelines import PipelineEndpoints
 from geojobs.api.routes import ProcessesEndpoints
@@ -41,9 +44,11 @@ def create_app(settings: ApiSettings | None = None) -> FastAPI:
         dispatcher = Dispatcher(store, settings, settings.api_public_url.rstrip("/"))
         app.state.dispatcher = dispatcher
         dispatcher.start()
+        await start_layers(app, store)
         try:
             yield
         finally:
+            await stop_layers(app)
             await dispatcher.stop()
             await store.stop()
 
@@ -59,6 +64,7 @@ def create_app(settings: ApiSettings | None = None) -> FastAPI:
     app.include_router(ProcessesEndpoints().router)
     app.include_router(PipelineEndpoints().router)
     app.include_router(OperationsEndpoints(database_url=settings.database_url).router)
+    mount_layers(app, settings)  # OGC API - Features and Tiles (tipg) over the result tables
     mount_console(app)
     app.state.landing_links.append({"href": "/console", "rel": "alternate", "type": "text/html",
                                     "title": "web console: jobs, forms, result maps, downloads"})

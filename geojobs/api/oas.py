@@ -18,6 +18,13 @@ _DROP = {"$schema", "$id", "$defs", "definitions", "$comment", "contentMediaType
          "contentEncoding", "unevaluatedProperties", "propertyNames", "dependentRequired",
          "dependentSchemas", "if", "then", "else", "const", "examples", "prefixItems",
          "discriminator"}
+_OAS30_KEYS = {"title", "multipleOf", "maximum", "exclusiveMaximum", "minimum", "exclusiveMinimum",
+               "maxLength", "minLength", "pattern", "maxItems", "minItems", "uniqueItems",
+               "maxProperties", "minProperties", "required", "enum", "type", "allOf", "oneOf",
+               "anyOf", "not", "items", "properties", "additionalProperties", "description",
+               "format", "default", "nullable", "readOnly", "writeOnly", "xml", "externalDocs",
+               "example", "deprecated"}
+"""The keywords of an OpenAPI 3.0 Schema Object; any other (say a library's typo) is dropped."""
 
 
 def _resolve(ref: str, root: dict[str, Any]) -> dict[str, Any]:
@@ -104,7 +111,8 @@ def to_oas30(schema: Any, root: dict[str, Any] | None = None, *, inline: bool = 
             out[key] = [to_oas30(v, root, inline=inline, ref_prefix=ref_prefix, _depth=_depth + 1)
                         for v in value]
             continue
-        out.setdefault(key, copy.deepcopy(value))
+        if key in _OAS30_KEYS or key.startswith("x-"):
+            out.setdefault(key, copy.deepcopy(value))
     if nullable:
         out["nullable"] = True
         if "type" not in out and "allOf" not in out and "anyOf" not in out and "oneOf" not in out:

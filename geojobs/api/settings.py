@@ -44,6 +44,12 @@ class ApiSettings(BaseSettings):
     api_max_body: int = Field(default=1 << 20, ge=1024, description="Request body limit in bytes.")
     api_max_wait: int = Field(default=60, ge=0, le=600, description="Largest Prefer: wait, seconds.")
     api_pool_size: int = Field(default=10, ge=1, le=200, description="Database connections per process.")
+    layer_schemas: CommaList = Field(
+        default_factory=list,
+        description="Schemas served as layers besides the output schemas (GEOJOBS_OUTPUT_SCHEMAS, "
+        "default results), comma-separated; none by default.")
+    layer_max_age: int = Field(
+        default=30, ge=0, le=3600, description="max-age in seconds of a vector tile (with its ETag).")
     api_callback_timeout: float = Field(default=10.0, gt=0, description="Seconds per callback POST.")
     api_callback_backoff: float = Field(
         default=5.0, gt=0, description="Seconds before the first callback retry; doubles each time.")

@@ -83,6 +83,7 @@ class Store:
         self._listener: asyncpg.Connection | None = None
         self._waiters: dict[int, set[asyncio.Queue[dict[str, Any]]]] = defaultdict(set)
         self._callback_hooks: list[Callable[[], None]] = []
+        self._job_hooks: list[Callable[[dict[str, Any]], None]] = []
 
     @property
     def pool(self) -> asyncpg.Pool:
@@ -118,6 +119,8 @@ class Store:
                     q.put_nowait({"reconnected": True})
             for hook in self._callback_hooks:
                 hook()
+            for job_hook in self._job_hooks:  # changes may have been missed meanwhile
+                job_hook({"reconnected": True})
             return
 
     async def stop(self) -> None:
@@ -136,6 +139,13 @@ class Store:
             return
         for q in list(self._waiters.get(int(change.get("id", 0)), ())):
             q.put_nowait(change)
+        for hook in self._job_hooks:
+            hook(change)
+
+    def on_job_change(self, hook: Callable[[dict[str, Any]], None]) -> None:
+        """Call ``hook`` with the payload of every job change (``{"reconnected": True}`` after the
+        listening connection was lost and made again: changes may have been missed)."""
+        self._job_hooks.append(hook)
 
     def _on_callback(self, conn: object, pid: int, channel: str, payload: str) -> None:
         for hook in self._callback_hooks:

@@ -128,3 +128,19 @@ SELECT s.step, s.position, s.reused, j.id, j.job_type, j.status, j.progress, j.e
 FROM pipeline_steps AS s JOIN background_jobs AS j ON j.id = s.job_id
 WHERE s.pipeline_id = %(id)s
 ORDER BY s.position;
+
+-- name: layer_writers
+-- For each table or view (schema.name) written by a completed job whose outputs were not dropped
+-- by the janitor: the newest such job (NULL tables: every one; else only those tables).
+SELECT DISTINCT ON (target) target, id, job_type, params, result, finished_at, submitted_by
+FROM (SELECT coalesce(result ->> 'output_table', result ->> 'output_view') AS target, id,
+             job_type, params, result, finished_at, submitted_by
+      FROM background_jobs
+      WHERE status = 'completed' AND NOT coalesce(result ? 'expired_at', false)) AS j
+WHERE target IS NOT NULL AND (%(tables)s::text[] IS NULL OR target = ANY (%(tables)s))
+ORDER BY target, id DESC;
+
+-- name: job_layer
+-- The table or view a job's result names (NULL: none, or no such job).
+SELECT coalesce(result ->> 'output_table', result ->> 'output_view') FROM background_jobs
+WHERE id = %(id)s;

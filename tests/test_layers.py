@@ -1,0 +1,289 @@
+"""Result layers over OGC API - Features and Tiles (tipg in the API app) on a real uvicorn server.
+
+Oracles: PostGIS itself (rows, attributes and geometries as ``ST_AsBinary``; ``ST_AsMVT`` run
+directly for the tiles), GDAL's OAPIF driver (Debian's ``ogrinfo``/``ogr2ogr``) as an
+independent client, ``mapbox_vector_tile`` as an independent MVT decoder, pyogrio/pyarrow for the
+downloads. Users: alice and bob (their own layers), ops (admin).
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import geopandas as gpd
+import mapbox_vector_tile
+import morecantile
+import pyarrow.parquet as pq
+import pyogrio
+import pytest
+import shapely
+from openapi_spec_validator import validate
+
+from tests.api_support import ApiServer, api_server
+from tests.layer_support import make_layer
+from tests.support import wait_for
+from tests.test_layers_download import oracle, same_features
+
+pytestmark = pytest.mark.db
+
+ALICE = "results.la_grid"
+BOB = "results.lb_grid"
+REGIONS = "results.la_regions"
+VIEW = "results.la_view"
+LAYER_ROUTES = ("", "/items", "/items/1", "/queryables", "/tiles", "/tiles/WebMercatorQuad",
+                "/tiles/WebMercatorQuad/3/4/2", "/tiles/WebMercatorQuad/tilejson.json",
+                "/tiles/WebMercatorQuad/style.json", "/items?f=gpkg")
+
+
+@pytest.fixture(scope="module")
+def api(template_db: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[ApiServer]:
+    for server in api_server(template_db, tmp_path_factory.mktemp("layers"),
+                             users={"alice": False, "bob": False, "ops": True},
+                             workers=("dissolve", "create_view")):
+        with server.connect() as conn:
+            make_layer(conn, ALICE, "alice", cells=6)
+            make_layer(conn, BOB, "bob", cells=3)
+        with server.client("alice") as http:
+            done = http.post("/processes/dissolve/execution", headers={"Prefer": "wait=60"},
+                             json={"inputs": {"input_table": "public.us_states",
+                                              "by": ["sub_region"], "output_table": REGIONS}})
+            assert done.json()["status"] == "successful", done.text
+        yield server
+
+
+def ids(http: Any) -> set[str]:
+    response = http.get("/collections")
+    assert response.status_code == 200, response.text
+    return {c["id"] for c in response.json()["collections"]}
+
+
+def listed(api: ApiServer, user: str, collection: str, present: bool = True) -> None:
+    with api.client(user) as http:
+        wait_for(lambda: (collection in ids(http)) == present, timeout=15)
+
+
+def test_landing_links_conformance_and_openapi(api: ApiServer) -> None:
+    with api.client() as http:
+        links = http.get("/").json()["links"]
+        rels = {link["rel"]: link for link in links}
+        assert rels["service-desc"]["type"] == "application/vnd.oai.openapi+json;version=3.0"
+        assert rels["data"]["href"] == f"{api.url}/collections"
+        conforms = set(http.get("/conformance").json()["conformsTo"])
+        for name in ("ogcapi-features-1/1.0/conf/core", "ogcapi-features-1/1.0/conf/geojson",
+                     "ogcapi-tiles-1/1.0/conf/mvt", "ogcapi-processes-1/1.0/conf/core"):
+            assert f"http://www.opengis.net/spec/{name}" in conforms
+        document = http.get("/api").json()
+        validate(document)
+        assert {"/collections", "/collections/{collectionId}/items",
+                "/collections/{collectionId}/tiles/{tileMatrixSetId}/{z}/{x}/{y}",
+                "/processes/{processID}/execution"} <= set(document["paths"])
+
+
+def test_collections_items_and_queryables_match_postgis(api: ApiServer) -> None:
+    listed(api, "alice", REGIONS)
+    with api.client("alice") as http, api.connect() as conn:
+        assert ids(http) == {ALICE, REGIONS}
+        meta = http.get(f"/collections/{ALICE}").json()
+        extent = conn.execute(f"SELECT ST_XMin(e), ST_YMin(e), ST_XMax(e), ST_YMax(e) FROM "  # noqa: S608
+                              f"(SELECT ST_Extent(geom) e FROM {ALICE}) x").fetchone()
+        assert meta["extent"]["spatial"]["bbox"][0] == pytest.approx(list(extent or ()), abs=1e-6)
+
+        page = http.get(f"/collections/{ALICE}/items", params={"limit": 1000}).json()
+        want = oracle(api, ALICE)
+        assert page["numberMatched"] == page["numberReturned"] == len(want) == 36
+        got = gpd.GeoDataFrame.from_features(page["features"], crs=4326)
+        got["fid"] = [f["id"] for f in page["features"]]
+        same_features(got, want, "fid")
+
+        one = http.get(f"/collections/{ALICE}/items/7").json()
+        row = want.set_index("fid").loc[7]
+        assert one["properties"]["name"] == row["name"] and one["properties"]["v"] == row["v"]
+        assert shapely.geometry.shape(one["geometry"]).equals_exact(row.geometry, 1e-9)
+
+        filtered = http.get(f"/collections/{ALICE}/items",
+                            params={"filter": "v > 30 AND flag = true", "limit": 100}).json()
+        count = conn.execute(f"SELECT count(*) FROM {ALICE} WHERE v > 30 AND flag").fetchone()  # noqa: S608
+        assert filtered["numberMatched"] == (count or [None])[0] > 0
+        boxed = http.get(f"/collections/{ALICE}/items", params={"bbox": "0.5,40.5,2.5,41.5"}).json()
+        count = conn.execute(f"SELECT count(*) FROM {ALICE} WHERE ST_Intersects(geom, "  # noqa: S608
+                             "ST_MakeEnvelope(0.5, 40.5, 2.5, 41.5, 4326))").fetchone()
+        assert boxed["numberMatched"] == (count or [None])[0] == 6
+
+        queryables = http.get(f"/collections/{ALICE}/queryables")
+        assert queryables.headers["content-type"].startswith("application/schema+json")
+        columns = {r[0] for r in conn.execute(
+            "SELECT column_name FROM information_schema.columns WHERE table_schema = 'results' "
+            "AND table_name = 'la_grid'")}
+        assert set(queryables.json()["properties"]) == columns
+
+
+def _oracle_tile(api: ApiServer, table: str, z: int, x: int, y: int) -> bytes:
+    """The tile as ST_AsMVT gives it, run directly in PostGIS (same extent, buffer, clip)."""
+    with api.connect() as conn:
+        row = conn.execute(
+            f"SELECT ST_AsMVT(q, 'default', 4096, 'geom') FROM ("  # noqa: S608
+            "  SELECT fid, name, v, flag, ST_AsMVTGeom(ST_Transform(geom, 3857), "
+            "         ST_TileEnvelope(%(z)s, %(x)s, %(y)s), 4096, 256, true) AS geom"
+            f"  FROM {table}"
+            "  WHERE ST_Intersects(geom, ST_Transform(ST_TileEnvelope(%(z)s, %(x)s, %(y)s), 4326))"
+            ") q", {"z": z, "x": x, "y": y}).fetchone()
+    assert row is not None
+    return bytes(row[0])
+
+
+def _features(tile: bytes) -> dict[int, tuple[dict[str, Any], Any]]:
+    layers = mapbox_vector_tile.decode(tile)
+    features = layers.get("default", {"features": []})["features"]
+    return {int(f["properties"]["fid"]): (f["properties"], shapely.geometry.shape(f["geometry"]))
+            for f in features}
+
+
+@pytest.mark.parametrize("z", [4, 6, 8])
+def test_tiles_decode_to_the_features_st_asmvt_gives(api: ApiServer, z: int) -> None:
+    """Every tile covering the layer at zoom z holds the features (attributes, geometry in tile
+    coordinates) of ST_AsMVT run directly on the table."""
+    grid = morecantile.tms.get("WebMercatorQuad")
+    covering = list(grid.tiles(0, 40, 6, 46, [z]))  # the extent of ALICE (6 x 6 degrees)
+    assert covering
+    seen: set[int] = set()
+    with api.client("alice") as http:
+        for tile in covering:
+            response = http.get(f"/collections/{ALICE}/tiles/WebMercatorQuad/{z}/{tile.x}/{tile.y}")
+            assert response.status_code == 200, response.text
+            assert response.headers["content-type"] == "application/vnd.mapbox-vector-tile"
+            got, want = _features(response.content), _features(_oracle_tile(api, ALICE, z, tile.x, tile.y))
+            assert set(got) == set(want)
+            for fid, (props, geom) in got.items():
+                assert props == want[fid][0]
+                assert geom.equals_exact(want[fid][1], 1.0), fid  # within one tile unit
+            seen |= set(got)
+    assert seen == set(range(1, 37))  # every feature is drawn at every zoom
+
+
+def test_tiles_carry_an_etag_and_job_state_is_never_cached(api: ApiServer) -> None:
+    with api.client("alice") as http:
+        path = f"/collections/{ALICE}/tiles/WebMercatorQuad/5/16/11"
+        first = http.get(path)
+        assert first.status_code == 200 and first.content
+        assert first.headers["cache-control"] == "private, max-age=30"
+        etag = first.headers["etag"]
+        again = http.get(path, headers={"If-None-Match": etag})
+        assert again.status_code == 304 and again.content == b""
+        assert http.get("/collections").headers["cache-control"] == "no-store"
+        assert http.get(f"/collections/{ALICE}/items").headers["cache-control"] == "no-store"
+        assert http.get("/jobs").headers["cache-control"] == "no-store"
+
+
+def test_a_new_result_appears_and_a_dismissed_one_vanishes_without_restart(api: ApiServer) -> None:
+    pid = api.process.pid
+    with api.client("bob") as http:
+        done = http.post("/processes/dissolve/execution", headers={"Prefer": "wait=60"},
+                         json={"inputs": {"input_table": BOB, "by": ["flag"],
+                                          "output_table": "results.lb_new"}}).json()
+        assert done["status"] == "successful", done
+        listed(api, "bob", "results.lb_new")
+        items = http.get("/collections/results.lb_new/items").json()
+        assert items["numberMatched"] == 2  # flag true and false
+        assert http.delete(f"/jobs/{done['jobID']}").status_code == 200
+        listed(api, "bob", "results.lb_new", present=False)
+        gone = http.get("/collections/results.lb_new/items")
+        assert gone.status_code == 404 and gone.json()["field"] == "collectionId"
+    assert api.process.poll() is None and api.process.pid == pid
+    with api.connect() as conn:  # the table went with the job
+        assert conn.execute("SELECT to_regclass('results.lb_new')").fetchone() == (None,)
+
+
+def test_users_see_only_their_own_layers(api: ApiServer) -> None:
+    listed(api, "alice", REGIONS)
+    with api.client("alice") as alice, api.client("bob") as bob, api.client("ops") as ops:
+        assert BOB not in ids(alice) and ALICE not in ids(bob) and REGIONS not in ids(bob)
+        assert {ALICE, BOB, REGIONS} <= ids(ops)
+        for route in LAYER_ROUTES:
+            own = alice.get(f"/collections/{ALICE}{route}")
+            assert own.status_code == 200, (route, own.text)
+            other = bob.get(f"/collections/{ALICE}{route}")
+            assert other.status_code == 404, (route, other.text)
+            assert other.headers["content-type"] == "application/problem+json"
+            assert other.json()["field"] == "collectionId"
+            # the same answer as for a collection that does not exist
+            missing = bob.get(f"/collections/results.no_such{route}")
+            assert missing.json()["detail"].replace("no_such", "la_grid") == other.json()["detail"]
+            assert ops.get(f"/collections/{ALICE}{route}").status_code == 200
+    with api.client() as anonymous:
+        response = anonymous.get(f"/collections/{ALICE}/items")
+        assert response.status_code == 401 and response.json()["field"] == "Authorization"
+        assert anonymous.get("/collections").status_code == 401
+
+
+def test_a_view_without_key_serves_items_by_fid(api: ApiServer) -> None:
+    listed(api, "alice", REGIONS)
+    with api.client("alice") as http:
+        done = http.post("/processes/create_view/execution", headers={"Prefer": "wait=60"},
+                         json={"inputs": {"input_table": ALICE, "output_table": VIEW,
+                                          "columns": ["fid", "name", "v", "geom"],
+                                          "filter": [{"column": "v", "op": ">=", "value": 20}]}})
+        assert done.json()["status"] == "successful", done.text
+        listed(api, "alice", VIEW)
+        with api.connect() as conn:
+            kind = conn.execute("SELECT relkind FROM pg_class WHERE oid = %s::regclass", (VIEW,)).fetchone()
+            assert kind == ("v",)
+            rows = dict(conn.execute(f"SELECT fid, name FROM {VIEW}").fetchall())  # noqa: S608
+        assert rows and min(rows) > 1
+        for fid in (min(rows), max(rows)):
+            item = http.get(f"/collections/{VIEW}/items/{fid}")
+            assert item.status_code == 200, item.text
+            assert item.json()["id"] == fid and item.json()["properties"]["name"] == rows[fid]
+        assert http.get(f"/collections/{VIEW}/items/1").status_code == 404  # filtered out
+        page = http.get(f"/collections/{VIEW}/items", params={"limit": 100}).json()
+        assert sorted(f["id"] for f in page["features"]) == sorted(rows)
+
+
+def _gdal(*args: str) -> str:
+    done = subprocess.run(list(args), capture_output=True, text=True, timeout=120, check=False)
+    assert done.returncode == 0, done.stderr
+    return done.stdout
+
+
+@pytest.mark.skipif(shutil.which("ogrinfo") is None, reason="gdal-bin is installed by make install")
+@pytest.mark.parametrize(("table", "key"), [(ALICE, "name"), (REGIONS, "sub_region")])
+def test_gdal_reads_the_layer_as_postgis_has_it(api: ApiServer, table: str, key: str,
+                                                tmp_path: Path) -> None:
+    """ogrinfo and ogr2ogr (GDAL's OAPIF driver, with HTTP Basic NAME:KEY and pages of 4
+    features): feature count, attributes and geometries equal to the table's."""
+    listed(api, "alice", table)
+    source = f"OAPIF:{api.url}"
+    auth = ["-oo", f"USERPWD=alice:{api.keys['alice']}", "-oo", "PAGE_SIZE=4"]
+    info = _gdal("ogrinfo", "-ro", "-so", *auth, source, table)
+    want = oracle(api, table)
+    assert f"Feature Count: {len(want)}" in info
+    out = tmp_path / "copy.gpkg"
+    _gdal("ogr2ogr", "-f", "GPKG", str(out), *auth, source, table, "-nln", "copy")
+    got = pyogrio.read_dataframe(out, layer="copy")
+    assert got.crs is not None and got.crs.to_epsg() == 4326
+    same_features(got, want, key)
+    # GDAL sees only what alice may read
+    listing = _gdal("ogrinfo", "-ro", "-q", *auth, source)
+    assert table in listing and BOB not in listing
+
+
+def test_items_download_whole_layer_files(api: ApiServer, tmp_path: Path) -> None:
+    want = oracle(api, ALICE)
+    with api.client("alice") as http:
+        for fmt in ("gpkg", "parquet", "fgb"):
+            response = http.get(f"/collections/{ALICE}/items", params={"f": fmt})
+            assert response.status_code == 200, response.text
+            assert response.headers["cache-control"] == "no-store"
+            path = tmp_path / f"layer.{fmt}"
+            path.write_bytes(response.content)
+            got = gpd.read_parquet(path) if fmt == "parquet" else pyogrio.read_dataframe(path)
+            same_features(got, want, "name")
+        meta = pq.read_metadata(tmp_path / "layer.parquet").metadata
+        assert json.loads(meta[b"geojobs_params"])["output_table"] == ALICE
+        assert pyogrio.read_info(tmp_path / "layer.gpkg")["dataset_metadata"]["geojobs_table"] == ALICE
+    with api.client("bob") as http:
+        assert http.get(f"/collections/{ALICE}/items", params={"f": "gpkg"}).status_code == 404
