@@ -21,7 +21,7 @@ import pyogrio
 import pytest
 
 from tests.api_support import ApiServer, api_server
-from tests.support import ROOT
+from tests.support import ROOT, wait_for
 
 pytestmark = pytest.mark.db
 
@@ -37,7 +37,7 @@ if shutil.which(CHROMIUM) is None:  # `make install` puts it there (Makefile `to
 @pytest.fixture(scope="module")
 def api(template_db: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[ApiServer]:
     yield from api_server(template_db, tmp_path_factory.mktemp("console"),
-                          users={"alice": False, "bob": False}, workers=("dissolve",))
+                          users={"alice": False, "bob": False}, workers=("dissolve", "hotspot"))
 
 
 @pytest.fixture(scope="module")
@@ -74,6 +74,21 @@ def pixels(png: bytes) -> np.ndarray:
     from PIL import Image
 
     return np.asarray(Image.open(io.BytesIO(png)).convert("RGB")).astype(int)
+
+
+def changed_share(before: bytes, after: bytes) -> float:
+    """The share of pixels that differ between two screenshots (cropped to the common size)."""
+    a, b = pixels(before), pixels(after)
+    h, w = min(a.shape[0], b.shape[0]), min(a.shape[1], b.shape[1])
+    return float((np.abs(a[:h, :w] - b[:h, :w]).sum(axis=2) > 30).mean())
+
+
+def has_colour(png: bytes, hex_colour: str, tolerance: int = 12) -> int:
+    """How many pixels have this colour (fills are drawn at 85 % opacity on the background)."""
+    rgb = np.array([int(hex_colour[i:i + 2], 16) for i in (1, 3, 5)])
+    background = np.array([0xee, 0xf1, 0xf4])
+    blended = 0.85 * rgb + 0.15 * background
+    return int((np.abs(pixels(png) - blended).max(axis=2) <= tolerance).sum())
 
 
 def log_in(page: Any, api: ApiServer, key: str) -> None:
@@ -152,8 +167,7 @@ def test_submit_watch_map_and_download(api: ApiServer, page: Any, tmp_path: Path
     assert int(page.locator("#map").get_attribute("data-features") or 0) > 0
     assert page.locator("#legend").is_visible()
     drawn = shot(page, "04-map", page.locator("#map"))
-    before, after = pixels(empty_map), pixels(drawn)
-    changed = (np.abs(before - after).sum(axis=2) > 30).mean()
+    changed = changed_share(empty_map, drawn)
     assert changed > 0.05, f"only {changed:.1%} of the map's pixels changed"
 
     # click inside a region: the popup shows its attributes
@@ -192,3 +206,39 @@ def test_bad_input_shows_the_field_error(api: ApiServer, page: Any) -> None:
     with api.connect() as conn:
         assert conn.execute("SELECT count(*) FROM background_jobs").fetchone() == jobs_before
     assert page.locator("#jobs tbody tr").count() == 0  # bob has no jobs; none was added
+
+
+GI_BIN_COLOURS = {3: "#d62f27", 2: "#ed7551", 1: "#fab984", 0: "#f7f7f2", -1: "#c0ccbe",
+                  -2: "#849eba", -3: "#4575b5"}
+"""The console's Gi_Bin renderer (ArcGIS's seven classes), as console.js declares it."""
+
+
+def test_hotspot_result_is_drawn_with_gi_bin_classes(api: ApiServer, page: Any) -> None:
+    """A hotspot result is coloured by Gi_Bin: every class PostGIS holds shows on the canvas."""
+    table = "results.console_hotspots"
+    with api.client("alice") as http:
+        info = http.post("/processes/hotspot/execution", headers={"Prefer": "wait=20"}, json={
+            "inputs": {"input_table": "public.georgia_counties", "value_column": "pctpov",
+                       "output_table": table}}).json()
+        info = wait_for(lambda: (lambda i: i if i["status"] in ("successful", "failed") else None)(
+            http.get(f"/jobs/{info['jobID']}").json()), timeout=240, interval=0.5)
+    assert info["status"] == "successful", info
+    with api.connect() as conn:
+        bins = {r[0] for r in conn.execute(f"SELECT DISTINCT gi_bin FROM {table}")}  # noqa: S608
+    assert len(bins) >= 2  # the case shows more than one class
+    log_in(page, api, api.keys["alice"])
+    page.locator("body[data-ready=true]").wait_for()
+    job_id = info["jobID"]
+    row = page.locator(f'#jobs tr[data-job-id="{job_id}"]')
+    row.locator("button.show").click()
+    page.locator(f'#map[data-loaded="{table}"]').wait_for(timeout=30_000)
+    legend = page.locator("#legend").inner_text()
+    assert "Gi_Bin" in legend and "Hot Spot - 99% Confidence" in legend
+    drawn = shot(page, "07-hotspot-map", page.locator("#map"))
+    shot(page, "08-hotspot-page")
+    for value, colour in GI_BIN_COLOURS.items():
+        count = has_colour(drawn, colour)
+        if value in bins:
+            assert count > 20, f"gi_bin {value} ({colour}) is in the table but not on the map"
+        elif value != 0:
+            assert count < 20, f"gi_bin {value} ({colour}) is on the map but not in the table"
