@@ -360,6 +360,17 @@ class ProcessesEndpoints:
             job = await _job(store, user, jid)
             return JSONResponse(status_info(job, base_url(request)), headers=NO_STORE)
 
+        @router.get("/jobs/{jobID}/inputs", summary="The inputs a job was submitted with",
+                    tags=["Jobs"])
+        async def job_inputs(
+            jid: Annotated[int, Depends(job_id)],
+            user: Annotated[User, Depends(current_user)],
+            store: Annotated[Store, Depends(get_store)],
+        ) -> Response:
+            job = await _job(store, user, jid)
+            return JSONResponse({"jobID": str(jid), "processID": job["job_type"],
+                                 "inputs": job["params"] or {}}, headers=NO_STORE)
+
         @router.get("/jobs/{jobID}/results", summary="Job results", tags=["Jobs"])
         async def job_results(
             request: Request,
