@@ -91,7 +91,11 @@ def test_collections_items_and_queryables_match_postgis(api: ApiServer) -> None:
         meta = http.get(f"/collections/{ALICE}").json()
         extent = conn.execute(f"SELECT ST_XMin(e), ST_YMin(e), ST_XMax(e), ST_YMax(e) FROM "  # noqa: S608
                               f"(SELECT ST_Extent(geom) e FROM {ALICE}) x").fetchone()
-        assert meta["extent"]["spatial"]["bbox"][0] == pytest.approx(list(extent or ()), abs=1e-6)
+        # tipg gives ST_EstimatedExtent once the table is analyzed (float4, a little larger)
+        west, south, east, north = meta["extent"]["spatial"]["bbox"][0]
+        assert extent is not None
+        assert west <= extent[0] and south <= extent[1] and east >= extent[2] and north >= extent[3]
+        assert [west, south, east, north] == pytest.approx(list(extent), abs=0.05)
 
         page = http.get(f"/collections/{ALICE}/items", params={"limit": 1000}).json()
         want = oracle(api, ALICE)
