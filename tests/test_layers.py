@@ -181,6 +181,9 @@ def test_tiles_carry_an_etag_and_job_state_is_never_cached(api: ApiServer) -> No
         assert http.get("/collections").headers["cache-control"] == "no-store"
         assert http.get(f"/collections/{ALICE}/items").headers["cache-control"] == "no-store"
         assert http.get("/jobs").headers["cache-control"] == "no-store"
+        # a browser's Accept gets JSON, not tipg's HTML pages (their scripts come from CDNs)
+        page = http.get("/collections", headers={"Accept": "text/html,application/xhtml+xml,*/*;q=0.8"})
+        assert page.headers["content-type"] == "application/json" and page.json()["collections"]
 
 
 def test_a_new_result_appears_and_a_dismissed_one_vanishes_without_restart(api: ApiServer) -> None:
