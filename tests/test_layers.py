@@ -294,3 +294,12 @@ def test_items_download_whole_layer_files(api: ApiServer, tmp_path: Path) -> Non
         assert pyogrio.read_info(tmp_path / "layer.gpkg")["dataset_metadata"]["geojobs_table"] == ALICE
     with api.client("bob") as http:
         assert http.get(f"/collections/{ALICE}/items", params={"f": "gpkg"}).status_code == 404
+
+
+def test_bench_layers_runs_at_a_tiny_size(capsys: pytest.CaptureFixture[str]) -> None:
+    """``python -m bench.layers`` cannot rot: its parts run on 2,000 polygons."""
+    from bench import layers
+
+    assert layers.main(["--quick", "--rows", "2000", "--tiles", "2", "--pages", "8"]) == 0
+    out = capsys.readouterr().out
+    assert "Vector tiles" in out and "pages per second" in out
