@@ -113,6 +113,10 @@ def test_collections_items_and_queryables_match_postgis(api: ApiServer) -> None:
                             params={"filter": "v > 30 AND flag = true", "limit": 100}).json()
         count = conn.execute(f"SELECT count(*) FROM {ALICE} WHERE v > 30 AND flag").fetchone()  # noqa: S608
         assert filtered["numberMatched"] == (count or [None])[0] > 0
+        empty = http.get(f"/collections/{ALICE}/items", params={"f": "csv", "filter": "v > 1000"})
+        assert empty.status_code == 200 and empty.text == ""  # tipg's writer broke on no rows
+        csv_page = http.get(f"/collections/{ALICE}/items", params={"f": "csv", "limit": 3}).text
+        assert csv_page.splitlines()[0].startswith("collectionId,itemId,") and len(csv_page.splitlines()) == 4
         boxed = http.get(f"/collections/{ALICE}/items", params={"bbox": "0.5,40.5,2.5,41.5"}).json()
         count = conn.execute(f"SELECT count(*) FROM {ALICE} WHERE ST_Intersects(geom, "  # noqa: S608
                              "ST_MakeEnvelope(0.5, 40.5, 2.5, 41.5, 4326))").fetchone()

@@ -26,13 +26,14 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import itertools
 import json
 import logging
 import math
 import re
 import shutil
 import tempfile
-from collections.abc import Iterable, Mapping
+from collections.abc import Generator, Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path as FilePath
 from typing import Annotated, Any, Literal, cast
@@ -56,6 +57,7 @@ from starlette.routing import Match
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from tipg import dependencies as tipg_deps
 from tipg import errors as tipg_errors
+from tipg import factory as tipg_factory
 from tipg.collections import Collection, CollectionList, pg_get_collection_index
 from tipg.database import DB_CATALOG_FILE
 from tipg.factory import COMMON_CONFORMS, Endpoints, OGCFeaturesFactory, OGCTilesFactory
@@ -852,6 +854,22 @@ class LayerEndpoints(Endpoints):
             templates=self.templates, supported_tms=self.supported_tms,
             with_viewer=self.with_tiles_viewer, with_common=False)
         self.router.include_router(self.ogc_tiles.router)
+
+
+# tipg's CSV writer takes the page's first row for the header and raises StopIteration (a
+# broken 200) when the page is empty; an empty page is an empty file here.
+_tipg_csv_rows = tipg_factory.create_csv_rows
+
+
+def _csv_rows(data: Iterable[dict[Any, Any]]) -> Generator[str, None, None]:
+    rows = iter(data)
+    first = next(rows, None)
+    if first is None:
+        return
+    yield from _tipg_csv_rows(itertools.chain([first], rows))
+
+
+tipg_factory.create_csv_rows = _csv_rows
 
 
 # --- mounting --------------------------------------------------------------------------------
