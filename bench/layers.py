@@ -10,7 +10,7 @@ loopback. Each part is a function ``f(bench, args) -> rows`` registered in :data
   ``/collections/results.bench_polys/tiles/WebMercatorQuad/{z}/{x}/{y}`` (one keep-alive
   connection, no ``If-None-Match``) and built by ``ST_AsMVT`` run directly over psycopg (same
   rows: ``ST_Intersects`` with the tile, extent 4096, buffer 256, clipped), alternately, after
-  one untimed pass. p50/p95 of each and their ratios.
+  one untimed pass. p50/p95 of each and their ratios, and the API server's CPU per tile.
 - ``items``: ``/collections/{id}/items?limit=1000`` pages per second with 8 concurrent clients
   (httpx, one process), at offsets spread over the table; against 8 psycopg connections each
   building the same page as one GeoJSON FeatureCollection in SQL (``json_agg(ST_AsGeoJSON)``).
@@ -37,6 +37,7 @@ from typing import Any
 
 import httpx
 import morecantile
+import psutil
 import psycopg
 from psycopg import sql
 from psycopg.conninfo import make_conninfo
@@ -158,6 +159,14 @@ def layer_bench(rows: int) -> Iterator[LayerBench]:
                         server.kill()
 
 
+def _cpu(pid: int) -> float:
+    """CPU seconds (user + system) used so far by a process and its children: the server's own
+    cost, which the machine's load does not change."""
+    proc = psutil.Process(pid)
+    times = [proc.cpu_times(), *(c.cpu_times() for c in proc.children(recursive=True))]
+    return sum(t.user + t.system for t in times)
+
+
 def _free_port() -> int:
     import socket
 
@@ -195,7 +204,10 @@ def tile_rows(bench: LayerBench, args: argparse.Namespace) -> list[dict[str, Any
             api_ms: list[float] = []
             sql_ms: list[float] = []
             api_bytes = sql_bytes = 0
+            cpu = 0.0
             for timed in (False, True):
+                if timed:
+                    cpu = _cpu(bench.server.pid)
                 for tile in tiles:
                     path = f"/collections/{bench.table}/tiles/WebMercatorQuad/{zoom}/{tile.x}/{tile.y}"
                     start = time.perf_counter()
@@ -211,10 +223,12 @@ def tile_rows(bench: LayerBench, args: argparse.Namespace) -> list[dict[str, Any
                     if timed:
                         sql_ms.append(elapsed * 1000)
                         sql_bytes += len(bytes(row[0])) if row and row[0] is not None else 0
+            cpu = _cpu(bench.server.pid) - cpu
             (a50, a95), (s50, s95) = percentiles(api_ms), percentiles(sql_ms)
             rows.append({"zoom": zoom, "tiles": len(tiles),
                          "api_p50_ms": a50, "api_p95_ms": a95, "sql_p50_ms": s50, "sql_p95_ms": s95,
                          "ratio_p50": a50 / s50, "ratio_p95": a95 / s95,
+                         "server_cpu_ms_per_tile": cpu * 1000 / len(tiles),
                          "api_kb_per_tile": api_bytes / len(tiles) / 1024,
                          "sql_kb_per_tile": sql_bytes / len(tiles) / 1024})
     return rows
@@ -288,11 +302,14 @@ def items_rows(bench: LayerBench, args: argparse.Namespace) -> list[dict[str, An
     offsets = _offsets(bench, args.pages)
     asyncio.run(_api_pages(bench, offsets[: clients * 2], clients))  # warm both sides
     asyncio.run(_sql_pages(bench, offsets[: clients * 2], clients))
+    cpu = _cpu(bench.server.pid)
     api_s, api_size = asyncio.run(_api_pages(bench, offsets, clients))
+    cpu = _cpu(bench.server.pid) - cpu
     sql_s, sql_size = asyncio.run(_sql_pages(bench, offsets, clients))
     return [{"clients": clients, "pages": len(offsets),
              "api_pages_per_s": len(offsets) / api_s, "sql_pages_per_s": len(offsets) / sql_s,
              "ratio": (len(offsets) / sql_s) / (len(offsets) / api_s),
+             "server_cpu_ms_per_page": cpu * 1000 / len(offsets),
              "api_kb_per_page": api_size / len(offsets) / 1024,
              "sql_kb_per_page": sql_size / len(offsets) / 1024}]
 

@@ -11,20 +11,25 @@ from __future__ import annotations
 import json
 import shutil
 import subprocess
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import geopandas as gpd
+import httpx
 import mapbox_vector_tile
 import morecantile
+import psycopg
 import pyarrow.parquet as pq
 import pyogrio
 import pytest
 import shapely
 from openapi_spec_validator import validate
 
-from tests.api_support import ApiServer, api_server
+from geojobs.api.keys import create_key
+from tests.api_support import ApiServer, api_server, start_server, stop
+from tests.conftest import _create, _drop
 from tests.layer_support import make_layer
 from tests.support import wait_for
 from tests.test_layers_download import oracle, same_features
@@ -307,3 +312,35 @@ def test_bench_layers_runs_at_a_tiny_size(capsys: pytest.CaptureFixture[str]) ->
     assert layers.main(["--quick", "--rows", "2000", "--tiles", "2", "--pages", "8"]) == 0
     out = capsys.readouterr().out
     assert "Vector tiles" in out and "pages per second" in out
+
+
+def test_layer_schemas_serve_more_schemas_to_admins(template_db: str, tmp_path: Path) -> None:
+    """GEOJOBS_LAYER_SCHEMAS=public: public's tables the API role may read are layers too, shown
+    to admins only (no job of a user wrote them); without the setting, to nobody."""
+    name = f"geojobs_test_layers_{uuid.uuid4().hex[:10]}"
+    db_url = _create(name, template=template_db)
+    processes = []
+    try:
+        with psycopg.connect(db_url, autocommit=True) as conn:
+            keys = {user: create_key(conn, user, admin=user == "ops") for user in ("alice", "ops")}
+            conn.execute("GRANT SELECT ON public.us_states TO geojobs_api")
+        for settings in ({"GEOJOBS_LAYER_SCHEMAS": "public"}, {}):
+            out = tmp_path / str(len(processes))
+            out.mkdir()
+            process = start_server(db_url, out, **settings)
+            processes.append(process)
+            url = f"http://127.0.0.1:{process.port}"  # type: ignore[attr-defined]
+            seen = {}
+            for user, key in keys.items():
+                with httpx.Client(base_url=url, headers={"Authorization": f"Bearer {key}"},
+                                  trust_env=False, timeout=60) as http:
+                    seen[user] = ids(http)
+                    status = http.get("/collections/public.us_states/items").status_code
+                    assert status == (200 if settings and user == "ops" else 404)
+            assert "public.us_states" not in seen["alice"]
+            assert ("public.us_states" in seen["ops"]) == bool(settings)
+            stop(process)
+    finally:
+        for process in processes:
+            stop(process)
+        _drop(name)
