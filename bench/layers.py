@@ -350,7 +350,7 @@ def main(argv: Sequence[str] | None = None) -> int:
           flush=True)
     out = run(args)
     if args.json:
-        write_json(args.json, [row for rows in out.values() for row in rows], rows=args.rows)
+        write_json(args.json, [row for rows in out.values() for row in rows], polygons=args.rows)
     return 0
 
 
