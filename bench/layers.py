@@ -1,0 +1,358 @@
+"""``python -m bench.layers``: result layers over HTTP against PostGIS directly, in one run.
+
+A 100,000-polygon result table (``results.bench_polys``: fid, name, v, cls, an octagon each, in
+EPSG:4326 with a GiST index) written by the worker role, with the completed job of user
+``bench`` that owns it; ``geojobs serve`` (one uvicorn worker, logged in as geojobs_api) on
+loopback. Each part is a function ``f(bench, args) -> rows`` registered in :data:`PARTS`:
+
+- ``tiles``: vector tile latency. Every WebMercatorQuad tile covering the layer at zoom 8, and a
+  seeded sample of those at zooms 10 and 12; each tile is fetched from
+  ``/collections/results.bench_polys/tiles/WebMercatorQuad/{z}/{x}/{y}`` (one keep-alive
+  connection, no ``If-None-Match``) and built by ``ST_AsMVT`` run directly over psycopg (same
+  rows: ``ST_Intersects`` with the tile, extent 4096, buffer 256, clipped), alternately, after
+  one untimed pass. p50/p95 of each and their ratios, and the API server's CPU per tile.
+- ``items``: ``/collections/{id}/items?limit=1000`` pages per second with 8 concurrent clients
+  (httpx, one process), at offsets spread over the table; against 8 psycopg connections each
+  building the same page as one GeoJSON FeatureCollection in SQL (``json_agg(ST_AsGeoJSON)``).
+
+The downloads (``items?f=...``, ``/jobs/{id}/results?f=...``) add their own function to
+:data:`PARTS`; :func:`layer_bench` gives every part the same server and table.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import random
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import httpx
+import morecantile
+import psutil
+import psycopg
+from psycopg import sql
+from psycopg.conninfo import make_conninfo
+from psycopg.types.json import Jsonb
+
+from bench.database import bench_database
+from bench.measure import percentiles
+from bench.report import machine, print_table, write_json
+from geojobs.api.keys import create_key
+
+__all__ = ["LayerBench", "layer_bench", "make_polygons", "tile_rows", "items_rows", "PARTS", "run",
+           "main"]
+
+ROOT = Path(__file__).resolve().parents[1]
+TABLE = "results.bench_polys"
+USER = "bench"
+ZOOMS = (8, 10, 12)
+CELL = 0.02
+"""Degrees between polygon centres; 100,000 polygons span about 6.3 x 6.3 degrees."""
+
+
+@dataclass
+class LayerBench:
+    """What every part needs: the API, the database, the layer and its owner's key."""
+
+    url: str
+    db_url: str
+    key: str
+    table: str
+    rows: int
+    bounds: tuple[float, float, float, float]
+    server: subprocess.Popen[str]
+    tmp: Path
+
+    def client(self, **kwargs: Any) -> httpx.Client:
+        """A keep-alive HTTP client with the owner's key."""
+        return httpx.Client(base_url=self.url, headers={"Authorization": f"Bearer {self.key}"},
+                            trust_env=False, timeout=120, **kwargs)
+
+
+def make_polygons(conn: psycopg.Connection[Any], table: str, rows: int) -> tuple[float, ...]:
+    """``rows`` octagons on a square grid, created by the worker role as a job would; returns
+    the layer's bounds (west, south, east, north)."""
+    schema, name = table.split(".")
+    side = int(rows ** 0.5) + 1
+    west, south = 5.0, 44.0
+    target = sql.Identifier(schema, name)
+    conn.execute("SET ROLE geojobs_worker")
+    try:
+        conn.execute(sql.SQL(
+            "CREATE TABLE {t} (fid integer GENERATED ALWAYS AS IDENTITY PRIMARY KEY, name text, "
+            "v double precision, cls integer, geom geometry(Polygon, 4326))").format(t=target))
+        conn.execute(sql.SQL(
+            "INSERT INTO {t} (name, v, cls, geom) "
+            "SELECT 'poly ' || n, (n * 7919 %% 1000) / 10.0, n %% 7, "
+            "       ST_Buffer(ST_SetSRID(ST_MakePoint(%(w)s + (n %% %(side)s) * %(cell)s, "
+            "                                         %(s)s + (n / %(side)s) * %(cell)s), 4326), "
+            "                 %(cell)s * 0.4, 'quad_segs=2') "
+            "FROM generate_series(0, %(rows)s - 1) AS n").format(t=target),
+            {"w": west, "s": south, "side": side, "cell": CELL, "rows": rows})
+        conn.execute(sql.SQL("CREATE INDEX ON {t} USING gist (geom)").format(t=target))
+        conn.execute(sql.SQL("VACUUM ANALYZE {t}").format(t=target))
+    finally:
+        conn.execute("RESET ROLE")
+    job = conn.execute(
+        "INSERT INTO background_jobs (job_type, params, submitted_by, status, started_at) "
+        "VALUES ('dissolve', %s, %s, 'running', now()) RETURNING id",
+        (Jsonb({"output_table": table}), USER)).fetchone()
+    assert job is not None
+    conn.execute("UPDATE background_jobs SET status = 'completed', finished_at = now(), result = %s "
+                 "WHERE id = %s", (Jsonb({"output_table": table, "rows": rows}), job[0]))
+    east = west + (side - 1) * CELL + CELL
+    north = south + ((rows - 1) // side) * CELL + CELL
+    return west - CELL, south - CELL, east, north
+
+
+def _wait_up(url: str, server: subprocess.Popen[str], log: Path) -> None:
+    deadline = time.monotonic() + 120
+    while True:
+        try:
+            if httpx.get(f"{url}/conformance", trust_env=False, timeout=1).is_success:
+                return
+        except httpx.HTTPError:
+            pass
+        if time.monotonic() > deadline or server.poll() is not None:
+            raise RuntimeError(log.read_text())
+        time.sleep(0.2)
+
+
+@contextmanager
+def layer_bench(rows: int) -> Iterator[LayerBench]:
+    """A fresh database with the layer, and the API serving it; everything removed after."""
+    with bench_database(prefix="geojobs_bench_layers") as db_url, \
+            tempfile.TemporaryDirectory() as tmpdir:
+        tmp = Path(tmpdir)
+        with psycopg.connect(db_url, autocommit=True) as conn:
+            key = create_key(conn, USER)
+            bounds = make_polygons(conn, TABLE, rows)
+        port = _free_port()
+        url = f"http://127.0.0.1:{port}"
+        env = dict(os.environ, PYTHONPATH=str(ROOT), GEOJOBS_OUTPUT_DIR=str(tmp),
+                   DATABASE_URL=make_conninfo(db_url, user="geojobs_api"),
+                   GEOJOBS_API_POOL_SIZE="20")
+        log_path = tmp / "api.log"
+        with open(log_path, "w") as log:
+            server = subprocess.Popen(
+                [sys.executable, "-m", "geojobs.cli", "serve", "--port", str(port),
+                 "--workers", "1", "--log-level", "warning"],
+                env=env, cwd=ROOT, text=True, stdout=log, stderr=subprocess.STDOUT)
+            try:
+                _wait_up(url, server, log_path)
+                yield LayerBench(url, db_url, key, TABLE, rows, bounds, server, tmp)
+            finally:
+                if server.poll() is None:
+                    server.terminate()
+                    try:
+                        server.wait(15)
+                    except subprocess.TimeoutExpired:
+                        server.kill()
+
+
+def _cpu(pid: int) -> float:
+    """CPU seconds (user + system) used so far by a process and its children: the server's own
+    cost, which the machine's load does not change."""
+    proc = psutil.Process(pid)
+    times = [proc.cpu_times(), *(c.cpu_times() for c in proc.children(recursive=True))]
+    return sum(t.user + t.system for t in times)
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+# --- vector tiles ----------------------------------------------------------------------------
+
+_MVT = sql.SQL(
+    "SELECT ST_AsMVT(q, 'default', 4096, 'geom') FROM ("
+    " SELECT fid, name, v, cls, ST_AsMVTGeom(ST_Transform(geom, 3857), "
+    "        ST_TileEnvelope(%(z)s, %(x)s, %(y)s), 4096, 256, true) AS geom"
+    " FROM {t}"
+    " WHERE ST_Intersects(geom, ST_Transform(ST_TileEnvelope(%(z)s, %(x)s, %(y)s), 4326))) q")
+
+
+def covering_tiles(bench: LayerBench, zoom: int, sample: int, seed: int = 7) -> list[morecantile.Tile]:
+    """The WebMercatorQuad tiles covering the layer at ``zoom`` (a seeded sample of ``sample``)."""
+    tiles = list(morecantile.tms.get("WebMercatorQuad").tiles(*bench.bounds, [zoom]))
+    if len(tiles) > sample:
+        tiles = random.Random(seed + zoom).sample(tiles, sample)
+    return tiles
+
+
+def tile_rows(bench: LayerBench, args: argparse.Namespace) -> list[dict[str, Any]]:
+    """Tile latency through the API against ST_AsMVT in SQL, per zoom."""
+    rows = []
+    schema, name = bench.table.split(".")
+    query = _MVT.format(t=sql.Identifier(schema, name))
+    with bench.client() as http, psycopg.connect(bench.db_url, autocommit=True) as conn:
+        for zoom in ZOOMS:
+            tiles = covering_tiles(bench, zoom, args.tiles)
+            api_ms: list[float] = []
+            sql_ms: list[float] = []
+            api_bytes = sql_bytes = 0
+            cpu = 0.0
+            for timed in (False, True):
+                if timed:
+                    cpu = _cpu(bench.server.pid)
+                for tile in tiles:
+                    path = f"/collections/{bench.table}/tiles/WebMercatorQuad/{zoom}/{tile.x}/{tile.y}"
+                    start = time.perf_counter()
+                    response = http.get(path)
+                    elapsed = time.perf_counter() - start
+                    response.raise_for_status()
+                    if timed:
+                        api_ms.append(elapsed * 1000)
+                        api_bytes += len(response.content)
+                    start = time.perf_counter()
+                    row = conn.execute(query, {"z": zoom, "x": tile.x, "y": tile.y}).fetchone()
+                    elapsed = time.perf_counter() - start
+                    if timed:
+                        sql_ms.append(elapsed * 1000)
+                        sql_bytes += len(bytes(row[0])) if row and row[0] is not None else 0
+            cpu = _cpu(bench.server.pid) - cpu
+            (a50, a95), (s50, s95) = percentiles(api_ms), percentiles(sql_ms)
+            rows.append({"zoom": zoom, "tiles": len(tiles),
+                         "api_p50_ms": a50, "api_p95_ms": a95, "sql_p50_ms": s50, "sql_p95_ms": s95,
+                         "ratio_p50": a50 / s50, "ratio_p95": a95 / s95,
+                         "server_cpu_ms_per_tile": cpu * 1000 / len(tiles),
+                         "api_kb_per_tile": api_bytes / len(tiles) / 1024,
+                         "sql_kb_per_tile": sql_bytes / len(tiles) / 1024})
+    return rows
+
+
+# --- feature pages ---------------------------------------------------------------------------
+
+_PAGE = sql.SQL(
+    "SELECT json_build_object('type', 'FeatureCollection', 'features', "
+    "       coalesce(json_agg(ST_AsGeoJSON(p.*, 'geom', 9)::json), '[]'))::text FROM ("
+    " SELECT fid, name, v, cls, geom FROM {t} ORDER BY fid LIMIT 1000 OFFSET %(offset)s) p")
+
+
+def _offsets(bench: LayerBench, pages: int, seed: int = 11) -> list[int]:
+    starts = list(range(0, bench.rows, 1000))
+    rng = random.Random(seed)
+    return [rng.choice(starts) for _ in range(pages)]
+
+
+async def _api_pages(bench: LayerBench, offsets: list[int], clients: int) -> tuple[float, int]:
+    queue: asyncio.Queue[int] = asyncio.Queue()
+    for offset in offsets:
+        queue.put_nowait(offset)
+    size = 0
+    limits = httpx.Limits(max_connections=clients, max_keepalive_connections=clients)
+    async with httpx.AsyncClient(base_url=bench.url, limits=limits, trust_env=False, timeout=120,
+                                 headers={"Authorization": f"Bearer {bench.key}"}) as http:
+        async def one() -> None:
+            nonlocal size
+            while not queue.empty():
+                offset = queue.get_nowait()
+                response = await http.get(f"/collections/{bench.table}/items",
+                                          params={"limit": 1000, "offset": offset})
+                response.raise_for_status()
+                size += len(response.content)
+
+        start = time.perf_counter()
+        await asyncio.gather(*(one() for _ in range(clients)))
+        return time.perf_counter() - start, size
+
+
+async def _sql_pages(bench: LayerBench, offsets: list[int], clients: int) -> tuple[float, int]:
+    schema, name = bench.table.split(".")
+    query = _PAGE.format(t=sql.Identifier(schema, name))
+    queue: asyncio.Queue[int] = asyncio.Queue()
+    for offset in offsets:
+        queue.put_nowait(offset)
+    size = 0
+    conns = [await psycopg.AsyncConnection.connect(bench.db_url, autocommit=True)
+             for _ in range(clients)]
+    try:
+        async def one(conn: psycopg.AsyncConnection[Any]) -> None:
+            nonlocal size
+            while not queue.empty():
+                offset = queue.get_nowait()
+                cur = await conn.execute(query, {"offset": offset})
+                row = await cur.fetchone()
+                size += len(row[0]) if row else 0
+
+        start = time.perf_counter()
+        await asyncio.gather(*(one(c) for c in conns))
+        return time.perf_counter() - start, size
+    finally:
+        for conn in conns:
+            await conn.close()
+
+
+def items_rows(bench: LayerBench, args: argparse.Namespace) -> list[dict[str, Any]]:
+    """``items?limit=1000`` pages per second, 8 clients, against the same pages built in SQL."""
+    clients = args.clients
+    offsets = _offsets(bench, args.pages)
+    asyncio.run(_api_pages(bench, offsets[: clients * 2], clients))  # warm both sides
+    asyncio.run(_sql_pages(bench, offsets[: clients * 2], clients))
+    cpu = _cpu(bench.server.pid)
+    api_s, api_size = asyncio.run(_api_pages(bench, offsets, clients))
+    cpu = _cpu(bench.server.pid) - cpu
+    sql_s, sql_size = asyncio.run(_sql_pages(bench, offsets, clients))
+    return [{"clients": clients, "pages": len(offsets),
+             "api_pages_per_s": len(offsets) / api_s, "sql_pages_per_s": len(offsets) / sql_s,
+             "ratio": (len(offsets) / sql_s) / (len(offsets) / api_s),
+             "server_cpu_ms_per_page": cpu * 1000 / len(offsets),
+             "api_kb_per_page": api_size / len(offsets) / 1024,
+             "sql_kb_per_page": sql_size / len(offsets) / 1024}]
+
+
+PARTS: dict[str, tuple[str, Callable[[LayerBench, argparse.Namespace], list[dict[str, Any]]]]] = {
+    "tiles": ("Vector tiles: API against ST_AsMVT in SQL (ms per tile, sequential)", tile_rows),
+    "items": ("Features items?limit=1000: pages per second, API against SQL", items_rows),
+}
+"""Each part: (title, function of the shared bench and the arguments -> rows)."""
+
+
+def run(args: argparse.Namespace) -> dict[str, list[dict[str, Any]]]:
+    """Every part asked for, on one server and one table."""
+    out: dict[str, list[dict[str, Any]]] = {}
+    with layer_bench(args.rows) as bench:
+        for part in args.only or list(PARTS):
+            title, function = PARTS[part]
+            out[part] = function(bench, args)
+            print_table(f"{title}, {bench.rows:,} polygons", out[part])
+    return out
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m bench.layers", description=__doc__)
+    parser.add_argument("--quick", action="store_true", help="small sizes: check, not measure")
+    parser.add_argument("--rows", type=int, help="polygons in the layer (default 100,000)")
+    parser.add_argument("--tiles", type=int, help="tiles sampled per zoom (default 60)")
+    parser.add_argument("--pages", type=int, help="item pages fetched (default 200)")
+    parser.add_argument("--clients", type=int, default=8, help="concurrent clients for items")
+    parser.add_argument("--only", choices=sorted(PARTS), action="append", help="run only these parts")
+    parser.add_argument("--json", type=Path, help="also save the figures here")
+    args = parser.parse_args(argv)
+    args.rows = args.rows or (5_000 if args.quick else 100_000)
+    args.tiles = args.tiles or (5 if args.quick else 60)
+    args.pages = args.pages or (16 if args.quick else 200)
+    print(f"machine: {machine()}", flush=True)
+    print(f"command: python -m bench.layers {' '.join(argv if argv is not None else sys.argv[1:])}",
+          flush=True)
+    out = run(args)
+    if args.json:
+        write_json(args.json, [row for rows in out.values() for row in rows], polygons=args.rows)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
