@@ -180,7 +180,6 @@ def test_nearest_equals_the_single_process(db_url: str, data: psycopg.Connection
 
 def test_dissolve_equals_the_single_process(db_url: str, data: psycopg.Connection[Any],
                                             scheduler: str) -> None:
-    aggregates = {"v": "mean", "w": "sum", "pid_min": "min"}
     data.execute("ALTER TABLE public.parcels ADD COLUMN pid_min int")
     data.execute("UPDATE public.parcels SET pid_min = fid * 3 % 101")
     aggregates = {"v": "mean", "w": "sum", "pid_min": "min", "grp": "count"}
@@ -233,7 +232,7 @@ def test_a_scheduler_that_does_not_answer_fails_the_job_at_once(
     run_worker(db_url, "nearest", GEOJOBS_DASK_CONNECT_TIMEOUT="2", **SMALL)
     row = job_row(data, param_job)
     assert row["status"] == "failed" and row["error"].startswith("scheduler: the Dask scheduler")
-    assert not data.execute("SELECT to_regclass('results.clip_%s')" % env_job).fetchone()[0]
+    assert data.execute("SELECT to_regclass(%s)", (f"results.clip_{env_job}",)).fetchone() == (None,)
     # configured to fall back: the job runs in the worker and says so
     fallback = queue.enqueue(data, "clip", {"input_table": "public.pts",
                                             "clip_table": "public.blobs"})
@@ -319,7 +318,7 @@ def test_cancel_mid_job_drops_the_staging_tables(db_url: str,
             assert _parts(data, job) == []
             row = job_row(data, job)
             assert row["status"] == "cancelled"
-            assert data.execute(f"SELECT to_regclass('results.clip_{job}')").fetchone() == (None,)
+            assert data.execute("SELECT to_regclass(%s)", (f"results.clip_{job}",)).fetchone() == (None,)
         finally:
             worker.terminate()
             worker.wait(timeout=60)
