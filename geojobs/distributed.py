@@ -66,6 +66,11 @@ ENV_MIN_ROWS = "GEOJOBS_DASK_MIN_ROWS"
 ENV_PARTITION_ROWS = "GEOJOBS_DASK_PARTITION_ROWS"
 ENV_FALLBACK = "GEOJOBS_DASK_FALLBACK"
 ENV_CONNECT_TIMEOUT = "GEOJOBS_DASK_CONNECT_TIMEOUT"
+if os.environ.get(ENV_SCHEDULER):
+    # a worker that will send its large jobs to a cluster imports Dask once, before it forks
+    # its job process, rather than in every job process at its first partitioned job
+    import distributed  # noqa: F401
+
 DEFAULT_MIN_ROWS = 1_000_000
 DEFAULT_PARTITION_ROWS = 250_000
 SAMPLE_ROWS = 50_000
@@ -356,6 +361,7 @@ def decide(ctx: JobContext, layer: Layer, requested: str | None) -> Decision:
     if n_rows <= min_rows():
         return Decision(None)
     timeout = float(os.environ.get(ENV_CONNECT_TIMEOUT) or 5)
+    started = time.perf_counter()
     try:
         from distributed import Client
 
@@ -369,7 +375,9 @@ def decide(ctx: JobContext, layer: Layer, requested: str | None) -> Decision:
             return Decision(None, [f"{source}: {message}; the job ran in one process"])
         raise DaskUnavailable(f"{message}; start it, fix the address, or unset it",
                               field=source) from None
-    return Decision(Cluster(ctx, client, address, layer, n_rows))
+    cluster = Cluster(ctx, client, address, layer, n_rows)
+    cluster.timings["connect_s"] = round(time.perf_counter() - started, 3)
+    return Decision(cluster)
 
 
 class Cluster:
@@ -383,6 +391,12 @@ class Cluster:
         self.futures: list[Future] = []
         self.tiles: list[Tile] = []
         self.warnings: list[str] = []
+        self.timings: dict[str, float] = {}
+
+    def _timed(self, name: str, since: float) -> float:
+        now = time.perf_counter()
+        self.timings[name] = round(self.timings.get(name, 0.0) + now - since, 3)
+        return now
 
     def __enter__(self) -> Cluster:
         return self
@@ -402,6 +416,7 @@ class Cluster:
 
     def plan(self) -> list[Tile]:
         """Cut the input into tiles; drop the parts earlier attempts left behind."""
+        started = time.perf_counter()
         conn, layer = self.ctx.conn, self.layer
         with psycopg.connect(self.dsn, autocommit=True) as own:
             staging.drop_parts(own, self.ctx.job_id, before=self.ctx.attempt)
@@ -426,6 +441,7 @@ class Cluster:
             self.warnings.append(
                 f"{layer.qualified_name} has no GiST index on {layer.geometry_column}: each of "
                 f"the {len(self.tiles)} partitions scanned the whole table")
+        self._timed("plan_s", started)
         return self.tiles
 
     def parts(self, columns: Sequence[str] | None = None) -> list[Part]:
@@ -453,6 +469,7 @@ class Cluster:
     def gather(self, futures: Sequence[Future], progress: tuple[float, float]) -> list[Any]:
         """Wait for ``futures`` with progress; fail at the first error or lost worker."""
         lo, hi = progress
+        started = time.perf_counter()
         pending = set(range(len(futures)))
         results: list[Any] = [None] * len(futures)
         last_check = 0.0
@@ -469,6 +486,7 @@ class Cluster:
                 last_check = now
                 self._check_workers()
             time.sleep(_WATCH_SECONDS)
+        self._timed("tasks_s", started)
         return results
 
     def _check_workers(self) -> None:
@@ -489,6 +507,7 @@ class Cluster:
     def publish(self, written: Sequence[Written], output: str, *, overwrite: bool,
                 geometry_type: str | None = None) -> int:
         """Create ``output`` from the parts in the job's transaction; drop the parts."""
+        started = time.perf_counter()
         conn = self.ctx.conn
         parts = [w for w in written if w.table is not None]
         if not parts:
@@ -542,11 +561,12 @@ class Cluster:
         conn.execute(lq.ANALYZE.format(table=ident))
         staging.drop_parts(conn, self.ctx.job_id, attempt=self.ctx.attempt)
         rows = conn.execute(lq.COUNT_ROWS.format(table=ident)).fetchone()
+        self._timed("publish_s", started)
         return int(rows[0]) if rows else 0
 
     def _about(self) -> dict[str, Any]:
         return {"scheduler": self.address, "workers": len(self.workers),
-                "partitions": len(self.tiles)}
+                "partitions": len(self.tiles), "seconds": dict(self.timings)}
 
     # -- the job types -------------------------------------------------------------------
 

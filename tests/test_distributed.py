@@ -262,6 +262,19 @@ def _parts(conn: psycopg.Connection[Any], job_id: int) -> list[str]:
     return staging.job_parts(conn, job_id)
 
 
+def _wait_for_parts(conn: psycopg.Connection[Any], job: int, worker: Any) -> None:
+    """Until the running job has written 3 parts (the machine may be loaded: up to 5 min)."""
+    deadline = time.monotonic() + 300
+    while len(_parts(conn, job)) < 3:
+        row = job_row(conn, job)
+        if row["status"] not in ("queued", "running") or time.monotonic() > deadline:
+            worker.terminate()
+            _, err = worker.communicate(timeout=60)
+            raise AssertionError(f"job {row['status']} {row['error']} parts "
+                                 f"{_parts(conn, job)}\n{err[-4000:]}")
+        time.sleep(0.02)
+
+
 def test_a_dask_worker_killed_mid_job_retries_the_job(db_url: str,
                                                       data: psycopg.Connection[Any]) -> None:
     _big(data)
@@ -274,7 +287,7 @@ def test_a_dask_worker_killed_mid_job_retries_the_job(db_url: str,
                                            "scheduler": cluster.scheduler_address})
         worker = start_worker(db_url, "clip", **SLOW)
         try:
-            wait_for(lambda: len(_parts(data, job)) >= 3, timeout=120, interval=0.02)
+            _wait_for_parts(data, job, worker)
             pids = client.run(os.getpid)
             os.kill(next(iter(pids.values())), signal.SIGKILL)
             row = wait_for(lambda: (r := job_row(data, job))["status"] != "running" and r,
@@ -306,9 +319,7 @@ def test_cancel_mid_job_drops_the_staging_tables(db_url: str,
                                            "scheduler": cluster.scheduler_address})
         worker = start_worker(db_url, "clip", **SLOW)
         try:
-            wait_for(lambda: len(_parts(data, job)) >= 3 or job_row(data, job)["status"]
-                     not in ("queued", "running"), timeout=120, interval=0.02)
-            assert job_row(data, job)["status"] == "running", job_row(data, job)
+            _wait_for_parts(data, job, worker)
             assert queue.cancel(data, job)
             wait_for(lambda: _parts(data, job) == [], timeout=15)
             # the job's futures are released on the scheduler; nothing is written after

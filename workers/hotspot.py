@@ -84,7 +84,7 @@ def run_partitioned(ctx: JobContext, params: Params, grid: dict[str, Any]) -> di
         rows = write_layer(ctx.conn, out, output, srid=srid, overwrite=params.overwrite)
         result = {"output_table": output, "rows": rows, "srid": srid, **summary.to_dict(),
                   "dask": {"scheduler": cluster.address, "workers": len(cluster.workers),
-                           "partitions": len(cluster.tiles)}}
+                           "partitions": len(cluster.tiles), "seconds": dict(cluster.timings)}}
         result["warnings"] = [*cluster.warnings, *result.get("warnings", [])]
         return result
 
