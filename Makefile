@@ -35,7 +35,7 @@ venv: $(VENV)/.installed
 $(VENV)/.installed: pyproject.toml
 	@test -x $(VENV)/bin/python || $(PYTHON) -m venv $(VENV)
 	$(VENV)/bin/pip install -q --upgrade pip
-	$(VENV)/bin/pip install -q -e '.[dev,notebooks,bench]'
+	$(VENV)/bin/pip install -q -e '.[dev,notebooks,bench,dask]'
 	$(VENV)/bin/geojobs warm
 	@touch $@
 

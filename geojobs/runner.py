@@ -25,7 +25,7 @@ from typing import Any
 import psutil
 import psycopg
 
-from geojobs import __version__, logs, queue, registry, sdnotify
+from geojobs import __version__, logs, queue, registry, sdnotify, staging
 from geojobs.config import database_url
 from geojobs.db import connect
 from geojobs.jobprocess import JobProcess
@@ -467,6 +467,20 @@ class Worker:
         else:
             _, message, retry, tb = outcome
             self._record_failure(control, job, message, retry, tb, label, elapsed)
+        if kind != "completed":
+            self._drop_staging(control, job)
+
+    def _drop_staging(self, control: psycopg.Connection[Any], job: queue.ClaimedJob) -> None:
+        """Drop the parts this attempt's Dask tasks wrote (none unless it ran partitioned):
+        the attempt is over, so a task still running elsewhere will not write again."""
+        try:
+            dropped = staging.drop_parts(control, job.id, attempt=job.attempt)
+        except psycopg.Error as exc:
+            log.warning("job %s: could not drop its staging tables: %s", job.id, exc)
+            return
+        if dropped:
+            log.info("job %s: dropped %d staging table(s) of attempt %d", job.id, dropped,
+                     job.attempt)
 
     def _record_failure(
         self, control: psycopg.Connection[Any], job: queue.ClaimedJob, message: str, retry: bool,
