@@ -45,8 +45,12 @@ db: install
 demo: db
 	$(VENV)/bin/geojobs demo
 
+# Test modules run in parallel processes (one module stays in one process, so a module's server
+# starts once); most of the suite waits on servers and workers rather than computing.
+TEST_JOBS ?= 3
+
 test: install
-	$(VENV)/bin/python -m pytest -q
+	$(VENV)/bin/python -m pytest -q -n $(TEST_JOBS) --dist loadfile
 
 lint: install
 	$(VENV)/bin/ruff check .
