@@ -16,10 +16,12 @@ postgis:
 		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq postgresql-$(PG_VERSION)-postgis-3; \
 	fi
 
-# logrotate: the per-worker log files' rotation is tested with the real thing; tmux: `geojobs top`.
+# logrotate: the per-worker log files' rotation is tested with the real thing; tmux: `geojobs top`;
+# pgbouncer: tests/test_pgbouncer.py starts its own processes (never the system service).
 tools:
-	@command -v logrotate >/dev/null && command -v tmux >/dev/null || { \
-		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq logrotate tmux; }
+	@command -v logrotate >/dev/null && command -v tmux >/dev/null && \
+		{ command -v pgbouncer || test -x /usr/sbin/pgbouncer; } >/dev/null || { \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq logrotate tmux pgbouncer; }
 
 postgres:
 	@pg_isready -q -h 127.0.0.1 -p 5432 || pg_ctlcluster --skip-systemctl-redirect $(PG_VERSION) main start

@@ -128,3 +128,8 @@ SELECT s.step, s.position, s.reused, j.id, j.job_type, j.status, j.progress, j.e
 FROM pipeline_steps AS s JOIN background_jobs AS j ON j.id = s.job_id
 WHERE s.pipeline_id = %(id)s
 ORDER BY s.position;
+
+-- name: job_changes
+-- Status and progress of the jobs some request waits for: the API's polling fallback behind
+-- PgBouncer when no direct connection (GEOJOBS_LISTEN_URL) carries NOTIFY geojobs_jobs.
+SELECT id, status, progress FROM background_jobs WHERE id = ANY(%(ids)s::bigint[]);
