@@ -49,7 +49,7 @@ import psycopg
 from psycopg.conninfo import make_conninfo
 from psycopg.types.json import Jsonb
 
-__all__ = ["SoakConfig", "SoakReport", "run_soak", "SHORT", "FULL"]
+__all__ = ["SoakConfig", "SoakReport", "run_soak", "run_soak_via_pgbouncer", "SHORT", "FULL"]
 
 ROOT = Path(__file__).resolve().parents[1]
 FINAL = ("completed", "failed", "cancelled")
@@ -582,7 +582,7 @@ def main(argv: list[str] | None = None) -> int:
             load_sample(conn, "us_states")
         logs = Path(tempfile.mkdtemp(prefix="geojobs_soak_"))
         if args.pgbouncer:
-            report = _soak_via_pgbouncer(url, config, logs, listen=not args.no_listen)
+            report = run_soak_via_pgbouncer(url, config, logs, listen=not args.no_listen)
         else:
             report = run_soak(url, config, logs)
     print(report.summary())
@@ -594,7 +594,7 @@ def main(argv: list[str] | None = None) -> int:
     return 0 if report.ok else 1
 
 
-def _soak_via_pgbouncer(url: str, config: SoakConfig, logs: Path, *, listen: bool) -> SoakReport:
+def run_soak_via_pgbouncer(url: str, config: SoakConfig, logs: Path, *, listen: bool) -> SoakReport:
     """The soak with workers and front end behind a PgBouncer started for it."""
     from bench.pgbouncer import PgBouncer
 

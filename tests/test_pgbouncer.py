@@ -10,6 +10,7 @@ directly: job rows, ``pg_stat_activity``, and the workers' own log lines.
 from __future__ import annotations
 
 import collections
+import dataclasses
 import json
 import re
 import subprocess
@@ -24,6 +25,7 @@ import psycopg
 import pytest
 
 from bench.pgbouncer import PgBouncer, running_as_root
+from bench.soak import SHORT, run_soak_via_pgbouncer
 from geojobs import db, queue
 from geojobs.api.keys import create_key
 from geojobs.client import Jobs
@@ -360,3 +362,36 @@ def test_api_through_pgbouncer(db_url: str, conn: psycopg.Connection[Any], bounc
             stop(p)
     log = (output_dir.parent / f"api-{api.port}.log").read_text()  # type: ignore[attr-defined]
     assert "prepared statement" not in log and "Traceback" not in log
+
+
+def test_short_soak_through_pgbouncer(db_url: str, tmp_path: Path) -> None:
+    """The short chaos soak (bench/soak.py) with workers, inserts and cancels through PgBouncer,
+    LISTEN over GEOJOBS_LISTEN_URL, and PgBouncer itself stopped and started midway."""
+    config = dataclasses.replace(SHORT, outage="proxy")
+    report = run_soak_via_pgbouncer(db_url, config, tmp_path, listen=True)
+    assert report.ok, report.summary()
+    assert report.lost == [] and report.double_runs == []
+    assert report.jobs == config.jobs and sum(report.by_status.values()) == config.jobs
+    assert report.sigkills >= 3 and report.sigterms >= 1  # the chaos did happen
+    assert report.reconnect_warnings >= 1  # the workers saw PgBouncer go away
+    assert report.cancels >= 3 and report.by_kind["cancel"] == {"cancelled": report.cancels}
+    assert report.cancel_stop_max_seconds < 2.0
+    assert report.by_kind["timeout"] == {"failed": sum(report.by_kind["timeout"].values())}
+
+
+def test_terminate_with_a_tag_ends_only_the_tagged_transaction(
+        db_url: str, conn: psycopg.Connection[Any]) -> None:
+    """Behind PgBouncer a server connection serves others once the job's transaction is over:
+    ending it by pid alone could end someone else's work. With the tag, only a session whose
+    application_name is the job's tag is ended (PostgreSQL's own pg_stat_activity the oracle)."""
+    tag = "geojobs job 7.1 4242"
+    with psycopg.connect(db_url, autocommit=True) as other:
+        pid = other.info.backend_pid
+        assert not queue.terminate_backend(conn, pid, tag)  # untagged: left alone
+        assert other.execute("SELECT 1").fetchone() == (1,)
+        with pytest.raises(psycopg.OperationalError), other.transaction():  # its commit fails
+            other.execute("SELECT set_config('application_name', %s, true)", (tag,))
+            assert queue.terminate_backend(conn, pid, "geojobs job 7.2 4242") is False
+            assert queue.terminate_backend(conn, pid, tag)  # the tagged transaction: ended
+    alive = conn.execute("SELECT count(*) FROM pg_stat_activity WHERE pid = %s", (pid,)).fetchone()
+    assert alive == (0,)
