@@ -557,6 +557,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--no-listen", action="store_true", help="with --pgbouncer: no "
                         "GEOJOBS_LISTEN_URL, the workers poll")
     parser.add_argument("--workers", help="workers per job type, e.g. noop=4,dissolve=2")
+    parser.add_argument("--kill-every", type=float, help="mean seconds between SIGKILLs of a "
+                        "random worker (full: 3)")
+    parser.add_argument("--deadline", type=float, help="seconds before the soak gives up "
+                        "waiting (unfinished jobs then count as lost)")
     parser.add_argument("--lease", type=float, help="GEOJOBS_LEASE_SECONDS of the workers; below "
                         "the time between heartbeats, jobs are taken from live workers (a "
                         "misconfiguration the double-run check must catch)")
@@ -569,6 +573,10 @@ def main(argv: list[str] | None = None) -> int:
         config.outage = args.outage
     if args.lease:
         config.lease_seconds = args.lease
+    if args.deadline:
+        config.deadline = args.deadline
+    if args.kill_every:
+        config.kill_every = args.kill_every
     if args.workers:
         config.workers = {k: int(v) for k, v in (p.split("=") for p in args.workers.split(","))}
     if args.pgbouncer and not args.outage:

@@ -9,8 +9,8 @@ table included. A fresh child is then forked on the next job.
 
 Messages from the child: ``("backend", pid, tag)`` when it (re)connects (directly: its
 session's pid, tag None) or, through PgBouncer, when a job's transaction starts (the server
-process running it, and the ``application_name`` the transaction carries) and
-``("backend", None, None)`` when it ends; ``("progress", f)``,
+process running it, and the ``application_name`` the transaction carries, which ends with the
+transaction: the parent's ``pg_terminate_backend`` then no longer matches); ``("progress", f)``,
 ``("completed", summary)``, ``("failed", message, retryable, traceback)``,
 ``("interrupted", message)`` (the completion's compare-and-set found the job no longer
 ours) and ``("db_down", message)`` (its connection broke: the lease brings the job back).
@@ -183,18 +183,13 @@ def _run_one(job: queue.ClaimedJob, conn: psycopg.Connection[Any], module: JobTy
         params = validate_params(module.Params, job.params)
         ctx = JobContext(job_id=job.id, job_type=job.job_type, attempt=job.attempt,
                          worker_id=job.worker_id, conn=conn, report=report)
-        try:
-            with conn.transaction():
-                if behind_pooler:
-                    _pin_transaction(job, conn, pipe)
-                result = dict(module.run(ctx, params) or {})
-                result.setdefault("warnings", [])
-                if not queue.complete(conn, job, result):
-                    return ("interrupted",
-                            "the job was cancelled or taken back before it completed")
-        finally:
+        with conn.transaction():
             if behind_pooler:
-                pipe.send(("backend", None, None))
+                _pin_transaction(job, conn, pipe)
+            result = dict(module.run(ctx, params) or {})
+            result.setdefault("warnings", [])
+            if not queue.complete(conn, job, result):
+                return ("interrupted", "the job was cancelled or taken back before it completed")
         return ("completed", {k: result[k] for k in ("output_table", "rows") if k in result})
     except BaseException as exc:  # noqa: BLE001 - a job's failure never ends the child's loop
         if isinstance(exc, psycopg.OperationalError) and conn.broken:
