@@ -20,11 +20,12 @@ postgis:
 # chromium: the web console is tested in a real browser (Playwright drives Debian's chromium; it
 # never downloads its own); gdal-bin: ogrinfo/ogr2ogr read the result layers over OGC API -
 # Features in the tests, and ogr2ogr is the floor of the download benchmark.
+# pgbouncer: tests/test_pgbouncer.py starts its own processes (never the system service).
 tools:
 	@command -v logrotate >/dev/null && command -v tmux >/dev/null && command -v chromium >/dev/null \
-		&& command -v ogrinfo >/dev/null || { \
-		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq logrotate tmux \
-		chromium gdal-bin; }
+		&& command -v ogrinfo >/dev/null && { command -v pgbouncer || test -x /usr/sbin/pgbouncer; } >/dev/null \
+		|| { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq logrotate tmux \
+		chromium gdal-bin pgbouncer; }
 
 postgres:
 	@pg_isready -q -h 127.0.0.1 -p 5432 || pg_ctlcluster --skip-systemctl-redirect $(PG_VERSION) main start

@@ -19,6 +19,7 @@ from psycopg.rows import dict_row
 from psycopg.types.json import Jsonb
 
 from geojobs.config import SQL_DIR
+from geojobs.db import pooled
 from geojobs.errors import GeojobsError
 
 __all__ = ["ClaimedJob", "queries", "claim", "complete", "fail", "release", "heartbeat",
@@ -57,7 +58,9 @@ def queries() -> dict[str, str]:
 
 
 def _run(conn: psycopg.Connection, name: str, params: dict[str, Any]) -> psycopg.Cursor[Any]:
-    return conn.execute(queries()[name], params, prepare=True)
+    # Prepared once per session on a direct connection; never through a transaction pooler,
+    # where the next transaction may run on a server connection that has not prepared it.
+    return conn.execute(queries()[name], params, prepare=not pooled(conn))
 
 
 @dataclass(frozen=True)
@@ -206,9 +209,14 @@ def job_state(conn: psycopg.Connection, job_id: int) -> tuple[str, str | None, i
     return (row[0], row[1], row[2]) if row else None
 
 
-def terminate_backend(conn: psycopg.Connection, pid: int) -> bool:
-    """End one database session (a killed job process's) now; True when it is gone."""
-    row = _run(conn, "terminate_backend", {"pid": pid}).fetchone()
+def terminate_backend(conn: psycopg.Connection, pid: int, tag: str | None = None) -> bool:
+    """End one database session (a killed job process's) now; True when it is gone.
+
+    With ``tag``, only while that session's ``application_name`` is ``tag``: behind PgBouncer a
+    server connection serves other clients once the job's transaction is over, and the job
+    process tags its transaction (``SET LOCAL``) so that only the job's own work is ended.
+    """
+    row = _run(conn, "terminate_backend", {"pid": pid, "tag": tag}).fetchone()
     return bool(row and row[0])
 
 

@@ -38,7 +38,9 @@ def create_app(settings: ApiSettings | None = None) -> FastAPI:
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        store = Store(settings.database_url, settings.api_pool_size)
+        store = Store(settings.database_url, settings.api_pool_size,
+                      listen_dsn=settings.listen_url or None,
+                      poll_interval=settings.pooled_poll_interval)
         await store.start()
         app.state.store = store
         dispatcher = Dispatcher(store, settings, settings.api_public_url.rstrip("/"))

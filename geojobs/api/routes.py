@@ -14,7 +14,6 @@ from typing import Annotated, Any, Literal
 from urllib.parse import urlencode
 
 import asyncpg
-import psycopg
 from fastapi import APIRouter, Depends, Query, Request, Response
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import FileResponse, JSONResponse, StreamingResponse
@@ -57,6 +56,7 @@ from geojobs.api.jobs import (
 )
 from geojobs.api.settings import ApiSettings
 from geojobs.api.store import Store
+from geojobs.db import connect
 from geojobs.errors import InvalidParams
 from geojobs.export import FORMATS, ExportFormat, export_table, provenance, result_table
 from geojobs.params import validate_params
@@ -161,7 +161,7 @@ async def _job(store: Store, user: User, jid: int) -> asyncpg.Record:
 
 
 def _export_to(job: dict[str, Any], table: str, fmt: ExportFormat, path: Path, dsn: str) -> None:
-    with psycopg.connect(dsn, autocommit=True) as conn:
+    with connect(dsn) as conn:  # direct or through PgBouncer (no prepared statements then)
         export_table(conn, table, fmt, path, provenance(job), field="jobID")
 
 

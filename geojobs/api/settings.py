@@ -51,6 +51,12 @@ class ApiSettings(BaseSettings):
     layer_max_age: int = Field(
         default=30, ge=0, le=3600, description="max-age in seconds of a vector tile (with its ETag).")
     api_callback_timeout: float = Field(default=10.0, gt=0, description="Seconds per callback POST.")
+    listen_url: str = Field(
+        default="", description="Behind PgBouncer: a direct libpq URI used only to LISTEN for job "
+        "changes (GEOJOBS_LISTEN_URL); without it the API polls watched jobs.")
+    pooled_poll_interval: float = Field(
+        default=0.5, gt=0, description="Behind PgBouncer without GEOJOBS_LISTEN_URL: seconds "
+        "between reads of the jobs that requests wait for.")
     api_callback_backoff: float = Field(
         default=5.0, gt=0, description="Seconds before the first callback retry; doubles each time.")
 

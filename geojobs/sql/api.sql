@@ -152,3 +152,8 @@ ORDER BY target, id DESC;
 -- The table or view a job's result names (NULL: none, or no such job).
 SELECT coalesce(result ->> 'output_table', result ->> 'output_view') FROM background_jobs
 WHERE id = %(id)s;
+
+-- name: job_changes
+-- Status and progress of the jobs some request waits for: the API's polling fallback behind
+-- PgBouncer when no direct connection (GEOJOBS_LISTEN_URL) carries NOTIFY geojobs_jobs.
+SELECT id, status, progress FROM background_jobs WHERE id = ANY(%(ids)s::bigint[]);

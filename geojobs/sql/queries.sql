@@ -125,8 +125,10 @@ SELECT status, worker_id, attempts FROM background_jobs WHERE id = %(id)s;
 
 -- name: terminate_backend
 -- End the database session of a killed job process at once (its transaction rolls back),
--- waiting up to one second for it to be gone.
-SELECT pg_terminate_backend(%(pid)s, 1000);
+-- waiting up to one second for it to be gone; with a tag, only while the session's
+-- application_name is that tag (behind PgBouncer: only while it runs the job's transaction).
+SELECT pg_terminate_backend(pid, 1000) FROM pg_stat_activity
+WHERE pid = %(pid)s AND (%(tag)s::text IS NULL OR application_name = %(tag)s::text);
 
 -- name: register_worker
 -- A worker process announces itself (or again, after a reconnection).
