@@ -62,7 +62,7 @@ def make_polygon_table(conn: psycopg.Connection[Any], table: str, rows: int) -> 
                               class integer, geom geometry(Polygon, 4326))""")
     conn.execute(f"""
         INSERT INTO {table}
-        SELECT i, 'feature ' || i, (i * 7919 % 1000) / 10.0, i % 7,
+        SELECT i, 'feature ' || i, (i::bigint * 7919 % 1000) / 10.0, i % 7,
                ST_Buffer(ST_SetSRID(ST_MakePoint(-120 + (i % {side}) * 0.01,
                                                  30 + (i / {side}) * 0.01), 4326), 0.004, 2)
         FROM generate_series(1, {rows}) AS i""")  # noqa: S608
