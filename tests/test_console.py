@@ -119,6 +119,21 @@ def test_console_page_and_vendored_maplibre(api: ApiServer) -> None:
         assert any(link["href"].endswith("/console") and link["type"] == "text/html" for link in links)
 
 
+def test_page_names_a_basemap_only_when_configured() -> None:
+    """GEOJOBS_CONSOLE_BASEMAP reaches the page (escaped); without it the page names no host."""
+    from geojobs.api.console import render_page
+    from geojobs.api.settings import ApiSettings
+
+    plain = render_page("", ApiSettings(console_basemap=""))
+    assert 'data-basemap=""' in plain and "http" not in plain
+    tiles = 'https://tiles.example/{z}/{x}/{y}.png?a=1&b="2"'
+    page = render_page("/gj", ApiSettings(console_basemap=tiles,
+                                          console_basemap_attribution="<b>Example</b>"))
+    assert 'data-basemap="https://tiles.example/{z}/{x}/{y}.png?a=1&amp;b=&quot;2&quot;"' in page
+    assert "&lt;b&gt;Example&lt;/b&gt;" in page and "<b>" not in page
+    assert 'src="/gj/console/static/console/console.js"' in page
+
+
 def test_submit_watch_map_and_download(api: ApiServer, page: Any, tmp_path: Path) -> None:
     log_in(page, api, "not-a-key")
     error = page.locator("#login-error")
