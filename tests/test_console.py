@@ -53,6 +53,7 @@ def browser() -> Iterator[Any]:
 @pytest.fixture
 def page(browser: Any, request: pytest.FixtureRequest) -> Iterator[Any]:
     context = browser.new_context(viewport={"width": 1400, "height": 900}, accept_downloads=True)
+    context.set_default_timeout(120_000)  # 2 shared cores: a loaded machine is slow, not broken
     page = context.new_page()
     errors: list[str] = []
     page.on("pageerror", lambda exc: errors.append(str(exc)))
@@ -116,6 +117,21 @@ def test_console_page_and_vendored_maplibre(api: ApiServer) -> None:
         assert http.get("/console/static/../../routes.py").status_code == 404
         links = http.get("/").json()["links"]
         assert any(link["href"].endswith("/console") and link["type"] == "text/html" for link in links)
+
+
+def test_page_names_a_basemap_only_when_configured() -> None:
+    """GEOJOBS_CONSOLE_BASEMAP reaches the page (escaped); without it the page names no host."""
+    from geojobs.api.console import render_page
+    from geojobs.api.settings import ApiSettings
+
+    plain = render_page("", ApiSettings(console_basemap=""))
+    assert 'data-basemap=""' in plain and "http" not in plain
+    tiles = 'https://tiles.example/{z}/{x}/{y}.png?a=1&b="2"'
+    page = render_page("/gj", ApiSettings(console_basemap=tiles,
+                                          console_basemap_attribution="<b>Example</b>"))
+    assert 'data-basemap="https://tiles.example/{z}/{x}/{y}.png?a=1&amp;b=&quot;2&quot;"' in page
+    assert "&lt;b&gt;Example&lt;/b&gt;" in page and "<b>" not in page
+    assert 'src="/gj/console/static/console/console.js"' in page
 
 
 def test_submit_watch_map_and_download(api: ApiServer, page: Any, tmp_path: Path) -> None:
@@ -206,6 +222,44 @@ def test_bad_input_shows_the_field_error(api: ApiServer, page: Any) -> None:
     with api.connect() as conn:
         assert conn.execute("SELECT count(*) FROM background_jobs").fetchone() == jobs_before
     assert page.locator("#jobs tbody tr").count() == 0  # bob has no jobs; none was added
+
+
+def test_failed_job_retry_and_dismiss(api: ApiServer, page: Any) -> None:
+    """A job that fails at run time shows failed; Retry queues a new job with the same inputs
+    (GET /jobs/{id}/inputs); Dismiss deletes the job row."""
+    log_in(page, api, api.keys["bob"])
+    page.locator("body[data-ready=true]").wait_for()
+    fill(page, "input_table", "public.no_such_table")
+    fill(page, "output_table", "")
+    page.click("#submit-job")
+    first = page.locator("#jobs tbody tr").first
+    first.wait_for()
+    failed_id = first.get_attribute("data-job-id")
+    page.locator(f'#jobs tr[data-job-id="{failed_id}"][data-status="failed"]').wait_for()
+    assert "no_such_table" in (first.locator(".status").get_attribute("title") or "")
+    with api.client("bob") as http:
+        inputs = http.get(f"/jobs/{failed_id}/inputs").json()
+    assert inputs["processID"] == "dissolve"
+    assert inputs["inputs"]["input_table"] == "public.no_such_table"
+    with api.client("alice") as http:  # not alice's job
+        assert http.get(f"/jobs/{failed_id}/inputs").status_code == 404
+    first.locator("button.retry").click()
+    retried = page.locator(f'#jobs tbody tr:not([data-job-id="{failed_id}"])').first
+    retried.wait_for()
+    retried_id = retried.get_attribute("data-job-id")
+    page.locator(f'#jobs tr[data-job-id="{retried_id}"][data-status="failed"]').wait_for()
+    with api.connect() as conn:
+        rows = conn.execute("SELECT id, job_type, params, status FROM background_jobs "
+                            "WHERE submitted_by = 'bob' ORDER BY id").fetchall()
+    assert [(r[0], r[1], r[3]) for r in rows] == [(int(failed_id or 0), "dissolve", "failed"),
+                                                  (int(retried_id or 0), "dissolve", "failed")]
+    assert rows[0][2] == rows[1][2]  # the same inputs
+    shot(page, "09-retried")
+    page.locator(f'#jobs tr[data-job-id="{failed_id}"] button.dismiss').click()
+    page.locator(f'#jobs tr[data-job-id="{failed_id}"]').wait_for(state="detached")
+    with api.connect() as conn:
+        assert conn.execute("SELECT count(*) FROM background_jobs WHERE id = %s",
+                            (int(failed_id or 0),)).fetchone() == (0,)
 
 
 GI_BIN_COLOURS = {3: "#d62f27", 2: "#ed7551", 1: "#fab984", 0: "#f7f7f2", -1: "#c0ccbe",

@@ -8,6 +8,7 @@ is vendored from the npm registry into ``geojobs/api/static/vendor/`` at a pinne
 from __future__ import annotations
 
 from functools import cache
+from html import escape
 from importlib import resources
 from pathlib import Path
 
@@ -17,7 +18,9 @@ from starlette.responses import Response
 from starlette.staticfiles import StaticFiles
 from starlette.types import Scope
 
-__all__ = ["STATIC", "mount_console"]
+from geojobs.api.settings import ApiSettings
+
+__all__ = ["STATIC", "mount_console", "render_page"]
 
 STATIC = Path(str(resources.files("geojobs.api") / "static"))
 """The console's files and the vendored JavaScript libraries."""
@@ -26,6 +29,17 @@ STATIC = Path(str(resources.files("geojobs.api") / "static"))
 @cache
 def _page() -> str:
     return (STATIC / "console" / "index.html").read_text(encoding="utf-8")
+
+
+def render_page(root: str, settings: ApiSettings) -> str:
+    """The console's HTML for an API served at ``root`` (its root path, '' at the top)."""
+    values = {"static": f"{root}/console/static", "root": root,
+              "basemap": settings.console_basemap,
+              "basemap_attribution": settings.console_basemap_attribution}
+    html = _page()
+    for name, value in values.items():
+        html = html.replace("{{" + name + "}}", escape(value, quote=True))
+    return html
 
 
 class _Revalidated(StaticFiles):
@@ -42,8 +56,8 @@ def mount_console(app: FastAPI) -> None:
 
     async def console(request: Request) -> HTMLResponse:
         root = request.scope.get("root_path", "").rstrip("/")
-        html = _page().replace("{{static}}", f"{root}/console/static").replace("{{root}}", root)
-        return HTMLResponse(html, headers={"Cache-Control": "no-cache"})
+        return HTMLResponse(render_page(root, request.app.state.settings),
+                            headers={"Cache-Control": "no-cache"})
 
     for path in ("/console", "/console/"):
         app.add_api_route(path, console, methods=["GET"], include_in_schema=path == "/console",

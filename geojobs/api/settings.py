@@ -40,6 +40,11 @@ class ApiSettings(BaseSettings):
     api_public_url: str = Field(
         default="", description="Base URL of the API in links sent to callbacks; default the "
         "address it serves on.")
+    console_basemap: str = Field(
+        default="", description="XYZ raster tile URL template ({z}/{x}/{y}) the web console draws "
+        "under results, e.g. an internal tile server; none by default (no request leaves the API).")
+    console_basemap_attribution: str = Field(
+        default="", description="Attribution shown with the console's basemap.")
     api_max_queued: int = Field(default=100, ge=1, description="Queued jobs allowed per user.")
     api_max_body: int = Field(default=1 << 20, ge=1024, description="Request body limit in bytes.")
     api_max_wait: int = Field(default=60, ge=0, le=600, description="Largest Prefer: wait, seconds.")

@@ -418,12 +418,24 @@ async function dismissJob(id) {
 
 // -- the map --------------------------------------------------------------------------------
 
+function baseStyle() {
+  // No basemap unless the server names one (GEOJOBS_CONSOLE_BASEMAP): nothing leaves the API.
+  const style = { version: 8, sources: {},
+                  layers: [{ id: 'background', type: 'background', paint: { 'background-color': BACKGROUND } }] };
+  const tiles = document.body.dataset.basemap;
+  if (tiles) {
+    style.sources.basemap = { type: 'raster', tiles: [tiles], tileSize: 256,
+                              attribution: document.body.dataset.basemapAttribution || '' };
+    style.layers.push({ id: 'basemap', type: 'raster', source: 'basemap' });
+  }
+  return style;
+}
+
 function createMap() {
   const map = new maplibregl.Map({
     container: 'map',
-    style: { version: 8, sources: {},
-             layers: [{ id: 'background', type: 'background', paint: { 'background-color': BACKGROUND } }] },
-    center: [0, 20], zoom: 1, attributionControl: false,
+    style: baseStyle(),
+    center: [0, 20], zoom: 1, attributionControl: document.body.dataset.basemap ? {} : false,
     transformRequest: (url) => (url.startsWith(location.origin)
       ? { url, headers: { Authorization: `Bearer ${state.key}` } } : { url }),
   });
