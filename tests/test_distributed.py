@@ -356,3 +356,22 @@ def test_cancel_mid_job_drops_the_staging_tables(db_url: str,
         finally:
             worker.terminate()
             worker.wait(timeout=60)
+
+
+def test_janitor_drops_parts_of_attempts_no_longer_running(conn: psycopg.Connection[Any]) -> None:
+    """A job whose last attempt died with its worker (failed by the lease) leaves parts behind:
+    the janitor drops them, and keeps those of the attempt that is running."""
+    from geojobs.janitor import run_janitor
+
+    dead = queue.enqueue(conn, "noop", {})
+    alive = queue.enqueue(conn, "noop", {})
+    conn.execute("UPDATE background_jobs SET status = 'failed', attempts = 2 WHERE id = %s", (dead,))
+    conn.execute("UPDATE background_jobs SET status = 'running', attempts = 3, "
+                 "started_at = now(), heartbeat_at = now() WHERE id = %s", (alive,))
+    for job, attempt in ((dead, 2), (alive, 2), (alive, 3)):
+        conn.execute(sql.SQL("CREATE TABLE {} (fid bigint)").format(
+            sql.Identifier(staging.SCHEMA, staging.part_name(job, attempt, 0))))
+    report = run_janitor(conn)
+    assert sorted(report.staging_dropped) == sorted([staging.part_name(dead, 2, 0),
+                                                     staging.part_name(alive, 2, 0)])
+    assert staging.all_parts(conn) == [staging.part_name(alive, 3, 0)]
