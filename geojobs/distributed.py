@@ -571,10 +571,11 @@ class Cluster:
     # -- the job types -------------------------------------------------------------------
 
     def overlay(self, how: str, other: Layer, where: sql.Composable | None, output: str, *,
-                overwrite: bool, filtered: bool) -> dict[str, Any]:
-        """clip / erase: the input partitioned, the clip or erase layer broadcast."""
-        from geojobs.overlay_job import geometry_type_for, overlay_warnings
-
+                overwrite: bool, geometry_type: Callable[[set[str]], str]
+                ) -> tuple[int, OverlaySummary]:
+        """clip / erase: the input partitioned, the clip or erase layer broadcast. Returns the
+        rows written and the summed summary; ``geometry_type`` types the output column from
+        the geometry types the parts hold."""
         self.plan()
         mask = read_layer(self.ctx.conn, other, columns=[], where=where)
         self.ctx.progress(0.1)
@@ -588,14 +589,15 @@ class Cluster:
                 totals[k] = totals.get(k, 0) + v
         for k in ("overlay_features", "overlay_skipped", "overlay_repaired"):
             totals[k] = done[0][1][k]
-        summary = OverlaySummary(**totals)
         kinds = set().union(*(w.geometry_types.get("geom", set()) for w in written
                               if w.table is not None))
         rows = self.publish(written, output, overwrite=overwrite,
-                            geometry_type=geometry_type_for(self.layer, kinds))
-        return {"output_table": output, "rows": rows, "srid": self.layer.srid,
-                **summary.to_dict(), "engine": "shapely", "dask": self._about(),
-                "warnings": [*self.warnings, *overlay_warnings(how, summary, filtered)]}
+                            geometry_type=geometry_type(kinds))
+        return rows, OverlaySummary(**totals)
+
+    def about(self) -> dict[str, Any]:
+        """``result.dask``: the scheduler, workers, partitions and the phases' seconds."""
+        return self._about()
 
     def nearest(self, near: gpd.GeoDataFrame, options: dict[str, Any], output: str, *,
                 overwrite: bool) -> dict[str, Any]:

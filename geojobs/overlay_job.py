@@ -90,8 +90,13 @@ def run_overlay(
     decision = distributed.decide(ctx, layer, params.scheduler)
     if decision.cluster is not None:
         with decision.cluster as cluster:
-            return cluster.overlay(how, other, where, output, overwrite=params.overwrite,
-                                   filtered=other_filter is not None)
+            rows, summary = cluster.overlay(
+                how, other, where, output, overwrite=params.overwrite,
+                geometry_type=lambda kinds: geometry_type_for(layer, kinds))
+            return {"output_table": output, "rows": rows, "srid": layer.srid,
+                    **summary.to_dict(), "engine": "shapely", "dask": cluster.about(),
+                    "warnings": [*cluster.warnings,
+                                 *overlay_warnings(how, summary, other_filter is not None)]}
 
     gdf = read_layer(ctx.conn, layer)
     mask = read_layer(ctx.conn, other, columns=[], where=where)

@@ -20,7 +20,7 @@ from psycopg import sql
 from geojobs import staging_sql as q
 
 __all__ = ["SCHEMA", "part_name", "part_table", "guarded_write", "drop_parts", "job_parts",
-           "all_parts"]
+           "all_parts", "drop_orphans"]
 
 SCHEMA = q.SCHEMA
 T = TypeVar("T")
@@ -79,3 +79,23 @@ def drop_parts(conn: psycopg.Connection[Any], job_id: int, *, attempt: int | Non
         for name in names:
             conn.execute(q.DROP_TABLE.format(table=sql.Identifier(SCHEMA, name)))
     return len(names)
+
+
+def drop_orphans(conn: psycopg.Connection[Any]) -> list[str]:
+    """Drop the parts of every attempt that is not running any more (``geojobs janitor``):
+    those of a job whose last attempt died with its worker and was failed by the lease."""
+    attempts: dict[int, set[int]] = {}
+    for name in all_parts(conn):
+        job_id = int(name.split("_")[0][1:])
+        attempts.setdefault(job_id, set()).add(_attempt_of(name))
+    if not attempts:
+        return []
+    running = dict(conn.execute(q.RUNNING_ATTEMPTS, {"ids": list(attempts)}).fetchall())
+    dropped = []
+    for job_id, tried in sorted(attempts.items()):
+        for attempt in sorted(tried):
+            if running.get(job_id) != attempt:
+                names = job_parts(conn, job_id, attempt=attempt)
+                drop_parts(conn, job_id, attempt=attempt)
+                dropped.extend(names)
+    return dropped

@@ -72,3 +72,8 @@ POINT_EXTENT = sql.SQL(
     "max(ST_X({geom})) FILTER (WHERE GeometryType({geom}) = 'POINT'), "
     "max(ST_Y({geom})) FILTER (WHERE GeometryType({geom}) = 'POINT') "
     "FROM {table} WHERE {geom} IS NOT NULL AND NOT ST_IsEmpty({geom})")
+
+# Which of these jobs are running, and with which attempt (the janitor keeps their parts).
+RUNNING_ATTEMPTS = """
+SELECT id, attempts FROM background_jobs WHERE id = ANY (%(ids)s) AND status = 'running'
+"""

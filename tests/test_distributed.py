@@ -9,6 +9,7 @@ scheduler that does not answer, a Dask worker killed mid-job, a cancel mid-job.
 
 from __future__ import annotations
 
+import importlib
 import math
 import os
 import signal
@@ -36,16 +37,32 @@ SRID = 26916  # UTM 16N: planar metres
 SMALL = {"GEOJOBS_DASK_MIN_ROWS": "100", "GEOJOBS_DASK_PARTITION_ROWS": "400"}
 
 
-def _cluster(n: int = 2) -> Any:
-    return distributed.LocalCluster(n_workers=n, threads_per_worker=1, processes=True,
-                                    host="127.0.0.1", dashboard_address=None,
-                                    silence_logs=40)
+class _Cluster:
+    """A LocalCluster whose workers have imported the partition tasks' code, as the systemd
+    unit's ``--preload geojobs.distributed`` does."""
+
+    def __init__(self, n: int) -> None:
+        self.cluster = distributed.LocalCluster(n_workers=n, threads_per_worker=1,
+                                                processes=True, host="127.0.0.1",
+                                                dashboard_address=None, silence_logs=40)
+        with distributed.Client(self.cluster) as client:
+            client.run(importlib.import_module, "geojobs.distributed")
+
+    def __enter__(self) -> Any:
+        return self.cluster
+
+    def __exit__(self, *exc: object) -> None:
+        self.cluster.close()
+
+
+def _cluster(n: int = 2) -> _Cluster:
+    return _Cluster(n)
 
 
 @pytest.fixture(scope="module")
 def scheduler() -> Iterator[str]:
     with _cluster() as cluster:
-        yield cluster.scheduler_address
+        yield str(cluster.scheduler_address)
 
 
 def _load(conn: psycopg.Connection[Any], n_points: int = 3000) -> None:
@@ -258,13 +275,19 @@ SLOW = {"GEOJOBS_DASK_MIN_ROWS": "100", "GEOJOBS_DASK_PARTITION_ROWS": "150",
         "GEOJOBS_RETRY_DELAYS": "3"}
 
 
+def _slow(address: str) -> dict[str, str]:
+    """The worker's settings: the scheduler in its environment, so that it imports Dask at
+    start (the job's own ``scheduler`` parameter is tested by the equality tests)."""
+    return {**SLOW, "GEOJOBS_DASK_SCHEDULER": address}
+
+
 def _parts(conn: psycopg.Connection[Any], job_id: int) -> list[str]:
     return staging.job_parts(conn, job_id)
 
 
 def _wait_for_parts(conn: psycopg.Connection[Any], job: int, worker: Any) -> None:
     """Until the running job has written 3 parts (the machine may be loaded: up to 5 min)."""
-    deadline = time.monotonic() + 300
+    deadline = time.monotonic() + 420
     while len(_parts(conn, job)) < 3:
         row = job_row(conn, job)
         if row["status"] not in ("queued", "running") or time.monotonic() > deadline:
@@ -275,6 +298,7 @@ def _wait_for_parts(conn: psycopg.Connection[Any], job: int, worker: Any) -> Non
         time.sleep(0.02)
 
 
+@pytest.mark.timeout(900)
 def test_a_dask_worker_killed_mid_job_retries_the_job(db_url: str,
                                                       data: psycopg.Connection[Any]) -> None:
     _big(data)
@@ -283,9 +307,8 @@ def test_a_dask_worker_killed_mid_job_retries_the_job(db_url: str,
         "(SELECT 1 FROM public.blobs b WHERE ST_Intersects(b.geom, p.geom))").fetchone()
     with _cluster() as cluster, distributed.Client(cluster) as client:
         job = queue.enqueue(data, "clip", {"input_table": "public.many",
-                                           "clip_table": "public.blobs",
-                                           "scheduler": cluster.scheduler_address})
-        worker = start_worker(db_url, "clip", **SLOW)
+                                           "clip_table": "public.blobs"})
+        worker = start_worker(db_url, "clip", **_slow(cluster.scheduler_address))
         try:
             _wait_for_parts(data, job, worker)
             pids = client.run(os.getpid)
@@ -310,14 +333,14 @@ def test_a_dask_worker_killed_mid_job_retries_the_job(db_url: str,
     assert staging.all_parts(data) == []
 
 
+@pytest.mark.timeout(900)
 def test_cancel_mid_job_drops_the_staging_tables(db_url: str,
                                                  data: psycopg.Connection[Any]) -> None:
     _big(data)
     with _cluster() as cluster, distributed.Client(cluster) as client:
         job = queue.enqueue(data, "clip", {"input_table": "public.many",
-                                           "clip_table": "public.blobs",
-                                           "scheduler": cluster.scheduler_address})
-        worker = start_worker(db_url, "clip", **SLOW)
+                                           "clip_table": "public.blobs"})
+        worker = start_worker(db_url, "clip", **_slow(cluster.scheduler_address))
         try:
             _wait_for_parts(data, job, worker)
             assert queue.cancel(data, job)
@@ -333,3 +356,22 @@ def test_cancel_mid_job_drops_the_staging_tables(db_url: str,
         finally:
             worker.terminate()
             worker.wait(timeout=60)
+
+
+def test_janitor_drops_parts_of_attempts_no_longer_running(conn: psycopg.Connection[Any]) -> None:
+    """A job whose last attempt died with its worker (failed by the lease) leaves parts behind:
+    the janitor drops them, and keeps those of the attempt that is running."""
+    from geojobs.janitor import run_janitor
+
+    dead = queue.enqueue(conn, "noop", {})
+    alive = queue.enqueue(conn, "noop", {})
+    conn.execute("UPDATE background_jobs SET status = 'failed', attempts = 2 WHERE id = %s", (dead,))
+    conn.execute("UPDATE background_jobs SET status = 'running', attempts = 3, "
+                 "started_at = now(), heartbeat_at = now() WHERE id = %s", (alive,))
+    for job, attempt in ((dead, 2), (alive, 2), (alive, 3)):
+        conn.execute(sql.SQL("CREATE TABLE {} (fid bigint)").format(
+            sql.Identifier(staging.SCHEMA, staging.part_name(job, attempt, 0))))
+    report = run_janitor(conn)
+    assert sorted(report.staging_dropped) == sorted([staging.part_name(dead, 2, 0),
+                                                     staging.part_name(alive, 2, 0)])
+    assert staging.all_parts(conn) == [staging.part_name(alive, 3, 0)]
