@@ -56,3 +56,12 @@ def output_dir() -> Path:
 def lease_seconds() -> float:
     """A job's lease, and how long a silent worker counts as live (``GEOJOBS_LEASE_SECONDS``, 60)."""
     return float(os.environ.get("GEOJOBS_LEASE_SECONDS") or 60)
+
+
+SCRATCH_PREFIX = ".partial-"
+"""Name prefix of a running job's scratch directory in the output directory."""
+
+
+def job_scratch_dir(job_id: int) -> Path:
+    """Where job ``job_id`` keeps its temporary files: ``<output dir>/.partial-<job id>``."""
+    return output_dir() / f"{SCRATCH_PREFIX}{job_id}"

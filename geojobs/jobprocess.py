@@ -8,6 +8,7 @@ child's connection dies with it and PostgreSQL rolls the job's transaction back,
 table included. A fresh child is then forked on the next job.
 
 Messages from the child: ``("backend", pid)`` when it (re)connects, ``("progress", f)``,
+``("file", path)`` (a file output now exists: the parent removes it unless the job completes),
 ``("completed", summary)``, ``("failed", message, retryable, traceback)``,
 ``("interrupted", message)`` (the completion's compare-and-set found the job no longer
 ours) and ``("db_down", message)`` (its connection broke: the lease brings the job back).
@@ -137,7 +138,8 @@ def _child_main(pipe: Connection, module: JobType, database_url: str) -> None:
                 conn = None
                 continue
             pipe.send(("backend", conn.info.backend_pid))
-        pipe.send(_run_one(job, conn, module, _reporter(pipe)))
+        pipe.send(_run_one(job, conn, module, _reporter(pipe),
+                           lambda path: pipe.send(("file", path))))
 
 
 def _reporter(pipe: Connection) -> Callable[[float], None]:
@@ -153,12 +155,14 @@ def _reporter(pipe: Connection) -> Callable[[float], None]:
 
 
 def _run_one(job: queue.ClaimedJob, conn: psycopg.Connection[Any], module: JobType,
-             report: Callable[[float], None]) -> tuple[Any, ...]:
+             report: Callable[[float], None],
+             announce_file: Callable[[str], None]) -> tuple[Any, ...]:
     """Run one job in one transaction with its completion; the outcome message."""
     try:
         params = validate_params(module.Params, job.params)
         ctx = JobContext(job_id=job.id, job_type=job.job_type, attempt=job.attempt,
-                         worker_id=job.worker_id, conn=conn, report=report)
+                         worker_id=job.worker_id, conn=conn, report=report,
+                         announce_file=announce_file)
         started_at = datetime.now(UTC)
         begun = time.perf_counter()
         with conn.transaction():
