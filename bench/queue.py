@@ -276,6 +276,16 @@ def commit_latency(samples: int = 200) -> dict[str, Any]:
     return out
 
 
+def _fill_and_drain(url: str, n: int, timeout: float) -> None:
+    """Queue ``n`` geojobs no-op jobs at once and let one worker drain them."""
+    GEOJOBS.fill(url, n)
+    group = _Workers(GEOJOBS, url, 1, drain=True)
+    try:
+        group.wait(timeout)
+    finally:
+        group.close()
+
+
 def dependency_overhead(n: int, *, timeout: float = 3600) -> list[dict[str, Any]]:
     """No-op throughput, one worker, with the dependency triggers enabled and disabled.
 
@@ -290,12 +300,7 @@ def dependency_overhead(n: int, *, timeout: float = 3600) -> list[dict[str, Any]
                     for trigger in _DEPENDENCY_TRIGGERS:
                         conn.execute(sql.SQL("ALTER TABLE background_jobs DISABLE TRIGGER {}")
                                      .format(sql.Identifier(trigger)))
-            GEOJOBS.fill(url, n)
-            group = _Workers(GEOJOBS, url, 1, drain=True)
-            try:
-                group.wait(timeout)
-            finally:
-                group.close()
+            _fill_and_drain(url, n, timeout)
             with psycopg.connect(url, autocommit=True) as conn:
                 done, span = GEOJOBS.done(conn), GEOJOBS.span(conn)
         if done != n:
@@ -484,12 +489,7 @@ def _history_throughput(url: str, n: int, timeout: float = 3600) -> float:
     with psycopg.connect(url, autocommit=True) as conn:
         before = GEOJOBS.done(conn)
         first = conn.execute("SELECT coalesce(max(id), 0) FROM background_jobs").fetchone()
-    GEOJOBS.fill(url, n)
-    group = _Workers(GEOJOBS, url, 1, drain=True)
-    try:
-        group.wait(timeout)
-    finally:
-        group.close()
+    _fill_and_drain(url, n, timeout)
     with psycopg.connect(url, autocommit=True) as conn:
         done = GEOJOBS.done(conn) - before
         row = conn.execute("SELECT extract(epoch FROM max(finished_at) - min(started_at)) "
