@@ -71,6 +71,8 @@ def clip_raster(
     nodata: float | None = None,
     overwrite: bool = False,
     progress: Callable[[float], None] | None = None,
+    workdir: str | os.PathLike[str] | None = None,
+    on_written: Callable[[Path], None] | None = None,
 ) -> ClipResult:
     """Clip every band of ``source`` to the union of ``shapes`` into ``destination``.
 
@@ -79,7 +81,10 @@ def clip_raster(
     touches, not only those whose centre it holds. ``nodata`` defaults to the
     source's, else NaN for floating point data, else the end of the data
     type's range that the clipped data does not reach. ``progress`` gets the
-    fraction of tiles done (and may raise to stop the clip).
+    fraction of tiles done (and may raise to stop the clip). The temporary files (and GDAL's)
+    go to ``workdir`` (default: beside ``destination``; on the same file system), so a caller
+    that may be killed mid-write can remove them all; ``on_written`` is told of
+    ``destination`` as soon as it holds the new file.
     """
     destination = Path(destination)
     if destination.exists() and not overwrite:
@@ -89,8 +94,8 @@ def clip_raster(
         )
     geoms = _clip_geometries(shapes)
     # GDAL's own temporary files (the COG driver's overviews) stay beside the output too.
-    env = rasterio.Env(GDAL_CACHEMAX=GDAL_CACHE_MB * 1024 * 1024,
-                       CPL_TMPDIR=str(destination.parent))
+    scratch = Path(workdir) if workdir is not None else destination.parent
+    env = rasterio.Env(GDAL_CACHEMAX=GDAL_CACHE_MB * 1024 * 1024, CPL_TMPDIR=str(scratch))
     with env, _open_source(source) as src:
         if src.crs is None:
             raise AnalysisError("the raster has no coordinate reference system", field="raster")
@@ -104,8 +109,8 @@ def clip_raster(
             )
         nodata = _check_nodata(nodata, src.dtypes[0])
         stem = f".{destination.name}.{uuid.uuid4().hex}"
-        tiled = destination.with_name(stem + ".tiles.tif")
-        cog = destination.with_name(stem + ".cog.tif")
+        tiled = scratch / (stem + ".tiles.tif")
+        cog = scratch / (stem + ".cog.tif")
         try:
             valid = _write_tiles(src, window, geoms, tree, all_touched, nodata, tiled,
                                  progress or (lambda fraction: None))
@@ -117,6 +122,8 @@ def clip_raster(
                 os.replace(cog, destination)
             else:
                 os.link(cog, destination)  # fails, rather than replaces, if it now exists
+            if on_written is not None:
+                on_written(destination)
         except FileExistsError as exc:
             raise AnalysisError(
                 f"{destination.name} appeared while clipping; set overwrite to replace it",

@@ -44,11 +44,12 @@ def _admin(base_url: str) -> psycopg.Connection[Any]:
 
 @contextmanager
 def bench_database(base_url: str | None = None, *, prefix: str = "geojobs_bench",
-                   keep: bool = False) -> Iterator[str]:
+                   keep: bool = False, migrate: bool = True) -> Iterator[str]:
     """Create a database with PostGIS and the migrations applied; yield its URL; drop it.
 
     ``base_url`` names the server (its database name is ignored; default ``DATABASE_URL``).
-    With ``keep`` the database is left for inspection and its name is printed.
+    With ``keep`` the database is left for inspection and its name is printed. Without
+    ``migrate`` the schema is left to the caller (an older checkout's migrations).
     """
     base = base_url or database_url()
     name = f"{prefix}_{uuid.uuid4().hex[:10]}"
@@ -58,7 +59,8 @@ def bench_database(base_url: str | None = None, *, prefix: str = "geojobs_bench"
     try:
         with psycopg.connect(url, autocommit=True) as conn:
             conn.execute("CREATE EXTENSION IF NOT EXISTS postgis")
-            db.upgrade(conn)
+            if migrate:
+                db.upgrade(conn)
         yield url
     finally:
         if keep:

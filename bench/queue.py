@@ -15,7 +15,15 @@
   and a chain of ``--chain-jobs`` (1,000) no-op jobs each depending on the one before, one idle
   worker: from one job's completion to the next one's start (database clock), p50/p95.
 
-Every measurement gets a fresh database, so no run sees another's dead rows.
+- Job control (``--only control``): no-op throughput with 1 and 2 workers of this code and of
+  the code before job control (``--baseline``, default 47d8368, unpacked with ``git archive``
+  and run with its own migrations and worker), alternated, best of two each; pickup latency;
+  claim latency and no-op throughput (1 worker) with ``--history-rows`` (1,000,000) finished
+  rows in ``background_jobs`` (loaded with one INSERT ... SELECT generate_series, then VACUUM
+  ANALYZE) against an empty table, alternated.
+
+Every measurement gets a fresh database, so no run sees another's dead rows (the long-history
+case excepted: its table is loaded once and reused by both of its rounds).
 """
 
 from __future__ import annotations
@@ -24,10 +32,13 @@ import argparse
 import signal
 import statistics
 import subprocess
+import sys
 import tempfile
 import time
 from collections import Counter
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager, nullcontext
+from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
 
@@ -49,7 +60,8 @@ from bench.report import print_table, write_json
 from geojobs import queue as gq
 
 __all__ = ["throughput", "bare_loop", "latency", "fairness", "commit_latency",
-           "dependency_overhead", "chain", "run", "main"]
+           "dependency_overhead", "chain", "against_baseline", "history", "control", "run",
+           "main"]
 
 _DEPENDENCY_TRIGGERS = ("background_jobs_dependencies_insert", "background_jobs_dependencies_requeue",
                         "background_jobs_dependencies_cascade")
@@ -70,7 +82,8 @@ class _Workers:
             self.files.append(out)
             self.procs.append(subprocess.Popen(
                 system.worker_command(url, drain=drain, report_starts=report_starts),
-                env=system.worker_env(url, **settings), cwd=ROOT, text=True,
+                env=system.worker_env(url, **settings),
+                cwd=system.tree if isinstance(system, Baseline) else ROOT, text=True,
                 stdout=out, stderr=subprocess.STDOUT))
 
     def wait(self, timeout: float) -> None:
@@ -131,7 +144,7 @@ def _wait_done(system: QueueSystem, url: str, n: int, timeout: float) -> None:
 def throughput(system: QueueSystem, workers: int, n: int, *, timeout: float = 3600
                ) -> dict[str, Any]:
     """``n`` jobs queued at once, drained by ``workers`` processes; jobs per second."""
-    with bench_database() as url:
+    with bench_database(migrate=not isinstance(system, Baseline)) as url:
         system.install(url)
         system.fill(url, n)
         group = _Workers(system, url, workers, drain=True)
@@ -173,7 +186,7 @@ def bare_loop(n: int) -> dict[str, Any]:
 def latency(system: QueueSystem, n: int, *, interval: float = 0.02, polling: bool = False,
             timeout: float = 600) -> dict[str, Any]:
     """One idle worker; ``n`` jobs inserted ``interval`` s apart; insert-to-start latency."""
-    with bench_database() as url:
+    with bench_database(migrate=not isinstance(system, Baseline)) as url:
         system.install(url)
         if polling:
             with psycopg.connect(url, autocommit=True) as conn:
@@ -263,6 +276,16 @@ def commit_latency(samples: int = 200) -> dict[str, Any]:
     return out
 
 
+def _fill_and_drain(url: str, n: int, timeout: float) -> None:
+    """Queue ``n`` geojobs no-op jobs at once and let one worker drain them."""
+    GEOJOBS.fill(url, n)
+    group = _Workers(GEOJOBS, url, 1, drain=True)
+    try:
+        group.wait(timeout)
+    finally:
+        group.close()
+
+
 def dependency_overhead(n: int, *, timeout: float = 3600) -> list[dict[str, Any]]:
     """No-op throughput, one worker, with the dependency triggers enabled and disabled.
 
@@ -277,12 +300,7 @@ def dependency_overhead(n: int, *, timeout: float = 3600) -> list[dict[str, Any]
                     for trigger in _DEPENDENCY_TRIGGERS:
                         conn.execute(sql.SQL("ALTER TABLE background_jobs DISABLE TRIGGER {}")
                                      .format(sql.Identifier(trigger)))
-            GEOJOBS.fill(url, n)
-            group = _Workers(GEOJOBS, url, 1, drain=True)
-            try:
-                group.wait(timeout)
-            finally:
-                group.close()
+            _fill_and_drain(url, n, timeout)
             with psycopg.connect(url, autocommit=True) as conn:
                 done, span = GEOJOBS.done(conn), GEOJOBS.span(conn)
         if done != n:
@@ -333,6 +351,200 @@ def chain(n: int, *, timeout: float = 600) -> dict[str, Any]:
             "p95_ms": p95, "max_ms": max(gaps),
             "started_before_dependency": early[0] if early else None,
             "independent_jobs_gap_p50_ms": free50, "independent_p95_ms": free95}
+
+
+BASELINE = "47d8368"
+"""main just before the job-control merge (38a04b8): each job ran in the worker process itself."""
+
+
+@dataclass(frozen=True)
+class Baseline(QueueSystem):
+    """geojobs as of an older commit, unpacked in ``tree``: its own migrations and worker."""
+
+    tree: Path = Path()
+
+    def install(self, url: str) -> None:
+        subprocess.run([sys.executable, "-c", "import sys, psycopg; from geojobs import db; "
+                        "db.upgrade(psycopg.connect(sys.argv[1], autocommit=True))", url],
+                       env=self.worker_env(url), cwd=self.tree, check=True)
+
+    def worker_command(self, url: str, *, drain: bool, report_starts: bool = False) -> list[str]:
+        return [sys.executable, "-m", "workers.noop", *(["--drain"] if drain else [])]
+
+    def enqueue_paced(self, url: str, n: int, interval: float) -> dict[int, tuple[float, float]]:
+        """As :meth:`QueueSystem.enqueue_paced`, with a plain INSERT (the older schema)."""
+        times: dict[int, tuple[float, float]] = {}
+        with psycopg.connect(url, autocommit=True) as conn:
+            start = time.perf_counter()
+            for i in range(n):
+                time.sleep(max(0.0, start + i * interval - time.perf_counter()))
+                before = time.time()
+                row = conn.execute("INSERT INTO background_jobs (job_type, params) "
+                                   "VALUES ('noop', '{}') RETURNING id").fetchone()
+                assert row is not None
+                times[int(row[0])] = (before, time.time())
+        return times
+
+    def worker_env(self, url: str, **settings: str) -> dict[str, str]:
+        return {**super().worker_env(url, **settings), "PYTHONPATH": str(self.tree)}
+
+
+@contextmanager
+def baseline_tree(rev: str) -> Iterator[Path]:
+    """The project at commit ``rev`` (``git archive``) in a temporary directory."""
+    with tempfile.TemporaryDirectory(prefix="geojobs-baseline-") as tmp:
+        archive = subprocess.run(["git", "-C", str(ROOT), "archive", rev], check=True,
+                                 capture_output=True).stdout
+        subprocess.run(["tar", "-x", "-C", tmp], input=archive, check=True)
+        yield Path(tmp)
+
+
+def against_baseline(n: int, rev: str = BASELINE, worker_counts: Sequence[int] = (1, 2),
+                     rounds: int = 2) -> list[dict[str, Any]]:
+    """No-op throughput of this code and of ``rev``, side by side in one run.
+
+    For each worker count the two alternate (new, old, new, old, ...) so that a change of the
+    shared machine's load hits both alike; each is the better of its ``rounds`` runs.
+    """
+    rows = []
+    with baseline_tree(rev) as tree:
+        old = Baseline("geojobs", f"geojobs at {rev} (before job control)", tree=tree)
+        for workers in worker_counts:
+            best: dict[str, dict[str, Any]] = {}
+            for _ in range(rounds):
+                for system in (GEOJOBS, old):
+                    row = _retried(system.label, lambda s=system, w=workers:  # type: ignore[misc]
+                                   throughput(s, w, n))
+                    print(f"  {row['system']}, {workers} worker(s): "
+                          f"{row.get('jobs_per_s', float('nan')):.0f} jobs/s", flush=True)
+                    if "jobs_per_s" in row and (system.label not in best or row["jobs_per_s"]
+                                                > best[system.label]["jobs_per_s"]):
+                        best[system.label] = row
+            if GEOJOBS.label in best and old.label in best:
+                new_rate, old_rate = best[GEOJOBS.label]["jobs_per_s"], best[old.label]["jobs_per_s"]
+                rows.append({"workers": workers, "jobs": n, "new_jobs_per_s": new_rate,
+                             "old_jobs_per_s": old_rate, "ratio_new_to_old": new_rate / old_rate,
+                             "runs_each": rounds})
+    return rows
+
+
+def idle_latency(n: int, rev: str = BASELINE, interval: float = 0.25,
+                 rounds: int = 2) -> list[dict[str, Any]]:
+    """Pickup latency with jobs ``interval`` s apart, so the worker is idle at every insert
+    (at 20 ms apart a worker slower than 50 jobs/s queues the latency); this code and ``rev``
+    alternated, the better p50 of ``rounds`` each."""
+    best: dict[str, dict[str, Any]] = {}
+    with baseline_tree(rev) as tree:
+        old = Baseline("geojobs", f"geojobs at {rev} (before job control)", tree=tree)
+        for _ in range(rounds):
+            for system in (GEOJOBS, old):
+                row = _retried(system.label, lambda s=system: latency(  # type: ignore[misc]
+                    s, n, interval=interval))
+                row["interval_ms"] = interval * 1000
+                if "p50_ms" in row and (system.label not in best
+                                        or row["p50_ms"] < best[system.label]["p50_ms"]):
+                    best[system.label] = row
+    return list(best.values())
+
+
+def _load_history(url: str, rows: int) -> None:
+    """``rows`` finished no-op jobs, as a long history leaves them, in one INSERT ... SELECT;
+    then VACUUM ANALYZE (what autovacuum does after such a load, at 1 % of the table)."""
+    with psycopg.connect(url, autocommit=True) as conn:
+        conn.execute("ALTER TABLE background_jobs DISABLE TRIGGER USER")  # no NOTIFY per row
+        conn.execute(
+            "INSERT INTO background_jobs (job_type, params, status, attempts, created_at, "
+            "  started_at, finished_at, heartbeat_at, worker_id, progress, result) "
+            "SELECT (ARRAY['noop', 'dissolve', 'hotspot', 'clip'])[1 + i %% 4], '{}'::jsonb, "
+            "  (ARRAY['completed', 'completed', 'completed', 'failed', 'cancelled'])[1 + i %% 5], "
+            "  1, t, t + interval '1 s', t + interval '2 s', t + interval '2 s', 'h:1:x', 1, "
+            "  '{\"warnings\": [], \"rows\": 0}'::jsonb "
+            "FROM generate_series(1, %(rows)s) AS i, "
+            "LATERAL (SELECT now() - make_interval(secs => (%(rows)s - i) * 2.5)) AS s(t)",
+            {"rows": rows}, prepare=False)
+        conn.execute("ALTER TABLE background_jobs ENABLE TRIGGER USER")
+        conn.execute("VACUUM ANALYZE background_jobs")
+
+
+def _claim_latency(url: str, n: int) -> dict[str, Any]:
+    """``n`` no-op jobs queued, then claimed one at a time (timed) and completed, as a worker
+    does (claims with asynchronous commit, completions durable)."""
+    GEOJOBS.fill(url, n)
+    times = []
+    with psycopg.connect(url, autocommit=True) as control, \
+            psycopg.connect(url, autocommit=True) as job_conn:
+        control.execute("SET synchronous_commit = off")
+        while True:
+            started = time.perf_counter()
+            job = gq.claim(control, "noop", "bench")
+            times.append((time.perf_counter() - started) * 1000)
+            if job is None:
+                break
+            gq.complete(job_conn, job, {})
+    p50, p95 = percentiles(times[:-1])
+    return {"claim_p50_ms": p50, "claim_p95_ms": p95, "claims": len(times) - 1}
+
+
+def _history_throughput(url: str, n: int, timeout: float = 3600) -> float:
+    with psycopg.connect(url, autocommit=True) as conn:
+        before = GEOJOBS.done(conn)
+        first = conn.execute("SELECT coalesce(max(id), 0) FROM background_jobs").fetchone()
+    _fill_and_drain(url, n, timeout)
+    with psycopg.connect(url, autocommit=True) as conn:
+        done = GEOJOBS.done(conn) - before
+        row = conn.execute("SELECT extract(epoch FROM max(finished_at) - min(started_at)) "
+                           "FROM background_jobs WHERE id > %s", (first[0] if first else 0,)
+                           ).fetchone()
+    if done != n or row is None:
+        raise BenchError(f"history: {done} of {n} jobs done")
+    return n / float(row[0])
+
+
+def history(rows: int, n: int, claims: int, rounds: int = 2) -> list[dict[str, Any]]:
+    """Claim latency and no-op throughput (1 worker) with ``rows`` finished jobs in the table
+    and with none, alternating (empty, full, empty, full); each the better of ``rounds``."""
+    best: dict[int, dict[str, Any]] = {}
+    with bench_database() as full:
+        started = time.perf_counter()
+        _load_history(full, rows)
+        print(f"  loaded {rows:,} finished rows in {time.perf_counter() - started:.0f} s",
+              flush=True)
+        for _ in range(rounds):
+            for size in (0, rows):
+                with (bench_database() if size == 0 else nullcontext(full)) as url:
+                    latency_row = _claim_latency(url, claims)
+                    rate = _history_throughput(url, n)
+                row = {"finished_rows": size, **latency_row, "jobs": n, "jobs_per_s_1_worker": rate}
+                print(f"  {size:,} finished rows: claim p50 {row['claim_p50_ms']:.3f} ms, "
+                      f"{rate:.0f} jobs/s", flush=True)
+                mine = best.setdefault(size, row)
+                if row["claim_p50_ms"] < mine["claim_p50_ms"]:
+                    mine.update({k: row[k] for k in ("claim_p50_ms", "claim_p95_ms")})
+                mine["jobs_per_s_1_worker"] = max(mine["jobs_per_s_1_worker"], rate)
+    empty, full_row = best[0], best[rows]
+    full_row["claim_ratio_to_empty"] = full_row["claim_p50_ms"] / empty["claim_p50_ms"]
+    full_row["throughput_ratio_empty_to_full"] = (empty["jobs_per_s_1_worker"]
+                                                  / full_row["jobs_per_s_1_worker"])
+    return [empty, full_row]
+
+
+def control(*, jobs: int, latency_jobs: int, history_rows: int, history_jobs: int,
+            baseline: str = BASELINE) -> dict[str, list[dict[str, Any]]]:
+    """The figures of job control (issue 15): throughput against the code before it, pickup
+    latency, and the queue with a long history."""
+    side = against_baseline(jobs, baseline)
+    print_table(f"no-op throughput, {jobs:,} jobs, this code against {baseline} (before job "
+                "control), alternated, best of 2 each (goal: ratio >= 0.9)", side)
+    lat = [_retried(GEOJOBS.label, lambda: latency(GEOJOBS, latency_jobs))]
+    lat += idle_latency(latency_jobs // 3, baseline)
+    print_table("pickup latency, jobs inserted 20 ms apart, and 250 ms apart (the worker idle "
+                "at each insert), this code and the code before job control "
+                "(goal: p50 < 1 ms from commit)", lat)
+    hist = history(history_rows, history_jobs, claims=min(history_jobs, 2000))
+    print_table(f"claim latency and no-op throughput (1 worker), {history_jobs:,} jobs, with "
+                f"{history_rows:,} finished rows in background_jobs and with none "
+                "(goal: within 1.2x)", hist)
+    return {"baseline": side, "latency": lat, "history": hist}
 
 
 def _retried(label: str, fn: Callable[[], dict[str, Any]]) -> dict[str, Any]:
@@ -409,15 +621,28 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--latency-jobs", type=int, default=300, help="latency jobs (300)")
     parser.add_argument("--fairness-jobs", type=int, default=10_000, help="fairness jobs (10000)")
     parser.add_argument("--chain-jobs", type=int, default=1000, help="dependent chain (1000)")
-    parser.add_argument("--only", choices=["dependencies"],
-                        help="run only the dependency measurements")
+    parser.add_argument("--only", choices=["dependencies", "control"],
+                        help="run only the dependency measurements, or only those of job "
+                             "control (against --baseline, pickup latency, --history-rows)")
+    parser.add_argument("--baseline", default=BASELINE,
+                        help=f"control: the commit to compare with (default {BASELINE})")
+    parser.add_argument("--history-rows", type=int, default=1_000_000,
+                        help="control: finished rows for the long-history case (1000000)")
     parser.add_argument("--quick", action="store_true", help="500/50/400/100 jobs: a check")
     parser.add_argument("--json", metavar="PATH", help="also write the rows as JSON")
     args = parser.parse_args(argv)
     if args.quick:
         args.jobs, args.latency_jobs, args.fairness_jobs, args.chain_jobs = 500, 50, 400, 100
-    found = run(jobs=args.jobs, latency_jobs=args.latency_jobs, fairness_jobs=args.fairness_jobs,
-                chain_jobs=args.chain_jobs, only=args.only)
+    if args.only == "control":
+        if args.quick:
+            args.history_rows = 20_000
+        found = control(jobs=args.jobs, latency_jobs=args.latency_jobs,
+                        history_rows=args.history_rows, history_jobs=args.jobs,
+                        baseline=args.baseline)
+    else:
+        found = run(jobs=args.jobs, latency_jobs=args.latency_jobs,
+                    fairness_jobs=args.fairness_jobs, chain_jobs=args.chain_jobs,
+                    only=args.only)
     if args.json:
         write_json(args.json, [r for rows in found.values() for r in rows], parts=found)
     return 0

@@ -68,3 +68,12 @@ def pooled_poll_interval() -> float:
     """Seconds between polls when the connection is pooled and no ``GEOJOBS_LISTEN_URL`` is set, so
     nothing announces new jobs, cancels or job changes (``GEOJOBS_POOLED_POLL_INTERVAL``, 0.5)."""
     return float(os.environ.get("GEOJOBS_POOLED_POLL_INTERVAL") or 0.5)
+
+
+SCRATCH_PREFIX = ".partial-"
+"""Name prefix of a running job's scratch directory in the output directory."""
+
+
+def job_scratch_dir(job_id: int) -> Path:
+    """Where job ``job_id`` keeps its temporary files: ``<output dir>/.partial-<job id>``."""
+    return output_dir() / f"{SCRATCH_PREFIX}{job_id}"

@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 import logging
+import os
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import psycopg
 
-from geojobs.config import output_schemas
+from geojobs.config import job_scratch_dir, output_schemas
 
 __all__ = ["JobContext"]
 
@@ -31,10 +33,24 @@ class JobContext:
     conn: psycopg.Connection[Any]
     report: Callable[[float], None]
     log: logging.Logger = field(default_factory=lambda: logging.getLogger("geojobs.job"))
+    announce_file: Callable[[str], None] = field(default=lambda path: None)
 
     def progress(self, fraction: float) -> None:
         """Record progress between 0 and 1; stop here if the job was cancelled."""
         self.report(min(max(float(fraction), 0.0), 1.0))
+
+    def scratch_dir(self) -> Path:
+        """A directory for this job's temporary files, ``GEOJOBS_OUTPUT_DIR/.partial-<id>``
+        (the outputs' file system); created now. If the job does not complete (cancelled, timed
+        out, killed, failed), its worker removes the directory with everything in it."""
+        path = job_scratch_dir(self.job_id)
+        path.mkdir(parents=True, exist_ok=True)
+        return path
+
+    def wrote_file(self, path: str | os.PathLike[str]) -> None:
+        """Tell the worker that ``path`` (a file output) now exists: removed by the worker if
+        the job does not complete after all."""
+        self.announce_file(os.fspath(path))
 
     def output_table(self, requested: str | None) -> str:
         """The output table, ``schema.name``: the one requested, or results.<type>_<id>."""

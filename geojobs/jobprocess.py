@@ -11,6 +11,7 @@ Messages from the child: ``("backend", pid, tag)`` when it (re)connects (directl
 session's pid, tag None) or, through PgBouncer, when a job's transaction starts (the server
 process running it, and the ``application_name`` the transaction carries, which ends with the
 transaction: the parent's ``pg_terminate_backend`` then no longer matches); ``("progress", f)``,
+``("file", path)`` (a file output now exists: the parent removes it unless the job completes),
 ``("completed", summary)``, ``("failed", message, retryable, traceback)``,
 ``("interrupted", message)`` (the completion's compare-and-set found the job no longer
 ours) and ``("db_down", message)`` (its connection broke: the lease brings the job back).
@@ -184,7 +185,8 @@ def _run_one(job: queue.ClaimedJob, conn: psycopg.Connection[Any], module: JobTy
     try:
         params = validate_params(module.Params, job.params)
         ctx = JobContext(job_id=job.id, job_type=job.job_type, attempt=job.attempt,
-                         worker_id=job.worker_id, conn=conn, report=report)
+                         worker_id=job.worker_id, conn=conn, report=report,
+                         announce_file=lambda path: pipe.send(("file", path)))
         started_at = datetime.now(UTC)
         begun = time.perf_counter()
         with conn.transaction():

@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import importlib.metadata
 import json
-import platform
 import sys
 import time
 import typing
@@ -70,7 +69,8 @@ def versions() -> dict[str, str | None]:
     modules (shapely, pyproj, rasterio): a library the job type never loaded is ``null``, as
     it played no part in the result.
     """
-    found: dict[str, str | None] = {"python": platform.python_version(), **_package_versions()}
+    python = "{}.{}.{}".format(*sys.version_info[:3])
+    found: dict[str, str | None] = {"python": python, **_package_versions()}
     shapely = sys.modules.get("shapely")
     pyproj = sys.modules.get("pyproj")
     rasterio = sys.modules.get("rasterio")

@@ -15,19 +15,21 @@ import logging
 import os
 import random
 import select
+import shutil
 import signal
 import socket
 import threading
 import time
 import uuid
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import psutil
 import psycopg
 
 from geojobs import __version__, logs, queue, registry, sdnotify, staging
-from geojobs.config import database_url, listen_url, pooled_poll_interval
+from geojobs.config import database_url, job_scratch_dir, listen_url, output_dir, pooled_poll_interval
 from geojobs.db import connect, pooled
 from geojobs.jobprocess import JobProcess
 from geojobs.jobtype import JobType
@@ -109,6 +111,7 @@ class Worker:
         self._last_cap_check = 0.0
         self.jobs_run = 0
         self._process = psutil.Process()
+        self._job_files: list[str] = []  # file outputs the current job announced
 
     # -- connections and the registry ----------------------------------------------------
 
@@ -233,6 +236,9 @@ class Worker:
                     queue.terminate_backend(conn, child.backend_pid, child.backend_tag)
                 released = queue.release(conn, job)
                 queue.unregister_worker(conn, self.worker_id)
+            if child is not None:
+                child.reap(timeout=2.0)  # dead, so it writes no more files
+            self._remove_files(job)
             log.warning("job %s %s: grace period over; %s", job.id, job.job_type,
                         "put back in the queue" if released else "already finished elsewhere")
         except Exception:  # noqa: BLE001 - the lease will expire and the job be taken back
@@ -359,6 +365,7 @@ class Worker:
         started = time.monotonic()
         label = f"job {job.id} {job.job_type} attempt {job.attempt}/{job.max_attempts}"
         log.info("%s started", label)
+        self._job_files = []
         try:
             child = self._job_process()
             try:
@@ -373,7 +380,21 @@ class Worker:
             self.jobs_run += 1
             with self._current_lock:
                 self._current = None
+        if outcome[0] != "completed":
+            self._remove_files(job)
         self._record(control, job, outcome, label, time.monotonic() - started)
+
+    def _remove_files(self, job: queue.ClaimedJob) -> None:
+        """Remove what a job that did not complete left on disk: the file outputs it announced
+        (only inside ``GEOJOBS_OUTPUT_DIR``) and its scratch directory."""
+        root = output_dir().resolve()
+        for name in self._job_files:
+            path = Path(name).resolve()
+            if path.is_relative_to(root) and path.is_file():
+                path.unlink(missing_ok=True)
+                log.info("job %s: removed %s (the job did not complete)", job.id, path)
+        self._job_files = []
+        shutil.rmtree(job_scratch_dir(job.id), ignore_errors=True)
 
     def _child_died(self, child: JobProcess) -> tuple[Any, ...]:
         while self._abandoning.is_set():  # the signal thread is giving the job back: wait
@@ -423,6 +444,8 @@ class Worker:
                 message = child.pipe.recv()
                 if message[0] == "backend":
                     child.backend_pid, child.backend_tag = message[1], message[2]
+                elif message[0] == "file":
+                    self._job_files.append(message[1])
                 elif message[0] == "progress":
                     progress = message[1]
                     if time.monotonic() - last_write >= 0.5:

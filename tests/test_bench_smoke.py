@@ -90,6 +90,19 @@ def test_queue_benchmark_smoke() -> None:
 
 
 @pytest.mark.db
+def test_job_control_benchmark_smoke() -> None:
+    """The code before job control runs from its own tree against its own schema; the
+    long-history case loads its finished rows and runs both sizes."""
+    from bench import queue as qbench
+
+    [side] = qbench.against_baseline(20, worker_counts=(1,), rounds=1)
+    assert side["workers"] == 1 and side["old_jobs_per_s"] > 0 and side["new_jobs_per_s"] > 0
+    empty, full = qbench.history(3000, 20, 20, rounds=1)
+    assert (empty["finished_rows"], full["finished_rows"]) == (0, 3000)
+    assert full["claims"] == 20 and full["claim_ratio_to_empty"] > 0
+
+
+@pytest.mark.db
 def test_io_benchmark_smoke(db_url: str) -> None:
     from bench import io
 

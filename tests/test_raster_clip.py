@@ -157,3 +157,52 @@ def test_existing_output_needs_overwrite(db_url: str, conn: psycopg.Connection[A
     assert third["status"] == "completed", third["error"]
     with rasterio.open(dirs["outputs"] / "all.tif") as out, rasterio.open(source) as src:
         assert (out.width, out.height) == (src.width, src.height)
+
+
+def test_cancel_of_a_running_clip_leaves_no_file(db_url: str, conn: psycopg.Connection[Any],
+                                                 dirs: dict[str, Path]) -> None:
+    """Cancelled while it writes (its temporary tiles file is on disk): the job process is
+    killed, the worker removes the job's scratch directory, no file is left in the output
+    directory, and the worker runs the next job."""
+    import signal
+    import time
+
+    from tests.support import start_worker, wait_for
+
+    x0, y0, x1, y1 = conn.execute(
+        "SELECT ST_XMin(e), ST_YMin(e), ST_XMax(e), ST_YMax(e) FROM "
+        "(SELECT ST_Extent(geom)::geometry AS e FROM public.georgia_counties) s").fetchone()
+    size = 6000  # about 60 m pixels over Georgia: seconds of tiles and DEFLATE
+    rng = np.random.default_rng(5)
+    path = dirs["rasters"] / "big.tif"
+    with rasterio.open(path, "w", driver="GTiff", width=size, height=size, count=1,
+                       dtype="int16", crs="EPSG:26916", tiled=True,
+                       transform=from_origin(x0, y1, (x1 - x0) / size, (y1 - y0) / size)) as dst:
+        for row in range(0, size, 1000):
+            dst.write(rng.integers(-500, 500, (1, 1000, size)).astype("int16"),
+                      window=((row, row + 1000), (0, size)))
+    params = {"raster": "big.tif", "clip_table": "public.georgia_counties",
+              "output_raster": "big_clip.tif"}
+    job = queue.enqueue(conn, "raster_clip", params)
+    worker = start_worker(db_url, "raster_clip", GEOJOBS_RASTER_DIR=str(dirs["rasters"]),
+                          GEOJOBS_OUTPUT_DIR=str(dirs["outputs"]))
+    try:
+        scratch = dirs["outputs"] / f".partial-{job}"
+        wait_for(lambda: scratch.is_dir() and any(scratch.iterdir()), timeout=120, interval=0.02)
+        assert job_row(conn, job)["status"] == "running"
+        cancelled_at = time.monotonic()
+        assert queue.cancel(conn, job)
+        wait_for(lambda: not scratch.exists(), timeout=10, interval=0.02)
+        assert time.monotonic() - cancelled_at < 2.0
+        assert list(dirs["outputs"].iterdir()) == []
+        assert job_row(conn, job)["status"] == "cancelled"
+        # the worker lives and takes the next job (a small clip that completes)
+        small = queue.enqueue(conn, "raster_clip", {**params, "output_raster": "small.tif",
+                                                     "clip_filter": [{"column": "fid", "op": "=",
+                                                                      "value": 1}]})
+        wait_for(lambda: job_row(conn, small)["status"] in ("completed", "failed"), timeout=120)
+        assert job_row(conn, small)["status"] == "completed", job_row(conn, small)["error"]
+        assert [p.name for p in dirs["outputs"].iterdir()] == ["small.tif"]
+    finally:
+        worker.send_signal(signal.SIGTERM)
+        worker.communicate(timeout=60)

@@ -10,6 +10,7 @@ docs/job_types/raster_clip.md.
 from __future__ import annotations
 
 import math
+import shutil
 from typing import Any
 
 from pydantic import Field, field_validator
@@ -82,10 +83,13 @@ def run(ctx: JobContext, params: Params) -> dict[str, Any]:
         raise InvalidInput(f"no feature of {layer.qualified_name} passes clip_filter",
                            field="clip_filter" if where is not None else "clip_table")
     ctx.progress(0.05)
+    scratch = ctx.scratch_dir()  # removed with what it holds if the job is stopped
     result = clip_raster(source, shapes, target, crop=params.crop,
                          all_touched=params.all_touched, nodata=params.nodata,
                          overwrite=params.overwrite,
-                         progress=lambda f: ctx.progress(0.05 + 0.9 * f))
+                         progress=lambda f: ctx.progress(0.05 + 0.9 * f),
+                         workdir=scratch, on_written=ctx.wrote_file)
+    shutil.rmtree(scratch, ignore_errors=True)  # clip_raster removed its own files already
     return {
         **result.to_dict(),
         "output_raster": str(target.relative_to(output_dir().resolve())),
