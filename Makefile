@@ -6,7 +6,7 @@ VENV := .venv
 PG_VERSION ?= 15
 export DATABASE_URL ?= postgresql://127.0.0.1:5432/geojobs
 
-.PHONY: install postgis tools postgres venv db demo test lint bench soak clean
+.PHONY: install postgis tools postgres venv db demo test lint bench soak clean vendor-js
 
 install: postgis tools postgres venv
 
@@ -17,10 +17,15 @@ postgis:
 	fi
 
 # logrotate: the per-worker log files' rotation is tested with the real thing; tmux: `geojobs top`;
-# gdal-bin: ogrinfo/ogr2ogr read the result layers over OGC API - Features in the tests.
+# chromium: the web console is tested in a real browser (Playwright drives Debian's chromium; it
+# never downloads its own); gdal-bin: ogrinfo/ogr2ogr read the result layers over OGC API -
+# Features in the tests, and ogr2ogr is the floor of the download benchmark.
+# pgbouncer: tests/test_pgbouncer.py starts its own processes (never the system service).
 tools:
-	@command -v logrotate >/dev/null && command -v tmux >/dev/null && command -v ogrinfo >/dev/null || { \
-		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq logrotate tmux gdal-bin; }
+	@command -v logrotate >/dev/null && command -v tmux >/dev/null && command -v chromium >/dev/null \
+		&& command -v ogrinfo >/dev/null && { command -v pgbouncer || test -x /usr/sbin/pgbouncer; } >/dev/null \
+		|| { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq logrotate tmux \
+		chromium gdal-bin pgbouncer; }
 
 postgres:
 	@pg_isready -q -h 127.0.0.1 -p 5432 || pg_ctlcluster --skip-systemctl-redirect $(PG_VERSION) main start
@@ -31,7 +36,7 @@ venv: $(VENV)/.installed
 $(VENV)/.installed: pyproject.toml
 	@test -x $(VENV)/bin/python || $(PYTHON) -m venv $(VENV)
 	$(VENV)/bin/pip install -q --upgrade pip
-	$(VENV)/bin/pip install -q -e '.[dev,notebooks,bench]'
+	$(VENV)/bin/pip install -q -e '.[dev,notebooks,bench,dask]'
 	$(VENV)/bin/geojobs warm
 	@touch $@
 
@@ -41,8 +46,12 @@ db: install
 demo: db
 	$(VENV)/bin/geojobs demo
 
+# Test modules run in parallel processes (one module stays in one process, so a module's server
+# starts once); most of the suite waits on servers and workers rather than computing.
+TEST_JOBS ?= 3
+
 test: install
-	$(VENV)/bin/python -m pytest -q
+	$(VENV)/bin/python -m pytest -q -n $(TEST_JOBS) --dist loadfile
 
 lint: install
 	$(VENV)/bin/ruff check .
@@ -55,6 +64,11 @@ bench: install
 # this server sees it restart). Figures go in docs/reliability.md. The short soak runs in `make test`.
 soak: install
 	$(VENV)/bin/python -m bench.soak --full
+
+# MapLibre GL JS for the web console, from the npm registry at the pinned version, into the
+# package (committed; nothing is fetched at run time). Bump MAPLIBRE_VERSION to upgrade.
+vendor-js:
+	MAPLIBRE_VERSION=6.20.0 sh scripts/vendor_maplibre.sh
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

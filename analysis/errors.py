@@ -22,11 +22,22 @@ class GeojobsError(Exception):
         super().__init__(message or (self.__doc__ or "").strip())
         self.field = field
 
+    def __reduce__(self) -> tuple[object, ...]:
+        """Pickle with ``field`` (Dask sends a partition's error back to the job process)."""
+        return (_rebuild, (type(self), super().__str__(), self.field))
+
     def __str__(self) -> str:
         message = super().__str__()
         if self.field and not message.startswith(f"{self.field}:"):
             return f"{self.field}: {message}"
         return message
+
+
+def _rebuild(cls: type[GeojobsError], message: str, field: str | None) -> GeojobsError:
+    error = cls.__new__(cls)
+    Exception.__init__(error, message)
+    error.field = field
+    return error
 
 
 class AnalysisError(GeojobsError, ValueError):

@@ -39,6 +39,7 @@ __all__ = [
     "PointCounts",
     "count_points",
     "aggregate_points",
+    "point_counts",
 ]
 
 GRID_SHAPES = ("square", "hexagon")
@@ -251,20 +252,28 @@ def count_points(
                 f"{grid.n_cells} cells x {n_groups} time steps is too large; use larger cells "
                 "or longer steps", field="grid.cell_size")
         counts = grid.count(xy, group_of, n_groups)
-        total = counts.sum(axis=1)
     else:
-        counts = total = grid.count(xy)
+        counts = grid.count(xy)
+    return point_counts(grid, counts, GridSpec(spec.shape, cell_size), derived=derived, crs=crs,
+                        n_points=len(xy), warnings=warnings)
+
+
+def point_counts(grid: Grid, counts: np.ndarray, spec: GridSpec, *, derived: bool,
+                 crs: str | None, n_points: int, warnings: list[str]) -> PointCounts:
+    """The :class:`PointCounts` of counts already made on ``grid`` (e.g. summed over the
+    partitions of a large input, each counted with :meth:`Grid.count`)."""
+    total = counts.sum(axis=1) if counts.ndim == 2 else counts
     cells = grid.cells[["cell_id", "geometry"]].copy()
     cells.insert(1, "count", total)
     info: dict[str, Any] = {
         "shape": spec.shape,
-        "cell_size": cell_size,
+        "cell_size": grid.cell_size,
         "cell_size_derived": derived,
         "crs": crs,
         "n_cells": grid.n_cells,
-        "n_points": len(xy),
+        "n_points": n_points,
         "empty_cells": int((total == 0).sum()),
-        "warnings": warnings,
+        "warnings": list(warnings),
     }
     return PointCounts(grid, counts, cells, info)
 

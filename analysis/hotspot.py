@@ -28,7 +28,7 @@ from scipy import stats
 
 from analysis.errors import AnalysisError
 from analysis.fdr import bh_cutoff, significant
-from analysis.grid import GridSpec, aggregate_points
+from analysis.grid import GridSpec, PointCounts, aggregate_points
 from analysis.local_input import (
     DEFAULT_PERMUTATIONS,
     DEFAULT_SEED,
@@ -75,8 +75,12 @@ def hotspot(
     grid: GridSpec | Mapping[str, Any] | None = None,
     n_jobs: int = 1,
     progress: Progress | None = None,
+    counted: PointCounts | None = None,
 ) -> tuple[gpd.GeoDataFrame, LocalSummary]:
     """Gi* hot spots of ``value_column``, or of incident counts per grid cell with ``grid``.
+
+    ``counted``: the incidents already counted on the grid (e.g. partition by partition on a
+    cluster, :func:`analysis.grid.point_counts`); ``gdf`` is then not read.
 
     Returns the input with the Gi* columns added (one row per feature, or per cell) and a
     summary for the job's result. Raises :class:`AnalysisError` naming the parameter at fault.
@@ -92,8 +96,11 @@ def hotspot(
         if grid is None:
             raise AnalysisError("a value column is needed, or a grid to count point incidents",
                                 field="value_column")
-        source = gdf if geometry_column is None else gdf.set_geometry(geometry_column)
-        cells, _, grid_info = aggregate_points(source, grid)
+        if counted is not None:
+            cells, grid_info = counted.cells, dict(counted.info)
+        else:
+            source = gdf if geometry_column is None else gdf.set_geometry(geometry_column)
+            cells, _, grid_info = aggregate_points(source, grid)
         extra_warnings = grid_info.pop("warnings")
         gdf, value_column, geometry_column = cells, "count", None
         default_type = "distance_band"

@@ -15,8 +15,9 @@ loopback. Each part is a function ``f(bench, args) -> rows`` registered in :data
   (httpx, one process), at offsets spread over the table; against 8 psycopg connections each
   building the same page as one GeoJSON FeatureCollection in SQL (``json_agg(ST_AsGeoJSON)``).
 
-The downloads (``items?f=...``, ``/jobs/{id}/results?f=...``) add their own function to
-:data:`PARTS`; :func:`layer_bench` gives every part the same server and table.
+- ``downloads``: whole-layer downloads through ``/jobs/{id}/results?f=parquet|fgb|geojson``
+  against ``ogr2ogr`` reading PostGIS, and the API process's peak memory
+  (:mod:`bench.layer_downloads`, on a server and tables of its own).
 """
 
 from __future__ import annotations
@@ -44,6 +45,7 @@ from psycopg.conninfo import make_conninfo
 from psycopg.types.json import Jsonb
 
 from bench.database import bench_database
+from bench.layer_downloads import run_downloads
 from bench.measure import percentiles
 from bench.report import machine, print_table, write_json
 from geojobs.api.keys import create_key
@@ -321,14 +323,22 @@ PARTS: dict[str, tuple[str, Callable[[LayerBench, argparse.Namespace], list[dict
 """Each part: (title, function of the shared bench and the arguments -> rows)."""
 
 
+DOWNLOADS = "downloads"
+"""Whole-layer downloads against ogr2ogr (bench.layer_downloads: a server and tables of its own)."""
+
+
 def run(args: argparse.Namespace) -> dict[str, list[dict[str, Any]]]:
-    """Every part asked for, on one server and one table."""
+    """Every part asked for: tiles and items on one server and one table, then the downloads."""
     out: dict[str, list[dict[str, Any]]] = {}
-    with layer_bench(args.rows) as bench:
-        for part in args.only or list(PARTS):
-            title, function = PARTS[part]
-            out[part] = function(bench, args)
-            print_table(f"{title}, {bench.rows:,} polygons", out[part])
+    parts = args.only or [*PARTS, DOWNLOADS]
+    if any(part in PARTS for part in parts):
+        with layer_bench(args.rows) as bench:
+            for part in (p for p in parts if p in PARTS):
+                title, function = PARTS[part]
+                out[part] = function(bench, args)
+                print_table(f"{title}, {bench.rows:,} polygons", out[part])
+    if DOWNLOADS in parts:
+        out.update(run_downloads(args.rows, args.memory_rows, args.repeat))
     return out
 
 
@@ -339,12 +349,19 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--tiles", type=int, help="tiles sampled per zoom (default 60)")
     parser.add_argument("--pages", type=int, help="item pages fetched (default 200)")
     parser.add_argument("--clients", type=int, default=8, help="concurrent clients for items")
-    parser.add_argument("--only", choices=sorted(PARTS), action="append", help="run only these parts")
+    parser.add_argument("--memory-rows", type=int, help="polygons of the download memory run "
+                        "(default 1,000,000; 0 skips it)")
+    parser.add_argument("--repeat", type=int, help="download runs per side; the fastest counts")
+    parser.add_argument("--only", choices=sorted([*PARTS, DOWNLOADS]), action="append",
+                        help="run only these parts")
     parser.add_argument("--json", type=Path, help="also save the figures here")
     args = parser.parse_args(argv)
     args.rows = args.rows or (5_000 if args.quick else 100_000)
     args.tiles = args.tiles or (5 if args.quick else 60)
     args.pages = args.pages or (16 if args.quick else 200)
+    if args.memory_rows is None:
+        args.memory_rows = 0 if args.quick else 1_000_000
+    args.repeat = args.repeat or (1 if args.quick else 3)
     print(f"machine: {machine()}", flush=True)
     print(f"command: python -m bench.layers {' '.join(argv if argv is not None else sys.argv[1:])}",
           flush=True)

@@ -6,7 +6,10 @@ the jobs are queued as ``geojobs_frontend``. While they work it SIGKILLs a rando
 few seconds, SIGTERMs another now and then, and once, midway, takes the database away: a real
 PostgreSQL restart (``--outage restart``, ``make soak``) or, on the soak's own database only,
 ``pg_terminate_backend`` of every worker connection (``--outage terminate``, the short soak in
-``make test``). Then it checks, from the job rows, the result tables and the workers' logs:
+``make test``). With ``--pgbouncer`` the workers and the front end go through a PgBouncer of the
+soak's own in transaction pooling mode (LISTEN over a direct ``GEOJOBS_LISTEN_URL``, or polling
+with ``--no-listen``), and the outage is that PgBouncer stopped and started again
+(``--outage proxy``). Then it checks, from the job rows, the result tables and the workers' logs:
 
 - every job is final (``completed``, or ``failed`` with its error); attempts <= max_attempts;
 - no job ran on two workers at once (each run's start and end, per worker and attempt, read
@@ -36,6 +39,7 @@ import sys
 import tempfile
 import time
 from collections import Counter, defaultdict
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from datetime import datetime
 from pathlib import Path
@@ -45,7 +49,7 @@ import psycopg
 from psycopg.conninfo import make_conninfo
 from psycopg.types.json import Jsonb
 
-__all__ = ["SoakConfig", "SoakReport", "run_soak", "SHORT", "FULL"]
+__all__ = ["SoakConfig", "SoakReport", "run_soak", "run_soak_via_pgbouncer", "SHORT", "FULL"]
 
 ROOT = Path(__file__).resolve().parents[1]
 FINAL = ("completed", "failed", "cancelled")
@@ -70,7 +74,7 @@ class SoakConfig:
     slow_seconds: tuple[float, float] = (1.0, 3.0)
     kill_every: float = 3.0
     term_every: float = 8.0
-    outage: str = "restart"  # restart | terminate | none
+    outage: str = "restart"  # restart | terminate | proxy (PgBouncer restarted) | none
     outage_at: float = 0.5  # fraction of jobs final when the outage comes
     lease_seconds: float = 10.0
     heartbeat_seconds: float = 1.0
@@ -163,8 +167,10 @@ def _enqueue(url: str, config: SoakConfig, rng: random.Random) -> dict[int, str]
     insert = ("INSERT INTO background_jobs (job_type, params, priority, max_attempts, "
               "timeout_seconds) VALUES (%s, %s, 0, 4, %s) RETURNING id")
     ids: dict[int, str] = {}
-    with psycopg.connect(make_conninfo(url, user=FRONTEND_ROLE), autocommit=True) as conn, \
-            conn.transaction():
+    # prepare_threshold=None: through PgBouncer a prepared statement would stay behind on a
+    # server connection that other clients get next.
+    with psycopg.connect(make_conninfo(url, user=FRONTEND_ROLE), autocommit=True,
+                         prepare_threshold=None) as conn, conn.transaction():
         for kind in kinds[:config.jobs]:
             job_type, params = _job(kind, rng, config)
             timeout = config.timeout_seconds if kind == "timeout" else None
@@ -192,7 +198,8 @@ class _Proc:
 class _Supervisor:
     """Keeps ``config.workers`` processes per job type alive, as systemd would, and breaks them."""
 
-    def __init__(self, url: str, config: SoakConfig, logs: Path, rng: random.Random) -> None:
+    def __init__(self, url: str, config: SoakConfig, logs: Path, rng: random.Random,
+                 extra_env: dict[str, str] | None = None) -> None:
         self.url, self.config, self.logs, self.rng = url, config, logs, rng
         self.procs: list[_Proc] = []
         self.live: dict[tuple[str, int], _Proc] = {}
@@ -203,6 +210,8 @@ class _Supervisor:
                    GEOJOBS_GRACE_SECONDS=str(config.grace_seconds),
                    GEOJOBS_RETRY_DELAYS=config.retry_delays, PYTHONPATH=str(ROOT))
         env.pop("NOTIFY_SOCKET", None)
+        env.pop("GEOJOBS_LISTEN_URL", None)
+        env.update(extra_env or {})
         self.env = env
 
     def start(self, job_type: str, slot: int) -> None:
@@ -261,10 +270,14 @@ class _Supervisor:
         self.restart_at.clear()
 
 
-def _outage(url: str, config: SoakConfig) -> float:
-    """Take the database away once; returns how long until it answered again."""
+def _outage(url: str, config: SoakConfig, proxy_restart: Callable[[], None] | None = None) -> float:
+    """Take the database (or the proxy in front of it) away once; returns how long until it
+    answered again through ``url``."""
     started = time.monotonic()
-    if config.outage == "restart":
+    if config.outage == "proxy":
+        assert proxy_restart is not None, "--outage proxy needs a proxy to restart"
+        proxy_restart()
+    elif config.outage == "restart":
         version, cluster = config.pg_cluster
         subprocess.run(["pg_ctlcluster", "--skip-systemctl-redirect", version, cluster, "restart"],
                        check=True, capture_output=True, timeout=120)
@@ -366,7 +379,7 @@ def _cancel_running(url: str, ids: dict[int, str], cancelled_at: dict[int, float
         return
     try:
         with psycopg.connect(make_conninfo(url, user=FRONTEND_ROLE), autocommit=True,
-                             connect_timeout=2) as conn:
+                             connect_timeout=2, prepare_threshold=None) as conn:
             running = conn.execute("SELECT id FROM background_jobs WHERE id = ANY(%s) "
                                    "AND status = 'running'", (wanted,)).fetchall()
             for (job_id,) in running:
@@ -481,13 +494,21 @@ def _check(url: str, report: SoakReport, ids: dict[int, str], procs: list[_Proc]
 # -- the run ---------------------------------------------------------------------------------
 
 
-def run_soak(url: str, config: SoakConfig, logs: Path | None = None) -> SoakReport:
-    """Run the soak on the database at ``url`` (migrated, with public.us_states loaded)."""
+def run_soak(url: str, config: SoakConfig, logs: Path | None = None, *,
+             via_url: str | None = None, worker_env: dict[str, str] | None = None,
+             proxy_restart: Callable[[], None] | None = None) -> SoakReport:
+    """Run the soak on the database at ``url`` (migrated, with public.us_states loaded).
+
+    ``via_url``: the same database through a proxy (PgBouncer): workers, inserts and cancels go
+    through it, the checks read ``url`` directly. ``worker_env`` is added to the workers'
+    environment (``GEOJOBS_LISTEN_URL``); ``proxy_restart`` is the ``proxy`` outage.
+    """
     rng = random.Random(config.seed)
     logs = logs or Path(tempfile.mkdtemp(prefix="geojobs_soak_"))
     report = SoakReport(config=asdict(config), outage=config.outage)
-    ids = _enqueue(url, config, rng)
-    supervisor = _Supervisor(url, config, logs, rng)
+    client_url = via_url or url
+    ids = _enqueue(client_url, config, rng)
+    supervisor = _Supervisor(client_url, config, logs, rng, worker_env)
     started = time.monotonic()
     supervisor.start_all()
     next_kill = started + config.kill_every
@@ -507,13 +528,13 @@ def run_soak(url: str, config: SoakConfig, logs: Path | None = None) -> SoakRepo
                 next_term = now + config.term_every * rng.uniform(0.5, 1.5)
             if now >= next_check:
                 next_check = now + 0.5
-                _cancel_running(url, ids, cancelled_at)
+                _cancel_running(client_url, ids, cancelled_at)
                 pending = _pending(url, ids)
                 if pending == 0:
                     break
                 if not outage_done and pending is not None and \
                         pending <= (1 - config.outage_at) * len(ids):
-                    report.outage_seconds = round(_outage(url, config), 2)
+                    report.outage_seconds = round(_outage(client_url, config, proxy_restart), 2)
                     outage_done = True
             time.sleep(0.05)
     finally:
@@ -529,7 +550,17 @@ def main(argv: list[str] | None = None) -> int:
                         help="2,000 jobs and a real PostgreSQL restart (other users of the server "
                              "see it restart too)")
     parser.add_argument("--jobs", type=int)
-    parser.add_argument("--outage", choices=["restart", "terminate", "none"])
+    parser.add_argument("--outage", choices=["restart", "terminate", "proxy", "none"])
+    parser.add_argument("--pgbouncer", action="store_true",
+                        help="workers and front end through a PgBouncer of the soak's own "
+                             "(transaction pooling); the outage restarts it unless --outage says")
+    parser.add_argument("--no-listen", action="store_true", help="with --pgbouncer: no "
+                        "GEOJOBS_LISTEN_URL, the workers poll")
+    parser.add_argument("--workers", help="workers per job type, e.g. noop=4,dissolve=2")
+    parser.add_argument("--kill-every", type=float, help="mean seconds between SIGKILLs of a "
+                        "random worker (full: 3)")
+    parser.add_argument("--deadline", type=float, help="seconds before the soak gives up "
+                        "waiting (unfinished jobs then count as lost)")
     parser.add_argument("--lease", type=float, help="GEOJOBS_LEASE_SECONDS of the workers; below "
                         "the time between heartbeats, jobs are taken from live workers (a "
                         "misconfiguration the double-run check must catch)")
@@ -542,6 +573,14 @@ def main(argv: list[str] | None = None) -> int:
         config.outage = args.outage
     if args.lease:
         config.lease_seconds = args.lease
+    if args.deadline:
+        config.deadline = args.deadline
+    if args.kill_every:
+        config.kill_every = args.kill_every
+    if args.workers:
+        config.workers = {k: int(v) for k, v in (p.split("=") for p in args.workers.split(","))}
+    if args.pgbouncer and not args.outage:
+        config.outage = "proxy"
 
     from bench.database import bench_database
     from geojobs.samples import load_sample
@@ -550,7 +589,10 @@ def main(argv: list[str] | None = None) -> int:
         with psycopg.connect(url, autocommit=True) as conn:
             load_sample(conn, "us_states")
         logs = Path(tempfile.mkdtemp(prefix="geojobs_soak_"))
-        report = run_soak(url, config, logs)
+        if args.pgbouncer:
+            report = run_soak_via_pgbouncer(url, config, logs, listen=not args.no_listen)
+        else:
+            report = run_soak(url, config, logs)
     print(report.summary())
     for name in ("lost", "double_runs", "over_attempts", "failed_without_error", "bad_results",
                  "orphan_tables", "unexpected_outcomes", "unexpected_exits", "late_cancels"):
@@ -558,6 +600,26 @@ def main(argv: list[str] | None = None) -> int:
             print(f"{name}: {item}", file=sys.stderr)
     print(f"worker logs in {logs}", file=sys.stderr)
     return 0 if report.ok else 1
+
+
+def run_soak_via_pgbouncer(url: str, config: SoakConfig, logs: Path, *, listen: bool) -> SoakReport:
+    """The soak with workers and front end behind a PgBouncer started for it."""
+    from bench.pgbouncer import PgBouncer
+
+    bouncer = PgBouncer()
+    bouncer.start()
+
+    def restart() -> None:
+        bouncer.stop()
+        time.sleep(1.0)
+        bouncer.start()
+
+    try:
+        env = {"GEOJOBS_LISTEN_URL": make_conninfo(url, user=WORKER_ROLE)} if listen else {}
+        return run_soak(url, config, logs, via_url=bouncer.url(url), worker_env=env,
+                        proxy_restart=restart)
+    finally:
+        bouncer.close()
 
 
 if __name__ == "__main__":

@@ -10,7 +10,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from geojobs import db, export, health, janitor, pipelines, queue, registry, top, units
+from geojobs import db, export, health, janitor, pipelines, queue, registry, rerun, top, units
 from geojobs.client import no_worker_message
 from geojobs.config import lease_seconds
 from geojobs.demo import run_demo
@@ -150,9 +150,14 @@ def cmd_jobs(args: argparse.Namespace) -> int:
             host = worker["host"] if worker else (job["worker_id"] or "").split(":")[0] or None
             _print_json({**job, "worker": worker, "host": host})
             return 0
+        if args.action == "rerun":
+            print(rerun.rerun(conn, args.id, args.set))
+            return 0
+        if args.set:
+            raise GeojobsError(f"--set: only for jobs rerun, not jobs {args.action}", field="--set")
         if args.action in ("pin", "unpin"):
             if not queue.pin(conn, args.id, args.action == "pin"):
-                raise GeojobsError(f"no job {args.id}")
+                raise GeojobsError(f"no job {args.id}", field="ID")
             print(f"job {args.id} {args.action}ned")
             return 0
         done = (queue.cancel if args.action == "cancel" else queue.retry)(conn, args.id)
@@ -350,9 +355,13 @@ def build_parser() -> argparse.ArgumentParser:
                        "first job")
     p_enq.set_defaults(func=cmd_enqueue)
 
-    p_jobs = sub.add_parser("jobs", help="list, show, retry or cancel jobs")
-    p_jobs.add_argument("action", choices=["list", "show", "retry", "cancel", "pin", "unpin"])
-    p_jobs.add_argument("id", type=int, nargs="?")
+    p_jobs = sub.add_parser("jobs", help="list, show, retry, cancel, pin or re-run jobs")
+    p_jobs.add_argument("action", choices=["list", "show", "retry", "cancel", "pin", "unpin",
+                                           "rerun"])
+    p_jobs.add_argument("id", type=int, nargs="?", metavar="ID")
+    p_jobs.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                        help="rerun: change a parameter (KEY may be dotted: weights.type=rook; "
+                             "VALUE as JSON, else a string)")
     p_jobs.add_argument("--status")
     p_jobs.add_argument("--type")
     p_jobs.add_argument("--limit", type=int, default=50)

@@ -18,6 +18,10 @@ Parameters are validated with the job type's ``Params`` before anything is inser
 woken by the database (LISTEN on ``geojobs_jobs``, sent when a job's status or progress
 changes), not by polling; while the job sits in the queue with no worker of its type claiming
 anything, the wait says so once, after ``stall_seconds``.
+
+Through PgBouncer in transaction pooling mode (``database_url`` pointing at it), LISTEN goes over
+a direct connection to ``listen_url`` (default ``GEOJOBS_LISTEN_URL``); without one, waiting
+reads the job row every ``GEOJOBS_POOLED_POLL_INTERVAL`` (0.5 s) instead.
 """
 
 from __future__ import annotations
@@ -33,9 +37,10 @@ import psycopg
 import sqlalchemy
 from tqdm.auto import tqdm
 
-from geojobs import pipelines, queue, registry
+from geojobs import db, pipelines, queue, registry
 from geojobs.config import database_url as default_database_url
-from geojobs.config import lease_seconds
+from geojobs.config import lease_seconds, pooled_poll_interval
+from geojobs.config import listen_url as default_listen_url
 from geojobs.errors import GeojobsError, JobCancelled, JobFailed, JobNotFinished
 from geojobs.models import geometry_columns, result_table
 from geojobs.params import validate_params
@@ -62,22 +67,39 @@ class Jobs:
     """The job queue of one geojobs database.
 
     ``database_url`` is a libpq URI or conninfo string (default ``DATABASE_URL``); the client needs
-    no more than the ``geojobs_frontend`` role: insert and read jobs, cancel its own.
+    no more than the ``geojobs_frontend`` role: insert and read jobs, cancel its own. When
+    ``database_url`` goes through PgBouncer, ``listen_url`` (default ``GEOJOBS_LISTEN_URL``) is a
+    direct one used only to LISTEN; without it, :meth:`Job.wait` polls.
     """
 
     def __init__(self, database_url: str | None = None, *,
-                 stall_seconds: float = DEFAULT_STALL_SECONDS) -> None:
+                 stall_seconds: float = DEFAULT_STALL_SECONDS,
+                 listen_url: str | None = None) -> None:
         self.database_url = database_url or default_database_url()
+        self.listen_url = listen_url or default_listen_url()
         self.stall_seconds = stall_seconds
         self._conn: psycopg.Connection[Any] | None = None
+        self._listener: psycopg.Connection[Any] | None = None
         self._engine: sqlalchemy.Engine | None = None
 
     @property
     def conn(self) -> psycopg.Connection[Any]:
         """The client's autocommit connection (opened on first use, reopened when broken)."""
         if self._conn is None or self._conn.closed:
-            self._conn = psycopg.connect(self.database_url, autocommit=True)
+            self._conn = db.connect(self.database_url)
         return self._conn
+
+    def listener(self) -> psycopg.Connection[Any] | None:
+        """The connection that LISTENs for job events: :attr:`conn` itself when it is direct, a
+        direct connection to ``listen_url`` when :attr:`conn` goes through a transaction pooler,
+        None (poll) when it does and there is no ``listen_url``."""
+        if not db.pooled(self.conn):
+            return self.conn
+        if self.listen_url is None:
+            return None
+        if self._listener is None or self._listener.closed or self._listener.broken:
+            self._listener = db.connect(self.listen_url)
+        return self._listener
 
     @property
     def engine(self) -> sqlalchemy.Engine:
@@ -85,7 +107,7 @@ class Jobs:
         if self._engine is None:
             url = self.database_url
             self._engine = sqlalchemy.create_engine(
-                "postgresql+psycopg://", creator=lambda: psycopg.connect(url))
+                "postgresql+psycopg://", creator=lambda: db.connect(url, autocommit=False))
         return self._engine
 
     def submit(self, job_type: str, params: dict[str, Any] | None = None, *, priority: int = 0,
@@ -125,8 +147,9 @@ class Jobs:
 
     def close(self) -> None:
         """Close the connection and dispose of the engine."""
-        if self._conn is not None:
-            self._conn.close()
+        for conn in (self._listener, self._conn):
+            if conn is not None:
+                conn.close()
         if self._engine is not None:
             self._engine.dispose()
 
@@ -181,14 +204,17 @@ class Job:
         """Block until the job completes; return the job, or raise if it failed or was cancelled.
 
         ``progress`` shows a progress bar (terminal or Jupyter). Woken by the job's own
-        notifications; it reads the row only when one arrives. While the job is queued and no
+        notifications; it reads the row only when one arrives (or, through PgBouncer without a
+        listening connection, every ``GEOJOBS_POOLED_POLL_INTERVAL``). While the job is queued and no
         worker of its type has claimed any job for ``stall_seconds`` (default: the client's),
         it says so once, on the bar or on stderr; at once when the worker registry shows no
         live worker of its type. ``timeout`` raises :class:`TimeoutError`.
         """
         stall = self.jobs.stall_seconds if stall_seconds is None else stall_seconds
         conn = self.jobs.conn
-        queue.listen_job_events(conn)
+        listener = self.jobs.listener()
+        if listener is not None:
+            queue.listen_job_events(listener)
         deadline = math.inf if timeout is None else time.monotonic() + timeout
         bar = tqdm(total=100, desc=f"job {self.id} {self.job_type}", unit="%",
                    bar_format="{desc}: {percentage:3.0f}%|{bar}| {elapsed}") if progress else None
@@ -217,7 +243,10 @@ class Job:
                     else:
                         next_check = now + stall - quiet_for
                 wake_at = deadline if warned or row["status"] != "queued" else min(deadline, next_check)
-                if self.id in queue.job_events(conn, timeout=wake_at - time.monotonic()):
+                if listener is None:
+                    time.sleep(max(0.0, min(wake_at - time.monotonic(), pooled_poll_interval())))
+                    row = self.refresh()
+                elif self.id in queue.job_events(listener, timeout=wake_at - time.monotonic()):
                     row = self.refresh()
         finally:
             if bar is not None:

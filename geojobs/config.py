@@ -56,3 +56,15 @@ def output_dir() -> Path:
 def lease_seconds() -> float:
     """A job's lease, and how long a silent worker counts as live (``GEOJOBS_LEASE_SECONDS``, 60)."""
     return float(os.environ.get("GEOJOBS_LEASE_SECONDS") or 60)
+
+
+def listen_url() -> str | None:
+    """A direct connection to PostgreSQL (not through PgBouncer) for LISTEN: the wake-up, cancel
+    and job-event channels (``GEOJOBS_LISTEN_URL``); None when unset."""
+    return os.environ.get("GEOJOBS_LISTEN_URL") or None
+
+
+def pooled_poll_interval() -> float:
+    """Seconds between polls when the connection is pooled and no ``GEOJOBS_LISTEN_URL`` is set, so
+    nothing announces new jobs, cancels or job changes (``GEOJOBS_POOLED_POLL_INTERVAL``, 0.5)."""
+    return float(os.environ.get("GEOJOBS_POOLED_POLL_INTERVAL") or 0.5)

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import logging
+import weakref
+from collections.abc import Mapping
 
 import psycopg
 
@@ -15,9 +17,50 @@ MIGRATIONS_DIR = SQL_DIR / "migrations"
 _MIGRATION_LOCK_KEY = 727_202_611
 
 
-def connect(url: str | None = None, *, autocommit: bool = True, **kwargs: object) -> psycopg.Connection:
-    """Open a connection to the geojobs database (``DATABASE_URL`` unless ``url`` is given)."""
-    return psycopg.connect(url or database_url(), autocommit=autocommit, **kwargs)  # type: ignore[arg-type]
+# Connections that reach PostgreSQL through a pooler in transaction (or statement) mode.
+_POOLED: weakref.WeakSet[psycopg.Connection] = weakref.WeakSet()
+
+
+def connect(url: str | None = None, *, autocommit: bool = True,
+            session: Mapping[str, str] | None = None, **kwargs: object) -> psycopg.Connection:
+    """Open a connection to the geojobs database (``DATABASE_URL`` unless ``url`` is given).
+
+    Works directly and through PgBouncer in transaction pooling mode: a connection whose server
+    session is not its own (:func:`pooled`) gets psycopg's automatic prepared statements turned
+    off (``prepare_threshold=None``: a statement prepared on one server connection does not
+    exist on the next). ``session`` settings (name: value) are set for the session on a direct
+    connection only; a pooled connection has no session of its own, so a caller that needs them
+    sets them per transaction (``set_config(name, value, true)``).
+    """
+    conn = psycopg.connect(url or database_url(), autocommit=autocommit, **kwargs)  # type: ignore[arg-type]
+    try:
+        _detect_pooler(conn)
+        if session and not pooled(conn):
+            for name, value in session.items():
+                conn.execute("SELECT set_config(%s, %s, false)", (name, value))
+            if not autocommit:
+                conn.commit()
+    except BaseException:
+        conn.close()
+        raise
+    return conn
+
+
+def _detect_pooler(conn: psycopg.Connection) -> None:
+    """Mark ``conn`` as pooled when the server process answering is not the one the connection
+    was given at login (PgBouncer sends a key of its own; PostgreSQL sends its backend's pid)."""
+    row = conn.execute("SELECT pg_backend_pid()").fetchone()
+    if not conn.autocommit:
+        conn.rollback()
+    if row is not None and row[0] != conn.info.backend_pid:
+        _POOLED.add(conn)
+        conn.prepare_threshold = None
+
+
+def pooled(conn: psycopg.Connection) -> bool:
+    """Whether ``conn`` (opened by :func:`connect`) goes through a transaction-pooling proxy such as
+    PgBouncer: no LISTEN, no session settings, no prepared statements kept across transactions."""
+    return conn in _POOLED
 
 
 def upgrade(conn: psycopg.Connection) -> list[str]:

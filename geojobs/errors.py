@@ -29,6 +29,8 @@ __all__ = [
     "JobCancelled",
     "JobNotFinished",
     "JobInterrupted",
+    "DaskUnavailable",
+    "DaskWorkerLost",
 ]
 
 
@@ -69,3 +71,13 @@ class JobNotFinished(GeojobsError):
 
 class JobInterrupted(Exception):
     """The job must stop now: it was cancelled or its lease was lost. Not an error of the job."""
+
+
+class DaskUnavailable(GeojobsError):
+    """The Dask scheduler named for this job does not answer."""
+
+
+class DaskWorkerLost(GeojobsError):
+    """A Dask worker left the cluster while it held a part of the job; the job is retried."""
+
+    retryable = True

@@ -22,7 +22,7 @@ from typing import Any
 import psycopg
 from psycopg import sql
 
-from geojobs import queue
+from geojobs import queue, staging
 from geojobs.config import output_dir
 
 __all__ = ["JanitorReport", "run_janitor", "result_ttl_days", "job_ttl_days"]
@@ -59,6 +59,7 @@ class JanitorReport:
     files_removed: list[str] = field(default_factory=list)
     jobs_expired: list[int] = field(default_factory=list)
     jobs_deleted: list[int] = field(default_factory=list)
+    staging_dropped: list[str] = field(default_factory=list)
 
 
 def _qualified(name: str) -> sql.Composed:
@@ -113,6 +114,10 @@ def run_janitor(conn: psycopg.Connection[Any], *, result_ttl: float | None = Non
             break
     if report.jobs_deleted:
         log.info("deleted %d finished job rows", len(report.jobs_deleted))
+    report.staging_dropped = staging.drop_orphans(conn)
+    if report.staging_dropped:
+        log.info("dropped %d staging tables of attempts no longer running",
+                 len(report.staging_dropped))
     queue.janitor_record_run(conn, {
         "host": socket.gethostname(), "started_at": started_at,
         "jobs_expired": len(report.jobs_expired), "tables_dropped": len(report.dropped),

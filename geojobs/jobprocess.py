@@ -7,7 +7,10 @@ up the same pipe. The parent can stop the child whatever it is doing with SIGKIL
 child's connection dies with it and PostgreSQL rolls the job's transaction back, result
 table included. A fresh child is then forked on the next job.
 
-Messages from the child: ``("backend", pid)`` when it (re)connects, ``("progress", f)``,
+Messages from the child: ``("backend", pid, tag)`` when it (re)connects (directly: its
+session's pid, tag None) or, through PgBouncer, when a job's transaction starts (the server
+process running it, and the ``application_name`` the transaction carries, which ends with the
+transaction: the parent's ``pg_terminate_backend`` then no longer matches); ``("progress", f)``,
 ``("completed", summary)``, ``("failed", message, retryable, traceback)``,
 ``("interrupted", message)`` (the completion's compare-and-set found the job no longer
 ours) and ``("db_down", message)`` (its connection broke: the lease brings the job back).
@@ -21,14 +24,15 @@ import signal
 import time
 import traceback
 from collections.abc import Callable
+from datetime import UTC, datetime
 from multiprocessing.connection import Connection, Pipe
 from typing import Any
 
 import psycopg
 
-from geojobs import queue
+from geojobs import provenance, queue
 from geojobs.context import JobContext
-from geojobs.db import connect
+from geojobs.db import connect, pooled
 from geojobs.errors import GeojobsError
 from geojobs.jobtype import JobType
 from geojobs.params import validate_params
@@ -40,6 +44,9 @@ _PROGRESS_INTERVAL = 0.2
 # Objects of the parent (its connections) the child must never finalise: closing a copied
 # libpq connection would end the parent's session. Kept here for the child's life.
 _INHERITED: list[Any] = []
+# The backend notices a vanished client (a killed child, or PgBouncer closing the server
+# connection behind it) within a second, even in the middle of a long statement.
+_SESSION = {"client_connection_check_interval": "1000"}
 
 
 def classify_failure(exc: BaseException) -> tuple[str, bool]:
@@ -58,6 +65,8 @@ class JobProcess:
         self.module = module
         self.database_url = database_url
         self.backend_pid: int | None = None
+        provenance.versions()  # read the package metadata once, in the parent, before forking
+        self.backend_tag: str | None = None  # through PgBouncer: the job transaction's tag
         parent_end, child_end = Pipe(duplex=True)
         pid = os.fork()
         if pid == 0:  # the child
@@ -128,14 +137,14 @@ def _child_main(pipe: Connection, module: JobType, database_url: str) -> None:
             return
         if conn is None or conn.closed or conn.broken:
             try:
-                conn = connect(database_url, connect_timeout=10,
-                               options="-c client_connection_check_interval=1000")
+                conn = connect(database_url, connect_timeout=10, session=_SESSION)
             except psycopg.OperationalError as exc:
                 pipe.send(("db_down", str(exc).strip()))
                 conn = None
                 continue
-            pipe.send(("backend", conn.info.backend_pid))
-        pipe.send(_run_one(job, conn, module, _reporter(pipe)))
+            if not pooled(conn):
+                pipe.send(("backend", conn.info.backend_pid, None))
+        pipe.send(_run_one(job, conn, module, _reporter(pipe), pipe))
 
 
 def _reporter(pipe: Connection) -> Callable[[float], None]:
@@ -150,16 +159,42 @@ def _reporter(pipe: Connection) -> Callable[[float], None]:
     return report
 
 
+def _pin_transaction(job: queue.ClaimedJob, conn: psycopg.Connection[Any],
+                     pipe: Connection) -> None:
+    """Through PgBouncer: tell the parent which server process runs this job's transaction.
+
+    The transaction holds one server connection until it ends, so its pid is the process to
+    end on a cancel; the ``application_name`` set for the transaction alone lets the parent end
+    it only while it still runs this job (afterwards the server connection serves others). The
+    session settings a direct connection gets at login are set here for the transaction.
+    """
+    tag = f"geojobs job {job.id}.{job.attempt} {os.getpid()}"
+    settings = [*_SESSION.items(), ("application_name", tag)]
+    selects = ", ".join("set_config(%s, %s, true)" for _ in settings)
+    row = conn.execute(f"SELECT pg_backend_pid(), {selects}",  # noqa: S608 - placeholders only
+                       [v for pair in settings for v in pair]).fetchone()
+    assert row is not None
+    pipe.send(("backend", row[0], tag))
+
+
 def _run_one(job: queue.ClaimedJob, conn: psycopg.Connection[Any], module: JobType,
-             report: Callable[[float], None]) -> tuple[Any, ...]:
+             report: Callable[[float], None], pipe: Connection) -> tuple[Any, ...]:
     """Run one job in one transaction with its completion; the outcome message."""
+    behind_pooler = pooled(conn)
     try:
         params = validate_params(module.Params, job.params)
         ctx = JobContext(job_id=job.id, job_type=job.job_type, attempt=job.attempt,
                          worker_id=job.worker_id, conn=conn, report=report)
+        started_at = datetime.now(UTC)
+        begun = time.perf_counter()
         with conn.transaction():
+            if behind_pooler:
+                _pin_transaction(job, conn, pipe)
             result = dict(module.run(ctx, params) or {})
             result.setdefault("warnings", [])
+            result["provenance"] = provenance.record(
+                conn, job, params, result, started_at=started_at,
+                run_seconds=time.perf_counter() - begun)
             if not queue.complete(conn, job, result):
                 return ("interrupted", "the job was cancelled or taken back before it completed")
         return ("completed", {k: result[k] for k in ("output_table", "rows") if k in result})

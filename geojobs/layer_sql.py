@@ -53,6 +53,8 @@ SAMPLE_SRID = sql.SQL(
 )
 
 COPY_OUT = sql.SQL("COPY (SELECT {columns} FROM {table}{where}) TO STDOUT (FORMAT BINARY)")
+# An export's rows (read by the ADBC driver, which runs it as a binary COPY).
+EXPORT_SELECT = sql.SQL("SELECT {columns} FROM {table}")
 COPY_IN = sql.SQL("COPY {table} ({columns}) FROM STDIN (FORMAT BINARY)")
 # The key is filled by the COPY (1..n) and made the primary key afterwards: one index build
 # instead of a sequence call and an index insertion per row (twice as fast at 100k rows).

@@ -26,7 +26,7 @@ from geojobs.errors import InputLayerMissing, InvalidInput, OutputExists
 
 __all__ = ["Layer", "describe_layer", "read_layer", "iter_layer", "write_layer", "split_name",
            "output_exists", "check_output_free", "multi_geometry_type", "to_multi",
-           "output_srid"]
+           "output_srid", "geometry_type_names", "type_fitting", "pg_type"]
 
 # Column types read as they are; anything else is read as text (numeric as double precision).
 _NATIVE = {"int2", "int4", "int8", "float4", "float8", "bool", "text", "date", "timestamp",
@@ -259,9 +259,19 @@ _TYPE_NAMES = {0: "Point", 1: "LineString", 2: "LineString", 3: "Polygon", 4: "M
                5: "MultiLineString", 6: "MultiPolygon", 7: "GeometryCollection"}
 
 
+def geometry_type_names(geometries: Any) -> set[str]:
+    """The geometry types present (``Point``, ``MultiPolygon``...), nulls left out."""
+    return {_TYPE_NAMES[k] for k in shapely.get_type_id(geometries).tolist() if k >= 0}
+
+
 def multi_geometry_type(geometries: Any) -> str:
     """The typed-column type fitting every geometry: Multi* when parts and multis mix."""
-    names = {_TYPE_NAMES[k] for k in shapely.get_type_id(geometries).tolist() if k >= 0}
+    return type_fitting(geometry_type_names(geometries))
+
+
+def type_fitting(names: set[str]) -> str:
+    """The column type fitting geometries of these types (see :func:`multi_geometry_type`)."""
+    names = set(names)
     if len(names) == 1:
         return names.pop()
     multis = {multi_type_name(n) for n in names}
@@ -286,6 +296,11 @@ def check_output_free(conn: psycopg.Connection[Any], table: str, *, overwrite: b
     if not overwrite and output_exists(conn, table):
         raise OutputExists(f"{table!r} already exists; set overwrite to true to replace it",
                            field=field)
+
+
+def pg_type(series: pd.Series) -> str:
+    """The column type :func:`write_layer` gives ``series``."""
+    return _pg_type(series)
 
 
 def _pg_type(series: pd.Series) -> str:
@@ -358,13 +373,14 @@ def output_srid(
 def write_layer(
     conn: psycopg.Connection[Any], gdf: gpd.GeoDataFrame, table: str, *, srid: int,
     overwrite: bool = False, geometry_type: str | None = None, geometry_name: str = "geom",
-    field: str = "output_table",
+    field: str = "output_table", index: bool = True,
 ) -> int:
     """Create ``table`` (``schema.name``) from ``gdf`` by binary COPY; return the row count.
 
     The table gets a ``fid`` identity primary key (or ``fid_1``... when the data has a
     ``fid``), a geometry column typed with ``srid`` and a GiST index, so QGIS opens it as it
     is. Run this inside the job's transaction: the table appears only if the job completes.
+    ``index=False`` (a staging part) leaves out the primary key, the GiST index and ANALYZE.
     """
     schema, name = split_name(table)
     assert schema is not None, "output tables are schema-qualified"
@@ -401,6 +417,8 @@ def write_layer(
         copy.set_types(["int8", *(_COPY_TYPE[pg_types[c]] for c in attrs), "bytea"])
         for row in zip(*columns, strict=True):
             copy.write_row(row)
+    if not index:
+        return len(gdf)
     conn.execute(q.ADD_PRIMARY_KEY.format(table=ident, key=sql.Identifier(key)))
     conn.execute(q.SYNC_IDENTITY, {"table": ident.as_string(conn), "key": key, "n": len(gdf)})
     conn.execute(q.GIST_INDEX.format(name=sql.Identifier(f"{name[:55]}_geom_gix"), table=ident,

@@ -33,6 +33,7 @@ from psycopg.rows import dict_row
 
 from geojobs import registry
 from geojobs.config import SQL_DIR
+from geojobs.db import pooled
 
 __all__ = ["Snapshot", "snapshot", "render", "metric_families", "metrics_queries",
            "CONTENT_TYPE", "FINAL_STATUSES", "LIVE_STATUSES", "OTHER_TYPE", "lease_seconds"]
@@ -112,7 +113,8 @@ def snapshot(conn: psycopg.Connection[Any], *, settle_seconds: float = 60.0,
     with conn.transaction():
         conn.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
         conn.execute("SET LOCAL jit = off")  # compiling would cost more than these queries take
-        for job_type, status, jobs, ready, oldest in conn.execute(q["live_jobs"], prepare=True):
+        for job_type, status, jobs, ready, oldest in conn.execute(q["live_jobs"],
+                                                                   prepare=not pooled(conn)):
             label = _type_label(job_type)
             snap.live[label, status] = snap.live.get((label, status), 0) + jobs
             if status == "queued":

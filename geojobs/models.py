@@ -24,6 +24,7 @@ from sqlalchemy import (
     CheckConstraint,
     DateTime,
     Engine,
+    ForeignKey,
     Identity,
     Integer,
     MetaData,
@@ -87,7 +88,10 @@ class BackgroundJob(Base):
     memory_limit_mb: Mapped[int | None] = mapped_column(Integer)
     expires_at: Mapped[datetime | None] = mapped_column(_TIMESTAMPTZ)
     pinned: Mapped[bool] = mapped_column(Boolean, server_default=text("false"))
-    rerun_of: Mapped[int | None] = mapped_column(BigInteger)
+    rerun_of: Mapped[int | None] = mapped_column(
+        BigInteger, ForeignKey("background_jobs.id", ondelete="SET NULL",
+                               name="background_jobs_rerun_of_fkey"))
+    """The job this one re-runs (migration 0008; ``geojobs jobs rerun``)."""
     depends_on: Mapped[list[int] | None] = mapped_column(ARRAY(BigInteger))
 
     def __repr__(self) -> str:

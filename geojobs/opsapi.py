@@ -34,8 +34,10 @@ class _Connection:
 
     def get(self) -> psycopg.Connection[Any]:
         if self._conn is None or self._conn.closed or self._conn.broken:
+            # Through PgBouncer (no session of its own) the timeout is not set: give the API's
+            # role one instead (ALTER ROLE geojobs_api SET statement_timeout, docs/operations.md).
             self._conn = connect(self._url or database_url(), connect_timeout=self._timeout,
-                                 options=f"-c statement_timeout={self._timeout * 1000}")
+                                 session={"statement_timeout": str(self._timeout * 1000)})
         return self._conn
 
     def drop(self) -> None:

@@ -11,13 +11,14 @@ from typing import Any, Literal
 
 from pydantic import Field
 
-from analysis.overlay import OverlayResult, clip, erase
+from analysis.overlay import OverlayResult, OverlaySummary, clip, erase
+from geojobs import distributed
 from geojobs.context import JobContext
 from geojobs.filters import FilterSpec, filter_clause
 from geojobs.layers import Layer, check_output_free, describe_layer, read_layer, write_layer
-from geojobs.params import ColumnName, InputTable, OutputParams
+from geojobs.params import ColumnName, DistributedParams, InputTable
 
-__all__ = ["OverlayParams", "output_geometry_type", "run_overlay"]
+__all__ = ["OverlayParams", "output_geometry_type", "run_overlay", "geometry_type_for", "overlay_warnings"]
 
 _FAMILY = {0: "MultiPoint", 1: "MultiLineString", 2: "MultiPolygon"}
 _DIMENSION = {
@@ -30,7 +31,7 @@ _DIMENSION = {
 }
 
 
-class OverlayParams(OutputParams):
+class OverlayParams(DistributedParams):
     """Parameters common to clip and erase (the overlay layer's names differ per type)."""
 
     input_table: InputTable = Field(description="Layer to cut, 'schema.table'.")
@@ -45,7 +46,12 @@ def output_geometry_type(layer: Layer, result: OverlayResult) -> str:
     Clipping a polygon can split it, so a Polygon input needs a MultiPolygon column; a point
     is never split.  An input of mixed dimensions keeps an untyped ``Geometry`` column.
     """
-    types = set(result.frame.geometry.geom_type)
+    return geometry_type_for(layer, set(result.frame.geometry.geom_type.dropna()))
+
+
+def geometry_type_for(layer: Layer, types: set[str]) -> str:
+    """:func:`output_geometry_type` from the set of geometry types of the result."""
+    types = set(types)
     if not types and layer.geometry_type in _DIMENSION:
         types = {layer.geometry_type}
     if types == {"Point"} and layer.geometry_type in ("Point", "Geometry", None):
@@ -81,6 +87,17 @@ def run_overlay(
     output = ctx.output_table(params.output_table)
     check_output_free(ctx.conn, output, overwrite=params.overwrite)
 
+    decision = distributed.decide(ctx, layer, params.scheduler)
+    if decision.cluster is not None:
+        with decision.cluster as cluster:
+            rows, summary = cluster.overlay(
+                how, other, where, output, overwrite=params.overwrite,
+                geometry_type=lambda kinds: geometry_type_for(layer, kinds))
+            return {"output_table": output, "rows": rows, "srid": layer.srid,
+                    **summary.to_dict(), "engine": "shapely", "dask": cluster.about(),
+                    "warnings": [*cluster.warnings,
+                                 *overlay_warnings(how, summary, other_filter is not None)]}
+
     gdf = read_layer(ctx.conn, layer)
     mask = read_layer(ctx.conn, other, columns=[], where=where)
     ctx.progress(0.15)
@@ -101,12 +118,13 @@ def run_overlay(
         "srid": layer.srid,
         **summary.to_dict(),
         "engine": "shapely",
-        "warnings": _warnings(how, result, other_filter is not None),
+        "warnings": [*decision.warnings,
+                     *overlay_warnings(how, result.summary, other_filter is not None)],
     }
 
 
-def _warnings(how: str, result: OverlayResult, filtered: bool) -> list[str]:
-    s = result.summary
+def overlay_warnings(how: str, s: OverlaySummary, filtered: bool) -> list[str]:
+    """The warnings of a clip or erase result, from its summary."""
     notes = []
     if s.overlay_features == 0:
         selected = "the filter selected no feature of" if filtered else "there is no feature in"

@@ -23,7 +23,8 @@ from pydantic import (
 from geojobs.config import output_schemas
 from geojobs.errors import InvalidParams
 
-__all__ = ["JobParams", "OutputParams", "WeightsParams", "BinaryWeightsParams", "GridParams",
+__all__ = ["JobParams", "OutputParams", "DistributedParams", "WeightsParams",
+           "BinaryWeightsParams", "GridParams",
            "InputTable", "OutputTable", "ColumnName", "OutputOf", "validate_params",
            "IDENTIFIER", "MAX_CELL_SIZE"]
 
@@ -113,6 +114,25 @@ class OutputParams(JobParams):
         default=None, description="Result table; default results.<job_type>_<job id>."
     )
     overwrite: bool = Field(default=False, description="Replace the output table if it exists.")
+
+
+_SCHEDULER = re.compile(r"^(tcp|tls)://[A-Za-z0-9.\-\[\]:]+:[0-9]{1,5}$")
+
+
+def _check_scheduler(value: str | None) -> str | None:
+    if value is not None and not _SCHEDULER.match(value):
+        raise ValueError("must be a Dask scheduler address such as 'tcp://host:8786'")
+    return value
+
+
+class DistributedParams(OutputParams):
+    """Parameters of the job types that can run partitioned on a Dask cluster (docs/scale.md)."""
+
+    scheduler: Annotated[str | None, AfterValidator(_check_scheduler)] = Field(
+        default=None, max_length=255,
+        description="Dask scheduler to spread a large input over, 'tcp://host:8786'; default "
+                    "GEOJOBS_DASK_SCHEDULER. Inputs of at most GEOJOBS_DASK_MIN_ROWS rows run "
+                    "in the worker.")
 
 
 class WeightsParams(JobParams):

@@ -213,8 +213,12 @@ def _topological(planned: dict[str, PlannedStep]) -> list[PlannedStep]:
 
 def _insert(conn: psycopg.Connection[Any], spec: PipelineSpec, steps: list[PlannedStep],
             reuse: dict[str, int], *, replaces: int | None = None,
-            rerun_from: str | None = None) -> tuple[int, dict[str, int]]:
-    """Insert the run and its new steps' jobs in one transaction; return (id, step -> job)."""
+            rerun_from: str | None = None,
+            rerun_of: dict[str, int] | None = None) -> tuple[int, dict[str, int]]:
+    """Insert the run and its new steps' jobs in one transaction; return (id, step -> job).
+
+    ``rerun_of`` maps the steps of a re-run to the jobs they re-run (``background_jobs.rerun_of``).
+    """
     try:
         with conn.transaction():
             pipeline_id = queue.insert_pipeline(conn, spec.name, spec.model_dump(mode="json"),
@@ -225,7 +229,8 @@ def _insert(conn: psycopg.Connection[Any], spec: PipelineSpec, steps: list[Plann
                     job_ids[step.spec.name] = queue.enqueue(
                         conn, step.spec.job_type, _rewrite(step.spec.params, job_ids),
                         priority=step.spec.priority, max_attempts=step.spec.max_attempts,
-                        depends_on=[job_ids[d] for d in step.depends])
+                        depends_on=[job_ids[d] for d in step.depends],
+                        rerun_of=(rerun_of or {}).get(step.spec.name))
                 queue.insert_pipeline_step(conn, pipeline_id, step.spec.name, step.position,
                                            job_ids[step.spec.name],
                                            reused=step.spec.name in reuse)
@@ -257,7 +262,9 @@ def rerun(conn: psycopg.Connection[Any], pipeline_id: int, from_step: str,
     """Run ``from_step`` and its downstream steps again as a new run replacing ``pipeline_id``.
 
     Upstream steps are reused as they are (their jobs are linked, not run again). Re-run steps
-    that name their output replace it (``overwrite``): the new run supersedes the old.
+    that name their output replace it (``overwrite``): the new run supersedes the old. Each new
+    job's ``rerun_of`` names the job of the same step in the run replaced, and its provenance
+    names both runs (``provenance.pipeline``).
     Returns the new run's id and the job ids of the steps it runs.
     """
     old = queue.get_pipeline(conn, pipeline_id)
@@ -272,7 +279,8 @@ def rerun(conn: psycopg.Connection[Any], pipeline_id: int, from_step: str,
         raise InvalidParams(f"--from: no step named {from_step!r} in pipeline {pipeline_id}")
     again = _downstream(steps, from_step)
     reuse = {name: job for name, job in old_jobs.items() if name not in again}
-    new_id, job_ids = _insert(conn, spec, steps, reuse, replaces=pipeline_id, rerun_from=from_step)
+    new_id, job_ids = _insert(conn, spec, steps, reuse, replaces=pipeline_id, rerun_from=from_step,
+                              rerun_of={name: job for name, job in old_jobs.items() if name in again})
     return new_id, {s.spec.name: job_ids[s.spec.name] for s in steps if s.spec.name in again}
 
 

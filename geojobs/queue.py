@@ -19,6 +19,7 @@ from psycopg.rows import dict_row
 from psycopg.types.json import Jsonb
 
 from geojobs.config import SQL_DIR
+from geojobs.db import pooled
 from geojobs.errors import GeojobsError
 
 __all__ = ["ClaimedJob", "queries", "claim", "complete", "fail", "release", "heartbeat",
@@ -29,7 +30,8 @@ __all__ = ["ClaimedJob", "queries", "claim", "complete", "fail", "release", "hea
            "cancel_pipeline",
            "CANCEL_CHANNEL", "job_state", "terminate_backend",
            "register_worker", "touch_worker", "unregister_worker", "prune_workers",
-           "list_workers", "live_workers", "enqueue_controlled", "pin", "worker_of_job",
+           "list_workers", "live_workers", "enqueue_controlled", "pin", "insert_rerun",
+           "named_queries", "worker_of_job",
            "janitor_next_expired", "janitor_mark_expired", "janitor_delete_jobs"]
 
 # The migrations' triggers name both channels too, as SQL cannot import these constants.
@@ -43,15 +45,22 @@ _NAME_LINE = re.compile(r"^-- name: (\w+)\s*$", re.MULTILINE)
 
 
 @cache
-def queries() -> dict[str, str]:
-    """Parse ``geojobs/sql/queries.sql`` into ``{name: sql}``, once."""
-    text = (SQL_DIR / "queries.sql").read_text()
+def named_queries(filename: str) -> dict[str, str]:
+    """Parse ``geojobs/sql/<filename>`` (``-- name: <name>`` sections) into ``{name: sql}``, once."""
+    text = (SQL_DIR / filename).read_text()
     parts = _NAME_LINE.split(text)
     return {name: body.strip() for name, body in zip(parts[1::2], parts[2::2], strict=True)}
 
 
+def queries() -> dict[str, str]:
+    """The queue's named queries, ``geojobs/sql/queries.sql``."""
+    return named_queries("queries.sql")
+
+
 def _run(conn: psycopg.Connection, name: str, params: dict[str, Any]) -> psycopg.Cursor[Any]:
-    return conn.execute(queries()[name], params, prepare=True)
+    # Prepared once per session on a direct connection; never through a transaction pooler,
+    # where the next transaction may run on a server connection that has not prepared it.
+    return conn.execute(queries()[name], params, prepare=not pooled(conn))
 
 
 @dataclass(frozen=True)
@@ -66,6 +75,7 @@ class ClaimedJob:
     worker_id: str
     timeout_seconds: int | None = None
     memory_limit_mb: int | None = None
+    rerun_of: int | None = None
 
 
 def claim(conn: psycopg.Connection, job_type: str, worker_id: str) -> ClaimedJob | None:
@@ -73,9 +83,9 @@ def claim(conn: psycopg.Connection, job_type: str, worker_id: str) -> ClaimedJob
     row = _run(conn, "claim_job", {"job_type": job_type, "worker_id": worker_id}).fetchone()
     if row is None:
         return None
-    job_id, jtype, params, attempts, max_attempts, timeout_seconds, memory_limit_mb = row
+    job_id, jtype, params, attempts, max_attempts, timeout_seconds, memory_limit_mb, rerun_of = row
     return ClaimedJob(job_id, jtype, params, attempts, max_attempts, worker_id, timeout_seconds,
-                      memory_limit_mb)
+                      memory_limit_mb, rerun_of)
 
 
 def _lease(job: ClaimedJob) -> dict[str, Any]:
@@ -114,12 +124,14 @@ def requeue_stale(conn: psycopg.Connection, lease_seconds: float) -> list[tuple[
 
 def enqueue(
     conn: psycopg.Connection, job_type: str, params: Any, *, priority: int = 0, max_attempts: int = 4,
-    depends_on: list[int] | None = None,
+    depends_on: list[int] | None = None, rerun_of: int | None = None,
 ) -> int:
-    """Insert a job and return its id; with ``depends_on`` it waits for those jobs."""
+    """Insert a job and return its id; with ``depends_on`` it waits for those jobs;
+    ``rerun_of`` names the job it re-runs."""
     row = _run(conn, "enqueue_job", {"job_type": job_type, "params": Jsonb(params),
                                      "priority": priority, "max_attempts": max_attempts,
-                                     "depends_on": depends_on or None}).fetchone()
+                                     "depends_on": depends_on or None,
+                                     "rerun_of": rerun_of}).fetchone()
     assert row is not None
     return int(row[0])
 
@@ -197,9 +209,14 @@ def job_state(conn: psycopg.Connection, job_id: int) -> tuple[str, str | None, i
     return (row[0], row[1], row[2]) if row else None
 
 
-def terminate_backend(conn: psycopg.Connection, pid: int) -> bool:
-    """End one database session (a killed job process's) now; True when it is gone."""
-    row = _run(conn, "terminate_backend", {"pid": pid}).fetchone()
+def terminate_backend(conn: psycopg.Connection, pid: int, tag: str | None = None) -> bool:
+    """End one database session (a killed job process's) now; True when it is gone.
+
+    With ``tag``, only while that session's ``application_name`` is ``tag``: behind PgBouncer a
+    server connection serves other clients once the job's transaction is over, and the job
+    process tags its transaction (``SET LOCAL``) so that only the job's own work is ended.
+    """
+    row = _run(conn, "terminate_backend", {"pid": pid, "tag": tag}).fetchone()
     return bool(row and row[0])
 
 
@@ -292,6 +309,13 @@ def enqueue_controlled(
         if row is not None:
             return int(row[0]), bool(row[1])
     raise GeojobsError("idempotency_key: the job with this key could not be read back")
+
+
+def insert_rerun(conn: psycopg.Connection, job: dict[str, Any], params: Any) -> int:
+    """Queue a copy of ``job`` (a row from :func:`get`) with ``params``; ``rerun_of`` names it."""
+    row = _run(conn, "insert_rerun", {"id": job["id"], "params": Jsonb(params)}).fetchone()
+    assert row is not None
+    return int(row[0])
 
 
 def pin(conn: psycopg.Connection, job_id: int, pinned: bool) -> bool:

@@ -1,11 +1,12 @@
 """The worker (the supervisor): claim, hand the job to its job process, watch it, record.
 
 One worker runs one job type, one job at a time. Each job runs in a child forked from the
-warmed worker (:mod:`geojobs.jobprocess`); the worker keeps the control connection, LISTENs,
-heartbeats, registers itself in ``geojobs_workers`` and stops the child with SIGKILL when the
-job is cancelled, times out or passes its memory limit. A handler's writes and the job's
-completion are one transaction in the child, so a result table exists exactly when its job is
-completed; a killed child's transaction rolls back.
+warmed worker (:mod:`geojobs.jobprocess`); the worker keeps the control connection, LISTENs
+(on the control connection, or through PgBouncer on a direct ``GEOJOBS_LISTEN_URL`` one, or
+polls when there is none), heartbeats, registers itself in ``geojobs_workers`` and stops the
+child with SIGKILL when the job is cancelled, times out or passes its memory limit. A
+handler's writes and the job's completion are one transaction in the child, so a result table
+exists exactly when its job is completed; a killed child's transaction rolls back.
 """
 
 from __future__ import annotations
@@ -25,9 +26,9 @@ from typing import Any
 import psutil
 import psycopg
 
-from geojobs import __version__, logs, queue, registry, sdnotify
-from geojobs.config import database_url
-from geojobs.db import connect
+from geojobs import __version__, logs, queue, registry, sdnotify, staging
+from geojobs.config import database_url, listen_url, pooled_poll_interval
+from geojobs.db import connect, pooled
 from geojobs.jobprocess import JobProcess
 from geojobs.jobtype import JobType
 
@@ -59,6 +60,8 @@ class WorkerSettings:
     memory_cap_mb: float = field(default_factory=lambda: _env_float("GEOJOBS_MEMORY_CAP_MB", 1024.0))
     grace_seconds: float = field(default_factory=lambda: _env_float("GEOJOBS_GRACE_SECONDS", 30.0))
     retry_delays: tuple[float, ...] = field(default_factory=_env_delays)
+    listen_url: str | None = field(default_factory=listen_url)
+    pooled_poll_interval: float = field(default_factory=pooled_poll_interval)
     job_memory_mb: float | None = field(
         default_factory=lambda: _env_float("GEOJOBS_JOB_MEMORY_MB", 0.0) or None)
     memory_check_seconds: float = 0.1
@@ -93,6 +96,9 @@ class Worker:
         self.worker_id = f"{self.host}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
         self.jobtype: JobType = registry.load(settings.job_type)
         self._control: psycopg.Connection[Any] | None = None
+        # Where notifications arrive: the control connection itself when it is direct; behind
+        # PgBouncer a direct connection to GEOJOBS_LISTEN_URL, or None (then the worker polls).
+        self._listener: psycopg.Connection[Any] | None = None
         self._child: JobProcess | None = None
         self._stopping = threading.Event()
         self._abandoning = threading.Event()
@@ -107,14 +113,28 @@ class Worker:
     # -- connections and the registry ----------------------------------------------------
 
     def _connections(self) -> psycopg.Connection[Any]:
+        listener = self._listener
+        if listener is not None and (listener.closed or listener.broken):
+            self._drop_connections()  # start again with both
         if self._control is None or self._control.closed or self._control.broken:
-            self._control = connect(self.settings.database_url, connect_timeout=10)
+            self._drop_connections()
             # Claims, failures and stale requeues need not wait for the WAL flush: a crash
             # that loses one also aborts the job's own transaction, so the job is simply
             # queued again. Completions stay durable: they commit on the job's connection.
-            self._control.execute("SET synchronous_commit = off")
-            queue.listen(self._control)
-            queue.listen(self._control, queue.CANCEL_CHANNEL)
+            # (Through PgBouncer there is no session to set it on: claims commit durably.)
+            self._control = connect(self.settings.database_url, connect_timeout=10,
+                                    session={"synchronous_commit": "off"})
+            if not pooled(self._control):
+                self._listener = self._control
+            elif self.settings.listen_url:
+                self._listener = connect(self.settings.listen_url, connect_timeout=10)
+            if self._listener is not None:
+                queue.listen(self._listener)
+                queue.listen(self._listener, queue.CANCEL_CHANNEL)
+            else:
+                log.info("connected through a transaction pooler and no GEOJOBS_LISTEN_URL: "
+                         "polling every %.2f s for jobs and cancels",
+                         self.settings.pooled_poll_interval)
             queue.register_worker(self._control, worker_id=self.worker_id,
                                   job_type=self.settings.job_type, host=self.host,
                                   pid=os.getpid(), version=__version__, rss_mb=self._rss_mb())
@@ -122,12 +142,13 @@ class Worker:
         return self._control
 
     def _drop_connections(self) -> None:
-        if self._control is not None:
-            try:
-                self._control.close()
-            except Exception:  # noqa: BLE001 - closing a broken connection
-                pass
-        self._control = None
+        for conn in (self._listener, self._control):
+            if conn is not None:
+                try:
+                    conn.close()
+                except Exception:  # noqa: BLE001 - closing a broken connection
+                    pass
+        self._control = self._listener = None
 
     def _rss_mb(self) -> float:
         """Resident memory of the worker and its job process, MB."""
@@ -209,7 +230,7 @@ class Worker:
                 os.kill(child.pid, signal.SIGKILL)
             with connect(self.settings.database_url, connect_timeout=5) as conn:
                 if child is not None and child.backend_pid:
-                    queue.terminate_backend(conn, child.backend_pid)
+                    queue.terminate_backend(conn, child.backend_pid, child.backend_tag)
                 released = queue.release(conn, job)
                 queue.unregister_worker(conn, self.worker_id)
             log.warning("job %s %s: grace period over; %s", job.id, job.job_type,
@@ -292,15 +313,26 @@ class Worker:
                      self.settings.lease_seconds)
 
     def _wait(self, control: psycopg.Connection[Any]) -> None:
-        """Sleep until a job of this type is announced, the poll interval passes, or a stop."""
-        deadline = time.monotonic() + self.settings.poll_interval
+        """Sleep until a job of this type is announced, the poll interval passes, or a stop.
+
+        Without a listening connection (through PgBouncer, no ``GEOJOBS_LISTEN_URL``) nothing is
+        announced: the interval is then ``GEOJOBS_POOLED_POLL_INTERVAL`` if that is shorter.
+        """
+        listener = self._listener
+        interval = self.settings.poll_interval
+        if listener is None:
+            interval = min(interval, self.settings.pooled_poll_interval)
+        deadline = time.monotonic() + interval
         while not self._stopping.is_set():
             remaining = deadline - time.monotonic()
             if remaining <= 0:
                 return
             sdnotify.watchdog()
             self._touch(control, None)
-            for note in control.notifies(timeout=min(remaining, 0.5), stop_after=1):
+            if listener is None:
+                self._stopping.wait(min(remaining, 0.5))
+                continue
+            for note in listener.notifies(timeout=min(remaining, 0.5), stop_after=1):
                 if note.channel == queue.NOTIFY_CHANNEL and note.payload == self.settings.job_type:
                     return
 
@@ -361,7 +393,7 @@ class Worker:
         self._child = None
         if child.backend_pid and self._control is not None and not self._control.broken:
             try:
-                queue.terminate_backend(self._control, child.backend_pid)
+                queue.terminate_backend(self._control, child.backend_pid, child.backend_tag)
             except psycopg.Error as exc:
                 log.warning("could not end the killed job's session %s: %s", child.backend_pid,
                             exc)
@@ -377,19 +409,20 @@ class Worker:
         progress: float | None = None
         last_write = last_beat = started
         next_memory_check = started + settings.memory_check_seconds
+        next_cancel_poll = started + settings.pooled_poll_interval  # without a listener only
         pipe_fd = child.pipe.fileno()
         while True:
             now = time.monotonic()
             wait = min(deadline, next_memory_check,
                        last_write + settings.heartbeat_seconds * 0.9) - now
-            control = self._control
-            up = control is not None and not control.closed
-            fds = [pipe_fd, control.fileno()] if up and control is not None else [pipe_fd]
+            listener = self._listener
+            up = listener is not None and not listener.closed
+            fds = [pipe_fd, listener.fileno()] if up and listener is not None else [pipe_fd]
             ready, _, _ = select.select(fds, [], [], max(wait, 0.0))
             if pipe_fd in ready:
                 message = child.pipe.recv()
                 if message[0] == "backend":
-                    child.backend_pid = message[1]
+                    child.backend_pid, child.backend_tag = message[1], message[2]
                 elif message[0] == "progress":
                     progress = message[1]
                     if time.monotonic() - last_write >= 0.5:
@@ -397,8 +430,13 @@ class Worker:
                 else:
                     return message
             now = time.monotonic()
-            if control is not None and (len(ready) > 1 or (pipe_fd not in ready and ready)):
-                if self._cancel_noted(control, job):
+            if listener is not None and (len(ready) > 1 or (pipe_fd not in ready and ready)):
+                if self._cancel_noted(listener, job):
+                    self._kill(child)
+                    return ("cancelled",)
+            elif listener is None and now >= next_cancel_poll:
+                next_cancel_poll = now + settings.pooled_poll_interval
+                if self._cancel_polled(job):
                     self._kill(child)
                     return ("cancelled",)
             if now >= next_memory_check:
@@ -442,10 +480,22 @@ class Worker:
                         return ("cancelled",)
                     return ("interrupted", "the lease was lost (another worker holds the job)")
 
-    def _cancel_noted(self, control: psycopg.Connection[Any], job: queue.ClaimedJob) -> bool:
-        """Drain the control connection's notifications; True when this job was cancelled."""
+    def _cancel_polled(self, job: queue.ClaimedJob) -> bool:
+        """Without notifications: read the job's status; True when it was cancelled."""
+        control = self._control
+        if control is None or control.closed or control.broken:
+            return False
         try:
-            notes = list(control.notifies(timeout=0))
+            state = queue.job_state(control, job.id)
+        except psycopg.OperationalError as exc:
+            log.warning("job %s: control connection lost (%s)", job.id, exc)
+            return False
+        return state is not None and state[0] == "cancelled"
+
+    def _cancel_noted(self, listener: psycopg.Connection[Any], job: queue.ClaimedJob) -> bool:
+        """Drain the listening connection's notifications; True when this job was cancelled."""
+        try:
+            notes = list(listener.notifies(timeout=0))
         except psycopg.OperationalError as exc:
             log.warning("job %s: control connection lost (%s)", job.id, exc)
             return False
@@ -467,6 +517,20 @@ class Worker:
         else:
             _, message, retry, tb = outcome
             self._record_failure(control, job, message, retry, tb, label, elapsed)
+        if kind != "completed":
+            self._drop_staging(control, job)
+
+    def _drop_staging(self, control: psycopg.Connection[Any], job: queue.ClaimedJob) -> None:
+        """Drop the parts this attempt's Dask tasks wrote (none unless it ran partitioned):
+        the attempt is over, so a task still running elsewhere will not write again."""
+        try:
+            dropped = staging.drop_parts(control, job.id, attempt=job.attempt)
+        except psycopg.Error as exc:
+            log.warning("job %s: could not drop its staging tables: %s", job.id, exc)
+            return
+        if dropped:
+            log.info("job %s: dropped %d staging table(s) of attempt %d", job.id, dropped,
+                     job.attempt)
 
     def _record_failure(
         self, control: psycopg.Connection[Any], job: queue.ClaimedJob, message: str, retry: bool,

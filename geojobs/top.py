@@ -28,7 +28,8 @@ from rich.progress_bar import ProgressBar
 from rich.table import Table
 from rich.text import Text
 
-from geojobs.db import connect
+from geojobs.config import listen_url
+from geojobs.db import connect, pooled
 from geojobs.metrics import Snapshot, metrics_queries, snapshot
 
 __all__ = ["TopData", "fetch", "render", "run_top", "CHANNELS"]
@@ -161,8 +162,15 @@ def run_top(url: str | None = None, *, job_types: list[str] | None = None, inter
         if once:
             console.print(render(fetch(conn, job_types=job_types), job_types=job_types))
             return 0
-        for channel in CHANNELS:
-            conn.execute(sql.SQL("LISTEN {}").format(sql.Identifier(channel)))
+        # Through PgBouncer, LISTEN needs a direct connection (GEOJOBS_LISTEN_URL); without
+        # one the view redraws every interval only.
+        listener: psycopg.Connection[Any] | None = conn
+        if pooled(conn):
+            direct = listen_url()
+            listener = connect(direct, connect_timeout=5) if direct else None
+        if listener is not None:
+            for channel in CHANNELS:
+                listener.execute(sql.SQL("LISTEN {}").format(sql.Identifier(channel)))
         with _keys() as key_fd, Live(render(fetch(conn, job_types=job_types), job_types=job_types),
                                      console=console, screen=True, auto_refresh=False) as live:
             last = time.monotonic()
@@ -173,7 +181,10 @@ def run_top(url: str | None = None, *, job_types: list[str] | None = None, inter
                         return 0
                 try:
                     # Wait a tenth of a second for a change, so that keys stay responsive.
-                    pending |= bool(list(conn.notifies(timeout=0.1, stop_after=1)))
+                    if listener is None:
+                        time.sleep(0.1)
+                    else:
+                        pending |= bool(list(listener.notifies(timeout=0.1, stop_after=1)))
                     now = time.monotonic()
                     # Redraw on a change (at most 5 frames a second) or every interval.
                     if (pending and now - last >= 0.2) or now - last >= interval:

@@ -49,6 +49,8 @@ PLATFORM_UNITS: tuple[Unit, ...] = (
     Unit("geojobs_api.service", "api.service.in"),
     Unit("geojobs_janitor.service", "janitor.service.in"),
     Unit("geojobs_janitor.timer", "janitor.timer.in"),
+    Unit("geojobs_dask_scheduler.service", "dask_scheduler.service.in"),
+    Unit("geojobs_dask_workers.service", "dask_workers.service.in"),
 )
 """Units besides the workers, e.g. ``Unit("geojobs_api.service", "api.service.in")``."""
 

@@ -57,7 +57,9 @@ def template_db(_dropper: ThreadPoolExecutor) -> Iterator[str]:
     name = f"geojobs_test_tpl_{uuid.uuid4().hex[:10]}"
     url = _create(name)
     try:
-        with psycopg.connect(url, autocommit=True) as conn:
+        # Migrations create cluster-wide roles: parallel test processes (pytest -n) take turns.
+        with _admin() as lock, psycopg.connect(url, autocommit=True) as conn:
+            lock.execute("SELECT pg_advisory_lock(hashtext('geojobs test template'))")
             db.upgrade(conn)
             for sample in SAMPLES:
                 load_sample(conn, sample)

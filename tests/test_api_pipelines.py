@@ -196,3 +196,102 @@ def test_overwrite_of_another_users_table_is_forbidden(api: ApiServer) -> None:
     assert response.status_code == 403, response.text
     assert "steps[0] (mine).params.output_table" in response.json()["detail"]
     assert counts(api) == before
+
+
+def _post_yaml(client: Any, text: str, content_type: str = "application/yaml") -> Any:
+    return client.post("/pipelines", content=text.encode(),
+                       headers={"Content-Type": content_type})
+
+
+def test_yaml_spec_is_the_same_pipeline_as_json(api: ApiServer) -> None:
+    """The YAML of a spec (both media types) inserts what its JSON inserts."""
+    text = ("name: two\n"
+            "steps:\n"
+            "  - {name: first, job_type: noop, params: {sleep_seconds: 0.2}}\n"
+            "  - name: second\n"
+            "    job_type: noop\n"
+            "    after: [first]\n")
+    with api.client("alice") as client:
+        docs = [_post_yaml(client, text, media) for media in ("application/yaml", "text/yaml")]
+        docs.append(client.post("/pipelines", json=two_steps()))
+    assert [d.status_code for d in docs] == [201, 201, 201], [d.text for d in docs]
+    with api.connect() as conn:
+        shapes = []
+        for doc in docs:
+            rows = conn.execute(
+                "SELECT s.step, j.job_type, j.params, array_length(j.depends_on, 1)"
+                " FROM pipeline_steps s JOIN background_jobs j ON j.id = s.job_id"
+                " WHERE s.pipeline_id = %s ORDER BY s.position", (int(doc.json()["jobID"]),)).fetchall()
+            spec = conn.execute("SELECT spec FROM pipelines WHERE id = %s",
+                                (int(doc.json()["jobID"]),)).fetchone()
+            shapes.append((rows, spec))
+    assert shapes[0] == shapes[1] == shapes[2]
+    assert shapes[0][0] == [("first", "noop", {"sleep_seconds": 0.2}, None),
+                            ("second", "noop", {}, 1)]
+
+
+BAD_YAML: list[tuple[str, str, int, str]] = [
+    ("not YAML", "steps: [\n  - name: a\n", 400, "body: not valid YAML"),
+    ("a list", "- name: a\n", 400, "body: must be a mapping"),
+    ("an alias", "x: &a {job_type: noop}\nsteps:\n  - *a\n", 400, "YAML aliases"),
+    ("a date", "name: 2026-12-03\nsteps: [{name: a, job_type: noop}]\n", 400, "body.name"),
+    ("a number key", "steps: [{name: a, job_type: noop, params: {1: 2}}]\n", 400,
+     "body.steps[0].params"),
+    (".nan", "steps: [{name: a, job_type: noop, params: {sleep_seconds: .nan}}]\n", 400,
+     "sleep_seconds"),
+    ("step name used twice", "steps: [{name: a, job_type: noop}, {name: a, job_type: noop}]\n",
+     400, "steps[1].name"),
+    ("cycle", "steps: [{name: a, job_type: noop, after: [b]}, {name: b, job_type: noop, "
+              "after: [a]}]\n", 400, "steps: cycle"),
+]
+
+
+@pytest.mark.parametrize(("case", "text", "status", "field"), BAD_YAML,
+                         ids=[c[0] for c in BAD_YAML])
+def test_bad_yaml_is_refused_naming_the_field(api: ApiServer, case: str, text: str, status: int,
+                                              field: str) -> None:
+    before = counts(api)
+    with api.client("alice") as client:
+        response = _post_yaml(client, text)
+    assert response.status_code == status, response.text
+    assert response.headers["content-type"].startswith("application/problem+json")
+    assert field in response.json()["detail"], response.json()
+    assert counts(api) == before
+
+
+def test_other_media_types_are_refused_naming_the_header(api: ApiServer) -> None:
+    before = counts(api)
+    with api.client("alice") as client:
+        response = client.post("/pipelines", content=b"steps: []",
+                               headers={"Content-Type": "text/plain"})
+    assert response.status_code == 415
+    assert "Content-Type" in response.json()["detail"] and "yaml" in response.json()["detail"]
+    assert counts(api) == before
+
+
+@pytest.fixture(scope="module")
+def capped(template_db: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[ApiServer]:
+    """No workers, so jobs stay queued or waiting; at most 3 per user."""
+    yield from api_server(template_db, tmp_path_factory.mktemp("api_capped"),
+                          users={"carol": False, "dave": False}, GEOJOBS_API_MAX_QUEUED="3")
+
+
+def test_max_queued_counts_every_step_of_a_pipeline(capped: ApiServer) -> None:
+    """GEOJOBS_API_MAX_QUEUED=3: a 4-step pipeline is refused outright; 2 steps fit, then 2 more
+    do not (2 queued or waiting + 2 > 3): 429 with Retry-After, nothing inserted; another user
+    is not affected."""
+    four = {"steps": [{"name": f"s{i}", "job_type": "noop"} for i in range(4)]}
+    with capped.client("carol") as carol:
+        refused = carol.post("/pipelines", json=four)
+        assert refused.status_code == 429, refused.text
+        assert int(refused.headers["retry-after"]) > 0
+        assert "GEOJOBS_API_MAX_QUEUED" in refused.json()["detail"]
+        assert counts(capped) == (0, 0, 0)
+        assert carol.post("/pipelines", json=two_steps()).status_code == 201
+        before = counts(capped)
+        again = _post_yaml(carol, "steps: [{name: a, job_type: noop}, "
+                                  "{name: b, job_type: noop, after: [a]}]\n")
+        assert again.status_code == 429 and "retry-after" in again.headers
+        assert counts(capped) == before
+    with capped.client("dave") as dave:
+        assert dave.post("/pipelines", json=two_steps()).status_code == 201

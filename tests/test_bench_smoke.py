@@ -117,3 +117,14 @@ def test_start_benchmark_smoke(db_url: str) -> None:
 
     rows = start.run(["noop"], db_url, repeat=1)
     assert rows[0]["job_type"] == "noop" and 0 < rows[0]["best_s"] < 120
+
+
+@pytest.mark.db
+def test_layers_download_bench_runs() -> None:
+    """bench.layers' download rows at a tiny size: a real API server, ogr2ogr and psql."""
+    from bench import layers
+
+    out = layers.run_downloads(rows=300, memory_rows=0, repeat=1)
+    assert [r["format"] for r in out["downloads"]] == ["GeoParquet", "FlatGeobuf", "GeoJSON"]
+    assert all(r["rows"] == 300 and r["api_s"] > 0 and r["floor_s"] > 0 for r in out["downloads"])
+    assert all(r["api_rss_peak_mb"] >= r["api_rss_before_mb"] > 0 for r in out["downloads"])

@@ -53,7 +53,9 @@ def test_submit_wait_result_with_progress(db_url: str, capfd: pytest.CaptureFixt
             returned = time.time()
         finally:
             worker.communicate(timeout=60)
-        assert job.result == {"slept": 1.5, "warnings": []}
+        result = dict(job.result)
+        assert result.pop("provenance")["job_id"] == job.id
+        assert result == {"slept": 1.5, "warnings": []}
         finished = job.row["finished_at"].timestamp()
         assert returned - finished < 0.5  # woken by the notification, not by a slow poll
         err = capfd.readouterr().err

@@ -136,3 +136,89 @@ def test_enqueue_wait_says_at_once_that_no_worker_runs(db_url: str) -> None:
     finally:
         proc.kill()
         proc.communicate(timeout=10)
+
+
+def _step_job(conn: psycopg.Connection[Any], pipeline: int, step: str, table: str | None,
+              days_ago: float, *, depends_on: list[int] | None = None, pinned: bool = False,
+              reuse: int | None = None, create: bool = True) -> int:
+    """A finished step of pipeline run ``pipeline`` (or ``reuse``, an existing job, linked)."""
+    if reuse is not None:
+        job = reuse
+    else:
+        if table is not None and create:
+            conn.execute(sql.SQL("CREATE TABLE results.{} (fid int)").format(sql.Identifier(table)))
+        result = {"output_table": f"results.{table}", "rows": 0, "warnings": []} if table else None
+        row = conn.execute(
+            "INSERT INTO background_jobs (job_type, params, depends_on) VALUES ('noop', '{}', %s) "
+            "RETURNING id", (depends_on,)).fetchone()
+        assert row is not None
+        job = int(row[0])
+        conn.execute(
+            "UPDATE background_jobs SET status = 'completed', attempts = 1, result = %s, "
+            "pinned = %s, finished_at = now() - make_interval(secs => %s * 86400) WHERE id = %s",
+            (Jsonb(result) if result else None, pinned, days_ago, job))
+    position = conn.execute("SELECT count(*) FROM pipeline_steps WHERE pipeline_id = %s",
+                            (pipeline,)).fetchone()
+    assert position is not None
+    conn.execute("INSERT INTO pipeline_steps (pipeline_id, step, position, job_id, reused) "
+                 "VALUES (%s, %s, %s, %s, %s)", (pipeline, step, position[0], job,
+                                                  reuse is not None))
+    return job
+
+
+def _pipeline(conn: psycopg.Connection[Any], replaces: int | None = None) -> int:
+    row = conn.execute("INSERT INTO pipelines (name, spec, replaces) VALUES ('p', '{}', %s) "
+                       "RETURNING id", (replaces,)).fetchone()
+    assert row is not None
+    return int(row[0])
+
+
+def test_intermediate_tables_expire_with_the_pipelines_final_result(
+        conn: psycopg.Connection[Any]) -> None:
+    """Worked by hand: an intermediate step's table outlives its own TTL while the run's final
+    step has not expired, and goes with it; a pinned intermediate, an intermediate of a run
+    whose final step is pinned, one read by a queued job, and one reused by a newer run stay;
+    a table a newer run wrote again is not dropped with the old run."""
+    run = _pipeline(conn)
+    cut = _step_job(conn, run, "cut", "cut", 40)
+    spots = _step_job(conn, run, "spots", "spots", 35, depends_on=[cut])
+    hot = _step_job(conn, run, "hot", "hot", 1, depends_on=[spots])
+
+    kept_run = _pipeline(conn)  # its intermediate is pinned
+    pinned_cut = _step_job(conn, kept_run, "cut", "pinned_cut", 40, pinned=True)
+    _step_job(conn, kept_run, "hot", "kept_hot", 40, depends_on=[pinned_cut])
+
+    final_pinned = _pipeline(conn)  # its final step is pinned: the whole run stays
+    held_cut = _step_job(conn, final_pinned, "cut", "held_cut", 40)
+    _step_job(conn, final_pinned, "hot", "pinned_hot", 40, depends_on=[held_cut], pinned=True)
+
+    read_run = _pipeline(conn)  # expired, but a queued job reads its intermediate table
+    read_cut = _step_job(conn, read_run, "cut", "read_cut", 40)
+    _step_job(conn, read_run, "hot", "read_hot", 40, depends_on=[read_cut])
+    reader = queue.enqueue(conn, "noop", {})
+    conn.execute("UPDATE background_jobs SET params = %s WHERE id = %s",
+                 (Jsonb({"input_table": "results.read_cut"}), reader))
+
+    old_run = _pipeline(conn)  # re-run from "hot": the new run reuses "cut", writes "hot" again
+    old_cut = _step_job(conn, old_run, "cut", "rr_cut", 40)
+    _step_job(conn, old_run, "hot", "rr_hot", 40, depends_on=[old_cut])
+    new_run = _pipeline(conn, replaces=old_run)
+    _step_job(conn, new_run, "cut", None, 0, reuse=old_cut)
+    _step_job(conn, new_run, "hot", "rr_hot", 1, depends_on=[old_cut], create=False)
+
+    report = janitor.run_janitor(conn)
+    # expired: the final steps of kept_run and read_run; old_run's hot is held by the newer
+    # writer of results.rr_hot, old_cut by the live new run
+    assert sorted(report.dropped) == ["results.kept_hot", "results.read_hot"]
+    for table in ("cut", "spots", "hot", "pinned_cut", "held_cut", "pinned_hot", "read_cut",
+                  "rr_cut", "rr_hot"):
+        assert _exists(conn, f"results.{table}"), table
+
+    conn.execute("UPDATE background_jobs SET expires_at = now() - interval '1 minute' "
+                 "WHERE id = %s", (hot,))  # the run's final result expires: the run goes
+    report = janitor.run_janitor(conn)
+    assert sorted(report.jobs_expired) == sorted([cut, spots, hot])
+    assert not any(_exists(conn, f"results.{t}") for t in ("cut", "spots", "hot"))
+    assert _exists(conn, "results.read_cut") and _exists(conn, "results.rr_hot")
+    ids = {r[0] for r in conn.execute("SELECT id FROM background_jobs")}
+    assert {cut, spots, hot} <= ids  # pipeline steps' rows stay (pipeline_steps names them)

@@ -322,7 +322,8 @@ def test_bench_layers_runs_at_a_tiny_size(capsys: pytest.CaptureFixture[str]) ->
     """``python -m bench.layers`` cannot rot: its parts run on 2,000 polygons."""
     from bench import layers
 
-    assert layers.main(["--quick", "--rows", "2000", "--tiles", "2", "--pages", "8"]) == 0
+    assert layers.main(["--quick", "--rows", "2000", "--tiles", "2", "--pages", "8",
+                        "--only", "tiles", "--only", "items"]) == 0
     out = capsys.readouterr().out
     assert "Vector tiles" in out and "pages per second" in out
 

@@ -118,7 +118,10 @@ def test_download_equals_the_table(api: ApiServer, job_id: str, fmt: str, tmp_pa
         assert json.loads(kv[b"geojobs_params"])["by"] == ["sub_region"]
         geo = json.loads(kv[b"geo"])
         assert geo["version"] == "1.1.0"
-        assert geo["columns"]["geometry"]["covering"]["bbox"]["xmin"] == ["bbox", "xmin"]
+        column = geo["columns"][geo["primary_column"]]  # the table's geometry column name
+        assert column["covering"]["bbox"]["xmin"] == ["bbox", "xmin"]
+        assert column["geometry_types"] == sorted(set(want.geometry.geom_type))
+        assert column["bbox"] == pytest.approx(list(want.total_bounds))
         bbox = pq.read_table(path, columns=["bbox"]).column("bbox").to_pylist()
         bounds = want.sort_values("sub_region").geometry.bounds
         table = pq.read_table(path).to_pandas().sort_values("sub_region")

@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import re
+from contextlib import ExitStack, contextmanager
 from pathlib import Path
 
 import nbformat
 import pytest
 from nbclient import NotebookClient
+
+from tests.api_support import api_server
 
 ROOT = Path(__file__).resolve().parents[1]
 NOTEBOOKS = sorted((ROOT / "notebooks").glob("*.ipynb"))
@@ -30,9 +33,25 @@ def test_notebooks_draw_inline() -> None:
     assert plotting >= 1  # the pattern still recognises how the notebooks draw
 
 
+def _needs_api(notebook: nbformat.NotebookNode) -> bool:
+    """A notebook that talks to the HTTP API only (it reads GEOJOBS_API_URL / _KEY)."""
+    return any("GEOJOBS_API_KEY" in c.source for c in notebook.cells if c.cell_type == "code")
+
+
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=[p.stem for p in NOTEBOOKS])
-def test_notebook_runs(path: Path, db_url: str) -> None:
+def test_notebook_runs(path: Path, db_url: str, template_db: str, tmp_path: Path,
+                       monkeypatch: pytest.MonkeyPatch) -> None:
     notebook = nbformat.read(path, as_version=4)
+    with ExitStack() as stack:
+        if _needs_api(notebook):  # a real `geojobs serve` and the workers the notebook uses
+            server = stack.enter_context(contextmanager(api_server)(
+                template_db, tmp_path, users={"analyst": False}, workers=("hotspot",)))
+            monkeypatch.setenv("GEOJOBS_API_URL", server.url)
+            monkeypatch.setenv("GEOJOBS_API_KEY", server.keys["analyst"])
+        _run(notebook)
+
+
+def _run(notebook: nbformat.NotebookNode) -> None:
     client = NotebookClient(notebook, timeout=300, kernel_name="python3",
                             resources={"metadata": {"path": str(ROOT)}})
     client.execute()  # raises CellExecutionError, with the failing cell, on any error

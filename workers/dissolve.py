@@ -12,15 +12,15 @@ from typing import Any, Literal
 from pydantic import Field
 
 from analysis.dissolve import dissolve
-from geojobs import worker_cli
+from geojobs import distributed, worker_cli
 from geojobs.context import JobContext
 from geojobs.layers import check_output_free, describe_layer, read_layer, write_layer
-from geojobs.params import ColumnName, InputTable, OutputParams
+from geojobs.params import ColumnName, DistributedParams, InputTable
 
 JOB_TYPE = "dissolve"
 
 
-class Params(OutputParams):
+class Params(DistributedParams):
     """Parameters of ``dissolve``."""
 
     input_table: InputTable = Field(description="Layer to dissolve, 'schema.table'.")
@@ -62,6 +62,14 @@ def run(ctx: JobContext, params: Params) -> dict[str, Any]:
     check_output_free(ctx.conn, output, overwrite=params.overwrite)
 
     columns = list(dict.fromkeys([*params.by, *params.aggregates, *([layer.key] if layer.key else [])]))
+    # `first` without a key means "in row order", which only one process reading the whole
+    # table has: such a dissolve is not partitioned
+    ordered = layer.key is not None or "first" not in params.aggregates.values()
+    decision = distributed.decide(ctx, layer, params.scheduler) if ordered else None
+    if decision is not None and decision.cluster is not None:
+        with decision.cluster as cluster:
+            return cluster.dissolve(params.by, dict(params.aggregates), layer.key, columns,
+                                    output, overwrite=params.overwrite)
     gdf = read_layer(ctx.conn, layer, columns)
     ctx.progress(0.1)
     result, summary = dissolve(gdf, params.by, params.aggregates, key=layer.key,
@@ -73,6 +81,8 @@ def run(ctx: JobContext, params: Params) -> dict[str, Any]:
         "input_features": len(gdf),
         "srid": layer.srid,
         **summary.to_dict(),
+        **({"warnings": [*decision.warnings, *summary.warnings]}
+           if decision is not None and decision.warnings else {}),
     }
 
 

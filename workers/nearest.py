@@ -18,17 +18,17 @@ from typing import Any, Literal
 from pydantic import Field, field_validator
 
 from analysis.nearest import default_method, nearest
-from geojobs import worker_cli
+from geojobs import distributed, worker_cli
 from geojobs.context import JobContext
 from geojobs.errors import InvalidInput
 from geojobs.filters import FilterSpec, filter_clause
 from geojobs.layers import Layer, check_output_free, describe_layer, read_layer, write_layer
-from geojobs.params import ColumnName, InputTable, OutputParams
+from geojobs.params import ColumnName, DistributedParams, InputTable
 
 JOB_TYPE = "nearest"
 
 
-class Params(OutputParams):
+class Params(DistributedParams):
     """Parameters of ``nearest``."""
 
     input_table: InputTable = Field(description="Features to find neighbours for.")
@@ -98,6 +98,20 @@ def run(ctx: JobContext, params: Params) -> dict[str, Any]:
     output = ctx.output_table(params.output_table)
     check_output_free(ctx.conn, output, overwrite=params.overwrite)
 
+    decision = distributed.decide(ctx, layer, params.scheduler)
+    if decision.cluster is not None:
+        with decision.cluster as cluster:
+            near = read_layer(ctx.conn, near_layer, [key], where=where)
+            ctx.progress(0.3)
+            method = params.method or default_method(near.crs)
+            options = {"k": params.k, "search_radius": params.search_radius, "method": method,
+                       "near_key": key, "input_key": key if same else None,
+                       "same_table": same, "lines": params.lines}
+            summary = cluster.nearest(near, options, output, overwrite=params.overwrite)
+            return {**summary, "k": params.k, "method": method,
+                    "units": "metres" if method == "geodesic" else "CRS units",
+                    "same_table": same, "engine": "strtree", "srid": layer.srid}
+
     inputs = read_layer(ctx.conn, layer)
     ctx.progress(0.2)
     near = read_layer(ctx.conn, near_layer, [key], where=where)
@@ -123,6 +137,7 @@ def run(ctx: JobContext, params: Params) -> dict[str, Any]:
         "max_near_dist": float(dist.max()) if len(dist) else None,
         "engine": "strtree",
         "srid": layer.srid,
+        "warnings": decision.warnings,
     }
 
 

@@ -19,6 +19,7 @@ from fastapi import FastAPI, Request, Response
 from fastapi.middleware.cors import CORSMiddleware
 
 from geojobs.api.callbacks import Dispatcher
+from geojobs.api.console import mount_console
 from geojobs.api.errors import install_handlers
 from geojobs.api.layers import mount_layers, start_layers, stop_layers
 from geojobs.api.oas import document_to_oas30
@@ -37,7 +38,9 @@ def create_app(settings: ApiSettings | None = None) -> FastAPI:
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        store = Store(settings.database_url, settings.api_pool_size)
+        store = Store(settings.database_url, settings.api_pool_size,
+                      listen_dsn=settings.listen_url or None,
+                      poll_interval=settings.pooled_poll_interval)
         await store.start()
         app.state.store = store
         dispatcher = Dispatcher(store, settings, settings.api_public_url.rstrip("/"))
@@ -64,6 +67,9 @@ def create_app(settings: ApiSettings | None = None) -> FastAPI:
     app.include_router(PipelineEndpoints().router)
     app.include_router(OperationsEndpoints(database_url=settings.database_url).router)
     mount_layers(app, settings)  # OGC API - Features and Tiles (tipg) over the result tables
+    mount_console(app)
+    app.state.landing_links.append({"href": "/console", "rel": "alternate", "type": "text/html",
+                                    "title": "web console: jobs, forms, result maps, downloads"})
 
     cache: dict[str, Any] = {}
 

@@ -6,11 +6,13 @@ import base64
 import binascii
 import hmac
 import json
+import math
 import re
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Annotated, Any
 
+import yaml
 from fastapi import Depends, Header, Path, Query, Request
 
 from geojobs.api.errors import (
@@ -24,7 +26,7 @@ from geojobs.api.keys import hash_key
 from geojobs.api.settings import ApiSettings
 from geojobs.api.store import Store
 
-__all__ = ["User", "current_user", "job_id", "Paging", "paging", "json_body", "get_store",
+__all__ = ["User", "current_user", "job_id", "Paging", "paging", "json_body", "spec_body", "get_store",
            "settings_dep", "Prefer", "prefer", "idempotency_key", "MAX_DEPTH"]
 
 MAX_DEPTH = 32
@@ -153,15 +155,30 @@ def _depth(value: Any) -> int:
     return deepest
 
 
+def _media_type(request: Request) -> tuple[str, str]:
+    """(the Content-Type header as sent, its media type in lower case)."""
+    content_type = request.headers.get("content-type", "")
+    return content_type, content_type.split(";", 1)[0].strip().lower()
+
+
+def _is_json(media: str) -> bool:
+    return media == "application/json" or (media.startswith("application/")
+                                           and media.endswith("+json"))
+
+
 async def json_body(request: Request, settings: Annotated[ApiSettings, Depends(settings_dep)]) -> Any:
     """The request body as JSON: type ``application/json`` (415), at most the limit (413), valid
     JSON without NaN/Infinity and not deeper than :data:`MAX_DEPTH` (400)."""
-    content_type = request.headers.get("content-type", "")
-    media = content_type.split(";", 1)[0].strip().lower()
-    if media != "application/json" and not (media.startswith("application/") and media.endswith("+json")):
+    content_type, media = _media_type(request)
+    if not _is_json(media):
         raise UnsupportedMediaType(
             f"Content-Type header: must be application/json, got {content_type or 'none'!r}",
             field="Content-Type")
+    return _parse_json(await _read_body(request, settings))
+
+
+async def _read_body(request: Request, settings: ApiSettings) -> bytes:
+    """The raw body, at most ``GEOJOBS_API_MAX_BODY`` bytes (413)."""
     limit = settings.api_max_body
     declared = request.headers.get("content-length")
     if declared is not None and declared.isdigit() and int(declared) > limit:
@@ -172,7 +189,10 @@ async def json_body(request: Request, settings: Annotated[ApiSettings, Depends(s
         if size > limit:
             raise PayloadTooLarge(f"body: more than {limit} bytes", field="body")
         chunks.append(chunk)
-    raw = b"".join(chunks)
+    return b"".join(chunks)
+
+
+def _parse_json(raw: bytes) -> dict[str, Any]:
     try:
         value = json.loads(raw, parse_constant=_reject_constant)
     except RecursionError:
@@ -184,6 +204,64 @@ async def json_body(request: Request, settings: Annotated[ApiSettings, Depends(s
     if not isinstance(value, dict):
         raise BadRequest(f"body: must be a JSON object, got {type(value).__name__}", field="body")
     return value
+
+
+YAML_TYPES = ("application/yaml", "application/x-yaml", "text/yaml", "text/x-yaml")
+"""Media types of a YAML request body (``POST /pipelines``)."""
+
+
+def _check_json_like(value: Any, path: str) -> None:
+    """YAML that JSON could say too: string keys, no dates, no NaN/Infinity (400 naming where)."""
+    stack = [(value, path)]
+    while stack:
+        node, where = stack.pop()
+        if isinstance(node, dict):
+            for key, item in node.items():
+                if not isinstance(key, str):
+                    raise BadRequest(f"{where}: key {key!r} must be a string", field=where)
+                stack.append((item, f"{where}.{key}"))
+        elif isinstance(node, list):
+            stack.extend((item, f"{where}[{i}]") for i, item in enumerate(node))
+        elif isinstance(node, float) and not math.isfinite(node):
+            raise BadRequest(f"{where}: {node} is not allowed", field=where)
+        elif node is not None and not isinstance(node, str | int | float | bool):
+            raise BadRequest(f"{where}: a {type(node).__name__} is not allowed (quote it to make "
+                             "a string)", field=where)
+
+
+def _parse_yaml(raw: bytes) -> dict[str, Any]:
+    """A YAML document as the JSON value it denotes; anchors and aliases are refused (an alias
+    expands to a copy: a small body could stand for a huge document)."""
+    try:
+        text = raw.decode("utf-8")
+        for event in yaml.parse(text, Loader=yaml.SafeLoader):
+            if isinstance(event, yaml.AliasEvent):
+                raise BadRequest("body: YAML aliases (*name) are not allowed", field="body")
+        value = yaml.safe_load(text)
+    except RecursionError:
+        raise BadRequest(f"body: YAML nested deeper than {MAX_DEPTH} levels", field="body") from None
+    except (yaml.YAMLError, UnicodeDecodeError) as exc:
+        raise BadRequest(f"body: not valid YAML ({exc})".replace("\n", " "), field="body") from None
+    if _depth(value) > MAX_DEPTH:
+        raise BadRequest(f"body: YAML nested deeper than {MAX_DEPTH} levels", field="body")
+    if not isinstance(value, dict):
+        raise BadRequest(f"body: must be a mapping (an object), got {type(value).__name__}",
+                         field="body")
+    _check_json_like(value, "body")
+    return value
+
+
+async def spec_body(request: Request, settings: Annotated[ApiSettings, Depends(settings_dep)]) -> Any:
+    """The body as JSON (``application/json``) or YAML (``application/yaml``, ``text/yaml``),
+    with :func:`json_body`'s limits; another Content-Type is a 415 naming the header."""
+    content_type, media = _media_type(request)
+    if _is_json(media):
+        return _parse_json(await _read_body(request, settings))
+    if media in YAML_TYPES:
+        return _parse_yaml(await _read_body(request, settings))
+    raise UnsupportedMediaType(
+        "Content-Type header: must be application/json or application/yaml (text/yaml), got "
+        f"{content_type or 'none'!r}", field="Content-Type")
 
 
 @dataclass(frozen=True)

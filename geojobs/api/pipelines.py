@@ -16,8 +16,8 @@ from fastapi import APIRouter, Depends, Request
 from fastapi.responses import JSONResponse
 
 from geojobs import pipelines
-from geojobs.api.deps import User, current_user, get_store, json_body, settings_dep
-from geojobs.api.errors import BadRequest, Forbidden, NotFound
+from geojobs.api.deps import User, current_user, get_store, settings_dep, spec_body
+from geojobs.api.errors import BadRequest, Forbidden, NotFound, TooManyQueued
 from geojobs.api.jobs import OGC_STATUS, iso, status_info
 from geojobs.api.settings import ApiSettings
 from geojobs.api.store import Store
@@ -106,13 +106,21 @@ class PipelineEndpoints:
             store: Annotated[Store, Depends(get_store)],
             settings: Annotated[ApiSettings, Depends(settings_dep)],
         ) -> JSONResponse:
-            body = await json_body(request, settings)
+            body = await spec_body(request, settings)
             try:
                 spec, planned = pipelines.plan(body)
             except InvalidParams as exc:
                 raise _bad_spec(exc) from None
             await _check_overwrites(store, user, planned)
             async with store.pool.acquire() as conn, conn.transaction():
+                queued = int(await store.fetchval("pipeline_queue_room", conn,
+                                                  username=user.name))
+                if queued + len(planned) > settings.api_max_queued:
+                    raise TooManyQueued(
+                        f"user {user.name} has {queued} queued or waiting jobs; this pipeline's "
+                        f"{len(planned)} steps would pass the limit of {settings.api_max_queued} "
+                        "(GEOJOBS_API_MAX_QUEUED); wait for some to start",
+                        field="GEOJOBS_API_MAX_QUEUED")
                 try:
                     pid = int(await store.fetchval(
                         "pipeline_create_as", conn, username=user.name, name=spec.name,

@@ -14,7 +14,6 @@ from typing import Annotated, Any, Literal
 from urllib.parse import urlencode
 
 import asyncpg
-import psycopg
 from fastapi import APIRouter, Depends, Query, Request, Response
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import FileResponse, JSONResponse, StreamingResponse
@@ -57,6 +56,7 @@ from geojobs.api.jobs import (
 )
 from geojobs.api.settings import ApiSettings
 from geojobs.api.store import Store
+from geojobs.db import connect
 from geojobs.errors import InvalidParams
 from geojobs.export import FORMATS, ExportFormat, export_table, provenance, result_table
 from geojobs.params import validate_params
@@ -161,7 +161,7 @@ async def _job(store: Store, user: User, jid: int) -> asyncpg.Record:
 
 
 def _export_to(job: dict[str, Any], table: str, fmt: ExportFormat, path: Path, dsn: str) -> None:
-    with psycopg.connect(dsn, autocommit=True) as conn:
+    with connect(dsn) as conn:  # direct or through PgBouncer (no prepared statements then)
         export_table(conn, table, fmt, path, provenance(job), field="jobID")
 
 
@@ -359,6 +359,17 @@ class ProcessesEndpoints:
         ) -> Response:
             job = await _job(store, user, jid)
             return JSONResponse(status_info(job, base_url(request)), headers=NO_STORE)
+
+        @router.get("/jobs/{jobID}/inputs", summary="The inputs a job was submitted with",
+                    tags=["Jobs"])
+        async def job_inputs(
+            jid: Annotated[int, Depends(job_id)],
+            user: Annotated[User, Depends(current_user)],
+            store: Annotated[Store, Depends(get_store)],
+        ) -> Response:
+            job = await _job(store, user, jid)
+            return JSONResponse({"jobID": str(jid), "processID": job["job_type"],
+                                 "inputs": job["params"] or {}}, headers=NO_STORE)
 
         @router.get("/jobs/{jobID}/results", summary="Job results", tags=["Jobs"])
         async def job_results(

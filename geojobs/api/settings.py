@@ -40,6 +40,11 @@ class ApiSettings(BaseSettings):
     api_public_url: str = Field(
         default="", description="Base URL of the API in links sent to callbacks; default the "
         "address it serves on.")
+    console_basemap: str = Field(
+        default="", description="XYZ raster tile URL template ({z}/{x}/{y}) the web console draws "
+        "under results, e.g. an internal tile server; none by default (no request leaves the API).")
+    console_basemap_attribution: str = Field(
+        default="", description="Attribution shown with the console's basemap.")
     api_max_queued: int = Field(default=100, ge=1, description="Queued jobs allowed per user.")
     api_max_body: int = Field(default=1 << 20, ge=1024, description="Request body limit in bytes.")
     api_max_wait: int = Field(default=60, ge=0, le=600, description="Largest Prefer: wait, seconds.")
@@ -51,6 +56,12 @@ class ApiSettings(BaseSettings):
     layer_max_age: int = Field(
         default=30, ge=0, le=3600, description="max-age in seconds of a vector tile (with its ETag).")
     api_callback_timeout: float = Field(default=10.0, gt=0, description="Seconds per callback POST.")
+    listen_url: str = Field(
+        default="", description="Behind PgBouncer: a direct libpq URI used only to LISTEN for job "
+        "changes (GEOJOBS_LISTEN_URL); without it the API polls watched jobs.")
+    pooled_poll_interval: float = Field(
+        default=0.5, gt=0, description="Behind PgBouncer without GEOJOBS_LISTEN_URL: seconds "
+        "between reads of the jobs that requests wait for.")
     api_callback_backoff: float = Field(
         default=5.0, gt=0, description="Seconds before the first callback retry; doubles each time.")
 

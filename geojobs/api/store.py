@@ -1,5 +1,11 @@
 """The API's database access: an asyncpg pool, the named queries of ``geojobs/sql/api.sql``,
 and one listening connection that relays job changes (NOTIFY ``geojobs_jobs``) to waiters.
+
+Through PgBouncer in transaction pooling mode (detected at start: the server process answering
+is not the one named at login), the pool keeps no prepared statements
+(``statement_cache_size=0``), and the listening connection goes to ``listen_dsn``
+(``GEOJOBS_LISTEN_URL``), a direct one; without it, a task reads the watched jobs every
+``poll_interval`` seconds and wakes their waiters and the callback dispatcher.
 """
 
 from __future__ import annotations
@@ -78,11 +84,17 @@ async def _init_connection(conn: asyncpg.Connection) -> None:
 class Store:
     """The pool, the queries by name, and the job-change listener of one API process."""
 
-    def __init__(self, dsn: str, pool_size: int) -> None:
+    def __init__(self, dsn: str, pool_size: int, *, listen_dsn: str | None = None,
+                 poll_interval: float = 0.5) -> None:
         self.dsn = asyncpg_dsn(dsn)
+        self.listen_dsn = asyncpg_dsn(listen_dsn) if listen_dsn else None
         self.pool_size = pool_size
+        self.poll_interval = poll_interval
+        self.pooled = False
+        """Whether ``dsn`` goes through a transaction pooler (known once started)."""
         self._pool: asyncpg.Pool | None = None
         self._listener: asyncpg.Connection | None = None
+        self._poller: asyncio.Task[None] | None = None
         self._waiters: dict[int, set[asyncio.Queue[dict[str, Any]]]] = defaultdict(set)
         self._callback_hooks: list[Callable[[], None]] = []
         self._job_hooks: list[Callable[[dict[str, Any]], None]] = []
@@ -93,13 +105,27 @@ class Store:
         return self._pool
 
     async def start(self) -> None:
-        """Open the pool and start listening for job changes."""
+        """Open the pool and start listening for job changes (or polling for them)."""
+        probe = await asyncpg.connect(self.dsn, statement_cache_size=0)
+        try:
+            self.pooled = probe.get_server_pid() != await probe.fetchval("SELECT pg_backend_pid()")
+        finally:
+            await probe.close()
+        # Behind a transaction pooler a named prepared statement outlives the transaction on a
+        # server connection the next query may not get: asyncpg then prepares unnamed ones only.
+        extra: dict[str, Any] = {"statement_cache_size": 0} if self.pooled else {}
         self._pool = await asyncpg.create_pool(self.dsn, min_size=1, max_size=self.pool_size,
-                                               init=_init_connection)
-        await self._listen()
+                                               init=_init_connection, **extra)
+        if self.pooled and self.listen_dsn is None:
+            log.info("connected through a transaction pooler and no GEOJOBS_LISTEN_URL: polling "
+                     "watched jobs every %.2f s", self.poll_interval)
+            self._poller = asyncio.get_running_loop().create_task(self._poll(), name="job-poll")
+        else:
+            await self._listen()
 
     async def _listen(self) -> None:
-        conn = await asyncpg.connect(self.dsn)
+        conn = await asyncpg.connect(self.listen_dsn if self.pooled and self.listen_dsn
+                                     else self.dsn)
         await conn.add_listener(JOB_CHANNEL, self._on_job)
         await conn.add_listener(CALLBACK_CHANNEL, self._on_callback)
         conn.add_termination_listener(self._on_lost)
@@ -125,8 +151,36 @@ class Store:
                 job_hook({"reconnected": True})
             return
 
+    async def _poll(self) -> None:
+        """The fallback for NOTIFY: every ``poll_interval``, read the watched jobs and hand each
+        change (and each job seen for the first time) to its waiters; wake the callback
+        dispatcher too, as NOTIFY geojobs_callbacks would."""
+        seen: dict[int, tuple[Any, Any]] = {}
+        while True:
+            await asyncio.sleep(self.poll_interval)
+            ids = list(self._waiters)
+            try:
+                rows = await self.fetch("job_changes", ids=ids) if ids else []
+            except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+                log.warning("polling watched jobs failed (%s); trying again", exc)
+                continue
+            current = {int(row["id"]): (row["status"], row["progress"]) for row in rows}
+            for job_id, state in current.items():
+                if seen.get(job_id) != state:
+                    change = {"id": job_id, "status": state[0], "progress": state[1]}
+                    for q in list(self._waiters.get(job_id, ())):
+                        q.put_nowait(change)
+            seen = current
+            for hook in self._callback_hooks:
+                hook()
+
     async def stop(self) -> None:
-        """Close the listener and the pool."""
+        """Close the listener (or stop polling) and the pool."""
+        if self._poller is not None:
+            self._poller.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._poller
+            self._poller = None
         pool, self._pool = self._pool, None
         if self._listener is not None:
             with contextlib.suppress(Exception):

@@ -104,6 +104,14 @@ WHERE id = %(id)s;
 SELECT extract(epoch FROM min(next_at) - now())::float8 FROM api_deliveries
 WHERE delivered_at IS NULL AND given_up_at IS NULL;
 
+-- name: pipeline_queue_room
+-- The user's jobs that count against GEOJOBS_API_MAX_QUEUED for a new pipeline (queued or
+-- waiting), after taking a per-user lock held to the end of the transaction, so two pipelines
+-- submitted at once by one user are counted one after the other.
+SELECT count(*) FROM background_jobs, (SELECT pg_advisory_xact_lock(
+    hashtextextended('geojobs pipeline queue ' || %(username)s, 0))) AS locked
+WHERE submitted_by = %(username)s AND status IN ('queued', 'waiting');
+
 -- name: pipeline_create_as
 -- Record a pipeline run of an API user (its steps follow in the same transaction).
 SELECT geojobs_pipeline_create_as(%(username)s, %(name)s, %(spec)s) AS id;
@@ -144,3 +152,8 @@ ORDER BY target, id DESC;
 -- The table or view a job's result names (NULL: none, or no such job).
 SELECT coalesce(result ->> 'output_table', result ->> 'output_view') FROM background_jobs
 WHERE id = %(id)s;
+
+-- name: job_changes
+-- Status and progress of the jobs some request waits for: the API's polling fallback behind
+-- PgBouncer when no direct connection (GEOJOBS_LISTEN_URL) carries NOTIFY geojobs_jobs.
+SELECT id, status, progress FROM background_jobs WHERE id = ANY(%(ids)s::bigint[]);

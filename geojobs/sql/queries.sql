@@ -22,7 +22,7 @@ WHERE j.id = (
 )
 RETURNING j.id, j.job_type,
           CASE WHEN j.depends_on IS NULL THEN j.params ELSE geojobs_resolve_outputs(j.params) END,
-          j.attempts, j.max_attempts, j.timeout_seconds, j.memory_limit_mb;
+          j.attempts, j.max_attempts, j.timeout_seconds, j.memory_limit_mb, j.rerun_of;
 
 -- name: complete_job
 -- Record success, only if this worker still holds this attempt (compare-and-set).
@@ -78,16 +78,19 @@ WHERE j.id IN (
 RETURNING j.id, j.status;
 
 -- name: enqueue_job
--- Insert a job, as any front end would (depends_on NULL for an independent job).
-INSERT INTO background_jobs (job_type, params, priority, max_attempts, depends_on)
-VALUES (%(job_type)s, %(params)s, %(priority)s, %(max_attempts)s, %(depends_on)s::bigint[])
+-- Insert a job, as any front end would (depends_on NULL for an independent job; rerun_of the
+-- job it re-runs, or NULL).
+INSERT INTO background_jobs (job_type, params, priority, max_attempts, depends_on, rerun_of)
+VALUES (%(job_type)s, %(params)s, %(priority)s, %(max_attempts)s, %(depends_on)s::bigint[],
+        %(rerun_of)s::bigint)
 RETURNING id;
 
 -- name: get_job
 -- One job row.
 SELECT id, job_type, params, status, priority, attempts, max_attempts, available_at, created_at,
        started_at, finished_at, heartbeat_at, worker_id, progress, result, error, depends_on,
-       timeout_seconds, memory_limit_mb, expires_at, pinned, idempotency_key
+       timeout_seconds, memory_limit_mb, expires_at, pinned, idempotency_key, rerun_of,
+       submitted_by
 FROM background_jobs WHERE id = %(id)s;
 
 -- name: list_jobs
@@ -122,8 +125,10 @@ SELECT status, worker_id, attempts FROM background_jobs WHERE id = %(id)s;
 
 -- name: terminate_backend
 -- End the database session of a killed job process at once (its transaction rolls back),
--- waiting up to one second for it to be gone.
-SELECT pg_terminate_backend(%(pid)s, 1000);
+-- waiting up to one second for it to be gone; with a tag, only while the session's
+-- application_name is that tag (behind PgBouncer: only while it runs the job's transaction).
+SELECT pg_terminate_backend(pid, 1000) FROM pg_stat_activity
+WHERE pid = %(pid)s AND (%(tag)s::text IS NULL OR application_name = %(tag)s::text);
 
 -- name: register_worker
 -- A worker process announces itself (or again, after a reconnection).
@@ -225,6 +230,16 @@ SELECT id, false FROM background_jobs
 WHERE submitted_by = session_user AND idempotency_key = %(idempotency_key)s
   AND NOT EXISTS (SELECT 1 FROM inserted);
 
+-- name: insert_rerun
+-- Queue a copy of a job with new params (geojobs jobs rerun): same type, priority, attempts,
+-- limits and dependencies; rerun_of names the job it re-runs.
+INSERT INTO background_jobs (job_type, params, priority, max_attempts, timeout_seconds,
+                             memory_limit_mb, depends_on, rerun_of)
+SELECT job_type, %(params)s, priority, max_attempts, timeout_seconds, memory_limit_mb,
+       depends_on, id
+FROM background_jobs WHERE id = %(id)s
+RETURNING id;
+
 -- name: pin_job
 -- Keep (or stop keeping) a finished job's outputs past their expiry.
 UPDATE background_jobs SET pinned = %(pinned)s WHERE id = %(id)s RETURNING id;
@@ -236,22 +251,52 @@ FROM background_jobs AS j JOIN geojobs_workers AS w ON w.worker_id = j.worker_id
 WHERE j.id = %(id)s;
 
 -- name: janitor_expired_outputs
--- Finished jobs whose outputs are past their expiry (expires_at, else finished_at + the result
--- TTL; or the job row itself past the job TTL), not pinned, not yet dropped, and read by no
--- unfinished job (by name in its params, or as a dependency). Locked, skipping rows another
--- janitor holds.
+-- Finished jobs whose outputs are past their expiry, not pinned, not yet dropped, and read by no
+-- unfinished job (by name in its params, or as a dependency). A job outside pipelines expires
+-- at expires_at, else finished_at + the result TTL (or with its row, past the job TTL). A step
+-- of a pipeline run expires with its run(s): once every final step (one no other step of the
+-- run depends on) of every run it belongs to is finished, not pinned and past its own expiry.
+-- An output a newer, unexpired pipeline step wrote again (a re-run's overwrite) is held until
+-- that step expires. Locked, skipping rows another janitor holds.
+WITH ttl AS (
+    SELECT make_interval(secs => %(result_ttl_days)s * 86400) AS result_ttl,
+           make_interval(secs => %(job_ttl_days)s * 86400) AS job_ttl
+),
+final_step AS (
+    SELECT s.pipeline_id, f.id, f.status, f.pinned, f.expires_at, f.finished_at
+    FROM pipeline_steps AS s JOIN background_jobs AS f ON f.id = s.job_id
+    WHERE NOT EXISTS (SELECT 1 FROM pipeline_steps AS d JOIN background_jobs AS dj ON dj.id = d.job_id
+                      WHERE d.pipeline_id = s.pipeline_id AND dj.depends_on @> ARRAY[f.id])
+),
+live_run AS (
+    SELECT DISTINCT f.pipeline_id FROM final_step AS f, ttl
+    WHERE f.status NOT IN ('completed', 'failed', 'cancelled') OR f.pinned
+       OR COALESCE(f.expires_at, f.finished_at + ttl.result_ttl) >= now()
+),
+newest_writer AS (
+    SELECT n.result->>'output_table' AS output_table, max(n.id) AS id
+    FROM pipeline_steps AS s JOIN background_jobs AS n ON n.id = s.job_id
+    WHERE n.status = 'completed' AND n.result ? 'output_table' AND NOT n.result ? 'expired_at'
+    GROUP BY 1
+)
 SELECT j.id, j.result
-FROM background_jobs AS j
+FROM background_jobs AS j, ttl
 WHERE j.status IN ('completed', 'failed', 'cancelled') AND NOT j.pinned
   AND j.result IS NOT NULL AND NOT j.result ? 'expired_at'
-  AND (COALESCE(j.expires_at, j.finished_at + make_interval(secs => %(result_ttl_days)s * 86400)) < now()
-       OR j.finished_at < now() - make_interval(secs => %(job_ttl_days)s * 86400))
+  AND CASE WHEN j.id IN (SELECT job_id FROM pipeline_steps)
+           THEN j.id NOT IN (SELECT s.job_id FROM pipeline_steps AS s
+                             WHERE s.pipeline_id IN (SELECT pipeline_id FROM live_run))
+           ELSE COALESCE(j.expires_at, j.finished_at + ttl.result_ttl) < now()
+                OR j.finished_at < now() - ttl.job_ttl
+      END
   AND NOT EXISTS (
       SELECT 1 FROM background_jobs AS o
       WHERE o.status IN ('waiting', 'queued', 'running')
         AND (o.depends_on @> ARRAY[j.id]
              OR strpos(o.params::text, COALESCE(j.result->>'output_table',
                                                 j.result->>'output_view', '\0')) > 0))
+  AND NOT EXISTS (SELECT 1 FROM newest_writer AS w
+                  WHERE w.output_table = j.result->>'output_table' AND w.id > j.id)
 ORDER BY j.finished_at
 LIMIT %(limit)s
 FOR UPDATE OF j SKIP LOCKED;
