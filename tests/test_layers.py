@@ -214,6 +214,19 @@ def test_a_new_result_appears_and_a_dismissed_one_vanishes_without_restart(api: 
         assert conn.execute("SELECT to_regclass('results.lb_new')").fetchone() == (None,)
 
 
+def test_a_layer_the_janitor_expired_vanishes(api: ApiServer) -> None:
+    """The janitor drops a result table and stamps ``expired_at`` on the job (no status change):
+    migration 0009's NOTIFY takes the layer out of the catalog."""
+    with api.connect() as conn:
+        job = make_layer(conn, "results.la_expiring", "alice", cells=2)
+    listed(api, "alice", "results.la_expiring")
+    with api.connect() as conn:
+        conn.execute("DROP TABLE results.la_expiring")
+        conn.execute("UPDATE background_jobs SET result = result || jsonb_build_object('expired_at', "
+                     "now()) WHERE id = %s", (job,))
+    listed(api, "alice", "results.la_expiring", present=False)
+
+
 def test_users_see_only_their_own_layers(api: ApiServer) -> None:
     listed(api, "alice", REGIONS)
     with api.client("alice") as alice, api.client("bob") as bob, api.client("ops") as ops:

@@ -235,7 +235,9 @@ class LayerCatalog:
         if names == []:
             return
         async with self._lock:
-            async with self.store.pool.acquire() as conn:
+            # one transaction: with a transaction pooler (PgBouncer) the temporary functions
+            # and the query that calls them then run on the same server connection
+            async with self.store.pool.acquire() as conn, conn.transaction():
                 await conn.execute(DB_CATALOG_FILE.read_text())  # tipg's functions, in pg_temp
                 settings = DatabaseSettings(schemas=self.schemas, tables=names,
                                             only_spatial_tables=True)
