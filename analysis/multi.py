@@ -101,7 +101,7 @@ def ewkb(geometries: Any, srid: int, promote: bool = False) -> list[bytes | None
     made = [h + w[c:] for h, w, c in zip(headers[code].tolist(), wkb.tolist(),
                                           cuts[code].tolist(), strict=True)]
     if len(present) == n:
-        return made  # type: ignore[return-value]
+        return made
     out = np.full(n, None, dtype=object)
     out[present] = made
-    return out.tolist()  # type: ignore[no-any-return]
+    return out.tolist()

@@ -118,7 +118,7 @@ def _block(columns: list[CopyColumn], lo: int, hi: int) -> bytes:
     stride = 2 * len(var)
     joined: list[bytes] = [b""] * (n * stride)
     joined[0::stride] = _slices(head.tobytes(), head.dtype.itemsize)
-    for j, (pieces, lengths) in enumerate(pieces_of):
+    for j, (pieces, _) in enumerate(pieces_of):
         joined[2 * j + 1::stride] = pieces
         if j + 1 < len(var):
             joined[2 * j + 2::stride] = _slices(pieces_of[j + 1][1].astype(">i4").tobytes(), 4)
