@@ -481,7 +481,9 @@ def _assemble(
     line: NDArray[np.object_] | None,
 ) -> gpd.GeoDataFrame:
     n = len(inputs)
-    lonely = np.setdiff1d(np.arange(n), left)
+    has = np.zeros(n, dtype=bool)
+    has[left] = True
+    lonely = np.flatnonzero(~has)
     rows = np.concatenate([left, lonely])
     target = np.concatenate([right, np.full(len(lonely), -1)])
     rank = np.zeros(len(rows), dtype=np.int64)
