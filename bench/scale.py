@@ -18,8 +18,7 @@ import tempfile
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from bench.data import hex_grid, irregular_polygons, load_layer, parse_sizes, random_points, \
-    square_grid
+from bench.data import hex_grid, irregular_polygons, load_layer, parse_sizes, random_points, square_grid
 from bench.database import bench_database
 from bench.measure import ROOT, growth_exponent, measure_job
 from bench.report import print_table, write_json
