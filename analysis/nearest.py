@@ -267,7 +267,8 @@ def _search(
             within = _group_rank(left[got], dist[got]) < k
             kth = _per_input_max(left[got[within]], dist[got[within]], n)
             kth[counts < k] = np.inf
-        limit = np.minimum(kth, cap)
+        # a little beyond d_k: distances that _tie_key rounds to d_k are ties and must stay
+        limit = np.minimum(kth * (1.0 + 1e-9), cap)
         # 2. the other boxes within the bound, and whether the search reached that far
         done = ready & (limit <= r)
         near2 = ~near1 & done[left] & (box_d <= limit[left])
