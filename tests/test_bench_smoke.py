@@ -117,3 +117,12 @@ def test_start_benchmark_smoke(db_url: str) -> None:
 
     rows = start.run(["noop"], db_url, repeat=1)
     assert rows[0]["job_type"] == "noop" and 0 < rows[0]["best_s"] < 120
+
+
+def test_scale_benchmark_smoke(db_url: str) -> None:
+    from bench import scale
+
+    rows = scale.run(["create_view"], [200, 400], [], db_url)
+    assert [r["size"] for r in rows] == [200, 400]
+    assert all(r["job_s"] > 0 and r["peak_rss_mb"] > 0 for r in rows)
+    assert "exponent" in rows[-1] and "exponent" not in rows[0]
