@@ -80,25 +80,28 @@ def ewkb(geometries: Any, srid: int, promote: bool = False) -> list[bytes | None
     """
     geoms = np.asarray(geometries, dtype=object)
     wkb = shapely.to_wkb(geoms, byte_order=1)
-    type_ids = shapely.get_type_id(geoms)
-    has_z = shapely.has_z(geoms)
+    n = len(wkb)
+    present = np.flatnonzero(wkb != None)  # noqa: E711  (element-wise test for None)
+    geoms, wkb = geoms[present], wkb[present]
     srid = int(srid)
-    keep_headers: dict[tuple[int, bool], bytes] = {}
-    multi_headers: dict[tuple[int, bool], bytes] = {}
+    # header and how many bytes of the WKB it replaces, by shapely type id * 2 + has_z
+    headers = np.empty(16, dtype=object)
+    cuts = np.zeros(16, dtype=np.int64)
     for type_id in range(8):
-        for z in (False, True):
+        for z in (0, 1):
             flags = _SRID | (_Z if z else 0)
-            keep_headers[type_id, z] = b"\x01" + struct.pack("<II", _WKB_TYPE[type_id] | flags, srid)
-            if type_id in _PROMOTE:
-                multi_headers[type_id, z] = b"\x01" + struct.pack(
+            if promote and type_id in _PROMOTE:  # the part keeps its own (SRID-less) header
+                headers[2 * type_id + z] = b"\x01" + struct.pack(
                     "<III", _PROMOTE[type_id] | flags, srid, 1)
-    out: list[bytes | None] = []
-    append = out.append
-    for w, type_id, z in zip(wkb.tolist(), type_ids.tolist(), has_z.tolist(), strict=True):
-        if w is None:
-            append(None)
-        elif promote and type_id in _PROMOTE:
-            append(multi_headers[type_id, z] + w)  # the part keeps its own (SRID-less) header
-        else:
-            append(keep_headers[type_id, z] + w[5:])
-    return out
+            else:
+                headers[2 * type_id + z] = b"\x01" + struct.pack(
+                    "<II", _WKB_TYPE[type_id] | flags, srid)
+                cuts[2 * type_id + z] = 5
+    code = 2 * shapely.get_type_id(geoms) + shapely.has_z(geoms)
+    made = [h + w[c:] for h, w, c in zip(headers[code].tolist(), wkb.tolist(),
+                                          cuts[code].tolist(), strict=True)]
+    if len(present) == n:
+        return made
+    out = np.full(n, None, dtype=object)
+    out[present] = made
+    return out.tolist()

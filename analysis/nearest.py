@@ -172,6 +172,40 @@ def _keys(frame: gpd.GeoDataFrame, column: str | None, field: str) -> pd.Index:
     return keys
 
 
+def _group_rank(left: IntArray, value: FloatArray) -> IntArray:
+    """Rank (0, 1, ...) of each pair within its input by ``value``, for ``left`` sorted.
+
+    One float sort: the input's position plus the value scaled into [0, 0.5). Values closer
+    than 2**-30 of the largest may swap ranks, so callers use ranks only to choose
+    thresholds, never to decide the result.
+    """
+    if not len(left):
+        return np.empty(0, np.int64)
+    group = np.cumsum(np.r_[0, np.diff(left) != 0])
+    top = float(value.max())
+    key = group + (value / (2.0 * top + 1.0) if top > 0 else 0.0)
+    order = np.argsort(key, kind="stable")
+    rank = np.empty(len(left), np.int64)
+    starts = np.searchsorted(group, group, side="left")
+    rank[order] = np.arange(len(left)) - starts[order]
+    return rank
+
+
+def _per_input_max(left: IntArray, value: FloatArray, n: int) -> FloatArray:
+    out = np.full(n, -np.inf)
+    np.maximum.at(out, left, value)
+    return out
+
+
+def _box_distance(a_bounds: FloatArray, b_bounds: FloatArray) -> FloatArray:
+    """Distance between bounding boxes: never more than between the geometries they hold."""
+    dx = np.maximum(np.maximum(b_bounds[:, 0] - a_bounds[:, 2], a_bounds[:, 0] - b_bounds[:, 2]),
+                    0.0)
+    dy = np.maximum(np.maximum(b_bounds[:, 1] - a_bounds[:, 3], a_bounds[:, 1] - b_bounds[:, 3]),
+                    0.0)
+    return np.hypot(dx, dy)
+
+
 def _search(
     tree: shapely.STRtree,
     a: NDArray[np.object_],
@@ -181,20 +215,24 @@ def _search(
     exclude: tuple[IntArray, IntArray] | None,
     start: float,
 ) -> tuple[IntArray, IntArray, FloatArray, NDArray[np.bool_]]:
-    """Candidate pairs and their distances such that each input has at least ``k`` within
-    ``r <= cap``.
+    """Candidate pairs with their exact distances, holding every input's ``k`` nearest within
+    ``cap`` (ties included): for each input, every near feature at most as far as its ``k``-th
+    candidate, ``d_k``.
 
-    Candidates come from the tree by bounding box (the box of the input grown by ``r``),
-    then one exact distance per candidate pair keeps those within ``r``: each distance is
-    computed once, where a ``dwithin`` query followed by ``distance`` computed it twice.
-    Returns the pairs, their distances and which inputs reached ``cap`` (they may hold
-    fewer).
+    Per round, the tree gives the features whose boxes lie within ``r`` of the input's box.
+    Box distances are lower bounds of the true ones, so the exact distance is computed only
+    for the ``k`` closest boxes (bounding ``d_k`` from above), then for the boxes closer than
+    that bound; features whose box is farther cannot be among the ``k`` nearest. An input with
+    fewer than ``k`` boxes within ``r``, or whose bound exceeds ``r``, goes to the next round
+    with a larger ``r`` (doubled, or that bound). Returns the pairs within the bound, their
+    distances, and which inputs reached ``cap`` (they may hold fewer than ``k``).
     """
     n = len(a)
     r = np.full(n, min(start, cap))
     pending = np.flatnonzero(~(shapely.is_missing(a) | shapely.is_empty(a)))
     bounds = np.full((n, 4), np.nan)
     bounds[pending] = shapely.bounds(a[pending])
+    b_bounds = shapely.bounds(b)
     at_cap = np.zeros(n, dtype=bool)
     lefts: list[IntArray] = []
     rights: list[IntArray] = []
@@ -202,25 +240,49 @@ def _search(
     while pending.size:
         grow = r[pending][:, None] * np.array([-1.0, -1.0, 1.0, 1.0])
         boxes = shapely.box(*(bounds[pending] + grow).T)
-        sub_l, right = tree.query(boxes)
+        sub_l, right = tree.query(boxes)  # sorted by input
         left = pending[sub_l]
         if exclude is not None:
             keep = exclude[0][left] != exclude[1][right]
             left, right = left[keep], right[keep]
-        dist = shapely.distance(a[left], b[right])
-        within = dist <= r[left]
-        left, right, dist = left[within], right[within], dist[within]
-        counts = np.bincount(left, minlength=n)[pending]
-        done = (counts >= k) | (r[pending] >= cap)
-        finished = np.zeros(n, dtype=bool)
-        finished[pending[done]] = True
-        at_cap[pending[done & (r[pending] >= cap)]] = True
-        sel = finished[left]
-        lefts.append(left[sel])
-        rights.append(right[sel])
-        dists.append(dist[sel])
-        pending = pending[~done]
-        r[pending] = np.minimum(r[pending] * 2.0, cap)
+        box_d = _box_distance(bounds[left], b_bounds[right])
+        inside = box_d <= r[left]
+        left, right, box_d = left[inside], right[inside], box_d[inside]
+        counts = np.bincount(left, minlength=n)
+        capped = r >= cap
+        ready = np.zeros(n, dtype=bool)
+        ready[pending] = (counts[pending] >= k) | capped[pending]
+        sel = ready[left]
+        left, right, box_d = left[sel], right[sel], box_d[sel]
+        # 1. exact distances of the k closest boxes bound d_k from above
+        first = _group_rank(left, box_d) < k
+        bound_box = _per_input_max(left[first], box_d[first], n)
+        bound_box[capped & (counts < k)] = np.inf
+        near1 = box_d <= bound_box[left]
+        dist = np.full(len(left), np.inf)
+        dist[near1] = shapely.distance(a[left[near1]], b[right[near1]])
+        kth = np.full(n, np.inf)
+        got = np.flatnonzero(near1)
+        if got.size:
+            within = _group_rank(left[got], dist[got]) < k
+            kth = _per_input_max(left[got[within]], dist[got[within]], n)
+            kth[counts < k] = np.inf
+        # a little beyond d_k: distances that _tie_key rounds to d_k are ties and must stay
+        limit = np.minimum(kth * (1.0 + 1e-9), cap)
+        # 2. the other boxes within the bound, and whether the search reached that far
+        done = ready & (limit <= r)
+        near2 = ~near1 & done[left] & (box_d <= limit[left])
+        dist[near2] = shapely.distance(a[left[near2]], b[right[near2]])
+        at_cap[done & capped & (counts < k)] = True
+        keep = done[left] & (dist <= limit[left])
+        lefts.append(left[keep])
+        rights.append(right[keep])
+        dists.append(dist[keep])
+        again = pending[~done[pending]]
+        wider = ready[again]  # holds k boxes, but the bound lies beyond r: search to it
+        r[again] = np.where(wider, np.minimum(limit[again], cap),
+                            np.minimum(r[again] * 2.0, cap))
+        pending = again
     if not lefts:
         return np.empty(0, np.int64), np.empty(0, np.int64), np.empty(0), at_cap
     return np.concatenate(lefts), np.concatenate(rights), np.concatenate(dists), at_cap
@@ -262,7 +324,10 @@ def _top_k(
         inside = np.flatnonzero(dist <= radius)
     else:
         inside = np.arange(len(left))
-    order = inside[np.lexsort((key_order[right[inside]], _tie_key(dist[inside]), left[inside]))]
+    # lexicographic (input, rounded distance, near key) by stable sorts, last key first
+    order = inside[np.argsort(key_order[right[inside]], kind="stable")]
+    order = order[np.argsort(_tie_key(dist[order]), kind="stable")]
+    order = order[np.argsort(left[order], kind="stable")]
     sl = left[order]
     first = np.searchsorted(sl, sl, side="left")
     rank = np.arange(len(sl)) - first
@@ -417,7 +482,9 @@ def _assemble(
     line: NDArray[np.object_] | None,
 ) -> gpd.GeoDataFrame:
     n = len(inputs)
-    lonely = np.setdiff1d(np.arange(n), left)
+    has = np.zeros(n, dtype=bool)
+    has[left] = True
+    lonely = np.flatnonzero(~has)
     rows = np.concatenate([left, lonely])
     target = np.concatenate([right, np.full(len(lonely), -1)])
     rank = np.zeros(len(rows), dtype=np.int64)

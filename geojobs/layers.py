@@ -22,6 +22,14 @@ from psycopg import sql
 
 from analysis.multi import ewkb, multi_type_name, to_multi
 from geojobs import layer_sql as q
+from geojobs.copy_binary import (
+    FIXED_TYPES,
+    CopyColumn,
+    bytes_column,
+    copy_order,
+    encode,
+    fixed_column,
+)
 from geojobs.errors import InputLayerMissing, InvalidInput, OutputExists
 
 __all__ = ["Layer", "describe_layer", "read_layer", "iter_layer", "write_layer", "split_name",
@@ -352,6 +360,35 @@ def _python_values(series: pd.Series, pg_type: str, srid: int = 0) -> list[Any]:
     return values
 
 
+def _copy_columns(gdf: gpd.GeoDataFrame, attrs: list[str], pg_types: dict[str, str],
+                  geoms_ewkb: list[bytes | None], srid: int) -> list[CopyColumn] | None:
+    """The key, ``attrs`` and the geometry as column-encoder columns; None when a column's
+    type (date, timestamp, numeric) or values (e.g. uint64) need psycopg's own dumpers."""
+    columns = [fixed_column("int8", np.arange(1, len(gdf) + 1, dtype=np.int64))]
+    for c in attrs:
+        series, copy_type = gdf[c], _COPY_TYPE[pg_types[c]]
+        missing = series.isna().to_numpy()
+        if pg_types[c] == "geometry":
+            columns.append(bytes_column("bytea", ewkb(series.to_numpy(), srid)))
+        elif copy_type == "text":
+            values = series.to_numpy(dtype=object)
+            columns.append(bytes_column("text", [
+                None if m else (v if isinstance(v, str) else str(v)).encode()
+                for v, m in zip(values.tolist(), missing.tolist(), strict=True)]))
+        elif copy_type in FIXED_TYPES:
+            fill: Any = False if copy_type == "bool" else 0
+            try:
+                values = series.to_numpy(dtype=getattr(series.dtype, "numpy_dtype", None),
+                                         na_value=fill) if missing.any() else series.to_numpy()
+                columns.append(fixed_column(copy_type, values, missing))
+            except (TypeError, ValueError):
+                return None
+        else:
+            return None
+    columns.append(bytes_column("bytea", geoms_ewkb))
+    return columns
+
+
 def output_srid(
     frame: gpd.GeoDataFrame, layer: Layer, input_crs: Any
 ) -> tuple[gpd.GeoDataFrame, int]:
@@ -408,15 +445,25 @@ def write_layer(
                                        columns=sql.SQL(", ").join(column_defs)))
     # singles are promoted in the EWKB itself when the column is Multi*: no geometry is copied
     geoms_ewkb = ewkb(geoms, int(srid), promote=gtype.startswith("Multi"))
-    columns = [range(1, len(gdf) + 1),
-               *(_python_values(gdf[c], pg_types[c], int(srid)) for c in attrs)]
-    columns.append(geoms_ewkb)
-    statement = q.COPY_IN.format(table=ident, columns=sql.SQL(", ").join(
-        map(sql.Identifier, [key, *attrs, geometry_name])))
-    with conn.cursor() as cur, cur.copy(statement) as copy:
-        copy.set_types(["int8", *(_COPY_TYPE[pg_types[c]] for c in attrs), "bytea"])
-        for row in zip(*columns, strict=True):
-            copy.write_row(row)
+    names = [key, *attrs, geometry_name]
+    blocks = _copy_columns(gdf, attrs, pg_types, geoms_ewkb, int(srid))
+    if blocks is not None:  # whole columns at once (geojobs.copy_binary)
+        order = copy_order(blocks)
+        statement = q.COPY_IN.format(table=ident, columns=sql.SQL(", ").join(
+            sql.Identifier(names[i]) for i in order))
+        with conn.cursor() as cur, cur.copy(statement) as copy:
+            for data in encode([blocks[i] for i in order], len(gdf)):
+                copy.write(data)
+    else:  # a column type the column encoder does not know: psycopg row by row
+        columns = [range(1, len(gdf) + 1),
+                   *(_python_values(gdf[c], pg_types[c], int(srid)) for c in attrs)]
+        columns.append(geoms_ewkb)
+        statement = q.COPY_IN.format(table=ident, columns=sql.SQL(", ").join(
+            map(sql.Identifier, names)))
+        with conn.cursor() as cur, cur.copy(statement) as copy:
+            copy.set_types(["int8", *(_COPY_TYPE[pg_types[c]] for c in attrs), "bytea"])
+            for row in zip(*columns, strict=True):
+                copy.write_row(row)
     if not index:
         return len(gdf)
     conn.execute(q.ADD_PRIMARY_KEY.format(table=ident, key=sql.Identifier(key)))

@@ -141,3 +141,12 @@ def test_layers_download_bench_runs() -> None:
     assert [r["format"] for r in out["downloads"]] == ["GeoParquet", "FlatGeobuf", "GeoJSON"]
     assert all(r["rows"] == 300 and r["api_s"] > 0 and r["floor_s"] > 0 for r in out["downloads"])
     assert all(r["api_rss_peak_mb"] >= r["api_rss_before_mb"] > 0 for r in out["downloads"])
+
+
+def test_million_benchmark_smoke(db_url: str) -> None:
+    from bench import million
+
+    rows = million.run(["create_view"], [200, 400], [], db_url)
+    assert [r["size"] for r in rows] == [200, 400]
+    assert all(r["job_s"] > 0 and r["peak_rss_mb"] > 0 for r in rows)
+    assert "exponent" in rows[-1] and "exponent" not in rows[0]
