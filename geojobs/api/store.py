@@ -1,5 +1,7 @@
 """The API's database access: an asyncpg pool, the named queries of ``geojobs/sql/api.sql``,
-and one listening connection that relays job changes (NOTIFY ``geojobs_jobs``) to waiters.
+one listening connection that relays job changes (NOTIFY ``geojobs_jobs``) to waiters, and a
+short-lived cache of verified API keys that the same connection empties when a key changes
+(NOTIFY ``geojobs_keys``, migration 0012).
 """
 
 from __future__ import annotations
@@ -9,6 +11,7 @@ import contextlib
 import json
 import logging
 import re
+import time
 from collections import defaultdict
 from collections.abc import AsyncIterator, Callable
 from functools import cache
@@ -21,12 +24,20 @@ from psycopg.conninfo import conninfo_to_dict
 from geojobs.config import SQL_DIR
 from geojobs.queue import JOB_EVENTS_CHANNEL
 
-__all__ = ["api_queries", "asyncpg_dsn", "Store", "JOB_CHANNEL", "CALLBACK_CHANNEL"]
+__all__ = ["api_queries", "asyncpg_dsn", "Store", "JOB_CHANNEL", "CALLBACK_CHANNEL", "KEYS_CHANNEL",
+           "KEY_CACHE_SECONDS"]
 
 log = logging.getLogger("geojobs.api")
 
 JOB_CHANNEL = JOB_EVENTS_CHANNEL
 CALLBACK_CHANNEL = "geojobs_callbacks"
+KEYS_CHANNEL = "geojobs_keys"
+KEY_CACHE_SECONDS = 5.0
+"""How long a verified key is used without asking the database again. A revoked key is
+refused as soon as the listening connection receives the revocation's NOTIFY (milliseconds
+after its commit), and at the latest after this many seconds (a notification lost with the
+connection: the cache is emptied on reconnection too)."""
+_KEY_CACHE_MAX = 10_000
 _NAME_LINE = re.compile(r"^-- name: (\w+)\s*$", re.MULTILINE)
 _PARAM = re.compile(r"%\((\w+)\)s")
 
@@ -73,6 +84,13 @@ async def _init_connection(conn: asyncpg.Connection) -> None:
         await conn.set_type_codec(kind, encoder=json.dumps, decoder=json.loads, schema="pg_catalog")
 
 
+async def _keep_session(conn: asyncpg.Connection) -> None:
+    """Pool release without asyncpg's default reset query (``RESET ALL; UNLISTEN *; ...``, one
+    more round trip per query): the API never changes session state on pooled connections
+    (no SET, LISTEN, cursors or session advisory locks). asyncpg still rolls back a transaction
+    left open before calling this."""
+
+
 class Store:
     """The pool, the queries by name, and the job-change listener of one API process."""
 
@@ -83,6 +101,8 @@ class Store:
         self._listener: asyncpg.Connection | None = None
         self._waiters: dict[int, set[asyncio.Queue[dict[str, Any]]]] = defaultdict(set)
         self._callback_hooks: list[Callable[[], None]] = []
+        self._keys: dict[tuple[Any, ...], tuple[float, asyncpg.Record]] = {}
+        self._keys_generation = 0
 
     @property
     def pool(self) -> asyncpg.Pool:
@@ -92,18 +112,22 @@ class Store:
     async def start(self) -> None:
         """Open the pool and start listening for job changes."""
         self._pool = await asyncpg.create_pool(self.dsn, min_size=1, max_size=self.pool_size,
-                                               init=_init_connection)
+                                               init=_init_connection, reset=_keep_session)
         await self._listen()
 
     async def _listen(self) -> None:
         conn = await asyncpg.connect(self.dsn)
         await conn.add_listener(JOB_CHANNEL, self._on_job)
         await conn.add_listener(CALLBACK_CHANNEL, self._on_callback)
+        await conn.add_listener(KEYS_CHANNEL, self._on_keys)
         conn.add_termination_listener(self._on_lost)
+        self._forget_keys()
         self._listener = conn
 
     def _on_lost(self, conn: asyncpg.Connection) -> None:
         log.warning("listening connection lost; reconnecting")
+        self._listener = None
+        self._forget_keys()
         asyncio.get_running_loop().create_task(self._reconnect())
 
     async def _reconnect(self) -> None:
@@ -136,6 +160,31 @@ class Store:
             return
         for q in list(self._waiters.get(int(change.get("id", 0)), ())):
             q.put_nowait(change)
+
+    def _on_keys(self, conn: object, pid: int, channel: str, payload: str) -> None:
+        self._forget_keys()
+
+    def _forget_keys(self) -> None:
+        self._keys.clear()
+        self._keys_generation += 1
+
+    async def key_row(self, query: str, **params: Any) -> asyncpg.Record | None:
+        """``key_by_hash`` or ``key_by_name``: the active user's row, from a cache of rows read in
+        the last :data:`KEY_CACHE_SECONDS` (only found rows are kept; only while the listening
+        connection is up, since it carries the revocations)."""
+        cache_key = (query, *sorted(params.items()))
+        now = time.monotonic()
+        hit = self._keys.get(cache_key)
+        if hit is not None and hit[0] > now:
+            return hit[1]
+        generation = self._keys_generation
+        row = await self.fetchrow(query, **params)
+        # A key changed while we read it: do not keep what we read.
+        if row is not None and generation == self._keys_generation and self._listener is not None:
+            if len(self._keys) >= _KEY_CACHE_MAX:
+                self._keys.clear()
+            self._keys[cache_key] = (now + KEY_CACHE_SECONDS, row)
+        return row
 
     def _on_callback(self, conn: object, pid: int, channel: str, payload: str) -> None:
         for hook in self._callback_hooks:
