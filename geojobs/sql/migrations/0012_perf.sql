@@ -74,3 +74,17 @@ CREATE TRIGGER api_keys_notify AFTER UPDATE OR DELETE ON api_keys
 DROP TRIGGER IF EXISTS api_keys_notify_truncate ON api_keys;
 CREATE TRIGGER api_keys_notify_truncate AFTER TRUNCATE ON api_keys
     FOR EACH STATEMENT EXECUTE FUNCTION api_keys_notify();
+
+-- 3. A worker completes a job and commits in one round trip (the COMMIT is pipelined behind the
+--    completing UPDATE), so the compare-and-set must fail the transaction itself when the
+--    job is no longer this worker's: complete_job_or_raise calls this, which raises
+--    SQLSTATE GJ409, and the job's writes roll back with it.
+CREATE OR REPLACE FUNCTION geojobs_lease_lost(job_id bigint) RETURNS bigint
+LANGUAGE plpgsql
+SET search_path = public, pg_temp
+AS $$
+BEGIN
+    RAISE EXCEPTION 'job % is no longer held by this worker (cancelled or taken back)', job_id
+        USING ERRCODE = 'GJ409';
+END;
+$$;
