@@ -301,8 +301,12 @@ def cmd_units(args: argparse.Namespace) -> int:
 def cmd_serve(args: argparse.Namespace) -> int:
     import uvicorn
 
+    # With --workers N, uvicorn kills a child that does not answer its health check within
+    # timeout_worker_healthcheck (default 5 s), which a child still starting up (imports) on a
+    # loaded host cannot do: it then restarts children forever. 60 s.
     uvicorn.run("geojobs.api:create_app", factory=True, host=args.host, port=args.port,
-                workers=args.workers, log_level=args.log_level, proxy_headers=False)
+                workers=args.workers, log_level=args.log_level, proxy_headers=False,
+                timeout_worker_healthcheck=60)
     return 0
 
 

@@ -189,19 +189,26 @@ def _run_one(job: queue.ClaimedJob, conn: psycopg.Connection[Any], module: JobTy
                          announce_file=lambda path: pipe.send(("file", path)))
         started_at = datetime.now(UTC)
         begun = time.perf_counter()
-        with conn.transaction():
-            if behind_pooler:
-                _pin_transaction(job, conn, pipe)
-            result = dict(module.run(ctx, params) or {})
-            result.setdefault("warnings", [])
-            result["provenance"] = provenance.record(
-                conn, job, params, result, started_at=started_at,
-                run_seconds=time.perf_counter() - begun)
-            if not queue.complete(conn, job, result):
-                return ("interrupted", "the job was cancelled or taken back before it completed")
+        queue.begin(conn)
+        if behind_pooler:
+            _pin_transaction(job, conn, pipe)
+        result = dict(module.run(ctx, params) or {})
+        result.setdefault("warnings", [])
+        result["provenance"] = provenance.record(
+            conn, job, params, result, started_at=started_at,
+            run_seconds=time.perf_counter() - begun)
+        # The completion and the COMMIT go in one round trip; a lost lease rolls it all back.
+        if not queue.complete_and_commit(conn, job, result):
+            return ("interrupted", "the job was cancelled or taken back before it completed")
         return ("completed", {k: result[k] for k in ("output_table", "rows") if k in result})
     except BaseException as exc:  # noqa: BLE001 - a job's failure never ends the child's loop
         if isinstance(exc, psycopg.OperationalError) and conn.broken:
             return ("db_down", str(exc).strip())
+        try:
+            queue.rollback(conn)  # the job's writes never outlive its failure
+        except psycopg.OperationalError as lost:
+            if conn.broken:
+                return ("db_down", str(lost).strip())
+            raise
         message, retry = classify_failure(exc)
         return ("failed", message, retry, "".join(traceback.format_exception(exc)).rstrip())

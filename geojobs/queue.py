@@ -22,7 +22,8 @@ from geojobs.config import SQL_DIR
 from geojobs.db import pooled
 from geojobs.errors import GeojobsError
 
-__all__ = ["ClaimedJob", "queries", "claim", "complete", "fail", "release", "heartbeat",
+__all__ = ["ClaimedJob", "queries", "claim", "complete", "begin", "complete_and_commit", "rollback",
+           "LEASE_LOST", "fail", "release", "heartbeat",
            "requeue_stale", "enqueue", "get", "list_jobs", "cancel", "retry", "listen",
            "NOTIFY_CHANNEL", "JOB_EVENTS_CHANNEL", "listen_job_events", "job_events",
            "claim_quiet", "cancel_own",
@@ -96,6 +97,39 @@ def complete(conn: psycopg.Connection, job: ClaimedJob, result: dict[str, Any]) 
     """Mark the job completed; False when this worker no longer holds it."""
     cur = _run(conn, "complete_job", {**_lease(job), "result": Jsonb(result)})
     return cur.fetchone() is not None
+
+
+LEASE_LOST = "GJ409"
+"""SQLSTATE of ``complete_job_or_raise`` when the job is no longer this worker's (migration 0012)."""
+
+
+def begin(conn: psycopg.Connection) -> None:
+    """Open the job's transaction on an autocommit connection (closed by
+    :func:`complete_and_commit` or :func:`rollback`). Blocks the handler opens inside it with
+    ``conn.transaction()`` are savepoints."""
+    conn.execute("BEGIN")
+
+
+def complete_and_commit(conn: psycopg.Connection, job: ClaimedJob, result: dict[str, Any]) -> bool:
+    """Mark the job completed and COMMIT the transaction :func:`begin` opened, in one round trip
+    (pipelined); returns once the commit is durable. False when this worker no longer holds the
+    job: the statement raises, and the whole transaction (the job's writes too) is rolled back."""
+    try:
+        with conn.pipeline():
+            _run(conn, "complete_job_or_raise", {**_lease(job), "result": Jsonb(result)})
+            conn.execute("COMMIT")
+    except psycopg.Error as exc:
+        if exc.sqlstate != LEASE_LOST:
+            raise
+        rollback(conn)
+        return False
+    return True
+
+
+def rollback(conn: psycopg.Connection) -> None:
+    """Roll back an open transaction (none open: nothing to do)."""
+    if not conn.closed and conn.info.transaction_status != psycopg.pq.TransactionStatus.IDLE:
+        conn.execute("ROLLBACK")
 
 
 def fail(

@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Iterator
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -410,3 +411,48 @@ def test_callbacks_retried_after_the_receiver_was_down(api: ApiServer) -> None:
             assert receiver.received[0][1]["jobID"] == job
         finally:
             receiver.close()
+
+
+def test_revocation_reaches_a_key_verified_a_moment_ago(api: ApiServer) -> None:
+    """Verified keys are cached for KEY_CACHE_SECONDS; the revocation's NOTIFY (migration 0012)
+    must empty the cache at once, for Bearer and Basic alike."""
+    from geojobs.api.keys import create_key, revoke_key
+    from geojobs.api.store import KEY_CACHE_SECONDS
+
+    with api.connect() as conn:
+        key = create_key(conn, "erin")
+    bearer = {"Authorization": f"Bearer {key}"}
+    with httpx.Client(base_url=api.url, trust_env=False) as http:
+        for _ in range(3):  # verified, then served from the cache
+            assert http.get("/jobs", headers=bearer).status_code == 200
+            assert http.get("/jobs", auth=("erin", key)).status_code == 200
+        with api.connect() as conn:
+            assert revoke_key(conn, "erin")
+        revoked = time.monotonic()
+        refused = {}
+        while time.monotonic() - revoked < KEY_CACHE_SECONDS and len(refused) < 2:
+            if "bearer" not in refused and http.get("/jobs", headers=bearer).status_code == 401:
+                refused["bearer"] = time.monotonic() - revoked
+            if "basic" not in refused and http.get("/jobs", auth=("erin", key)).status_code == 401:
+                refused["basic"] = time.monotonic() - revoked
+            time.sleep(0.02)
+    assert set(refused) == {"bearer", "basic"}
+    assert max(refused.values()) < 1.0, refused  # by NOTIFY, not by the cache expiring
+
+
+def test_server_sent_events_match_the_job_document(api: ApiServer) -> None:
+    """Events after the first are built from the NOTIFY payload, not from the row: the final
+    one must equal GET /jobs/{id}, field by field (timestamps included)."""
+    with api.client("bob") as http:
+        job = submit(http, "noop", {"sleep_seconds": 0.5, "steps": 2}).json()["jobID"]
+        events = []
+        with http.stream("GET", f"/jobs/{job}/events") as stream:
+            for line in stream.iter_lines():
+                if line.startswith("data: "):
+                    events.append(json.loads(line[6:]))
+        assert len(events) >= 2 and events[-1]["status"] == "successful"
+        assert events[-1] == http.get(f"/jobs/{job}").json()
+        with api.connect() as conn:
+            finished = conn.execute("SELECT finished_at FROM background_jobs WHERE id = %s",
+                                    (int(job),)).fetchone()[0]  # type: ignore[index]
+        assert datetime.fromisoformat(events[-1]["finished"].replace("Z", "+00:00")) == finished

@@ -57,6 +57,31 @@ def test_lost_lease_cannot_complete(conn: psycopg.Connection[Any]) -> None:
     assert (row["status"], row["worker_id"], row["result"]) == ("completed", "w2", {"by": "w2"})
 
 
+def test_completion_commits_the_jobs_writes_only_while_it_holds_the_lease(
+        db_url: str, conn: psycopg.Connection[Any]) -> None:
+    """complete_and_commit pipelines the completion and the COMMIT; a lost lease must still roll
+    the job's writes back (oracle: the catalog and the row, read on another connection)."""
+    kept, lost = queue.enqueue(conn, "noop", {}), queue.enqueue(conn, "noop", {})
+    with psycopg.connect(db_url, autocommit=True) as job_conn:
+        for job_id, table in ((kept, "public.perf_kept"), (lost, "public.perf_lost")):
+            job = queue.claim(conn, "noop", "w1")
+            assert job is not None and job.id == job_id
+            queue.begin(job_conn)
+            job_conn.execute(f"CREATE TABLE {table} AS SELECT 1 AS x")
+            if job_id == lost:  # taken over meanwhile, as if this worker had been presumed dead
+                conn.execute("UPDATE background_jobs SET worker_id = 'w2', attempts = attempts + 1 "
+                             "WHERE id = %s", (job_id,))
+            done = queue.complete_and_commit(job_conn, job, {"output_table": table})
+            assert done is (job_id == kept)
+            assert job_conn.info.transaction_status == psycopg.pq.TransactionStatus.IDLE
+    exists = conn.execute("SELECT to_regclass('public.perf_kept') IS NOT NULL, "
+                          "to_regclass('public.perf_lost') IS NOT NULL").fetchone()
+    assert exists == (True, False)
+    assert job_row(conn, kept)["status"] == "completed"
+    row = job_row(conn, lost)
+    assert (row["status"], row["worker_id"], row["result"]) == ("running", "w2", None)
+
+
 def test_stale_job_with_spent_attempts_fails(conn: psycopg.Connection[Any]) -> None:
     job_id = queue.enqueue(conn, "noop", {}, max_attempts=1)
     assert queue.claim(conn, "noop", "w1") is not None

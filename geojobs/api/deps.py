@@ -1,4 +1,9 @@
-"""Request parsing as FastAPI dependencies, one per concern; each raises an error of our tree."""
+"""Request parsing as FastAPI dependencies, one per concern; each raises an error of our tree.
+
+Every dependency is ``async def`` although none awaits: FastAPI runs a plain ``def``
+dependency in a worker thread, a thread hop per dependency per request (measured: the
+largest single cost of a submit, bench/README.md "HTTP API").
+"""
 
 from __future__ import annotations
 
@@ -67,7 +72,7 @@ async def current_user(request: Request, store: Annotated[Store, Depends(get_sto
     credentials = credentials.strip()
     if scheme.lower() == "bearer" and credentials:
         digest = hash_key(credentials)
-        row = await store.fetchrow("key_by_hash", key_hash=digest)
+        row = await store.key_row("key_by_hash", key_hash=digest)
     elif scheme.lower() == "basic" and credentials:
         try:
             name, sep, key = base64.b64decode(credentials, validate=True).decode().partition(":")
@@ -77,7 +82,7 @@ async def current_user(request: Request, store: Annotated[Store, Depends(get_sto
             raise Unauthorized("Authorization header: Basic credentials must be base64 of NAME:KEY",
                                field="Authorization")
         digest = hash_key(key)
-        row = await store.fetchrow("key_by_name", name=name)
+        row = await store.key_row("key_by_name", name=name)
     else:
         raise Unauthorized("Authorization header: use the Bearer or Basic scheme", field="Authorization")
     if row is None or not hmac.compare_digest(bytes(row["key_hash"]), digest):
@@ -86,7 +91,7 @@ async def current_user(request: Request, store: Annotated[Store, Depends(get_sto
     return User(row["name"], row["admin"])
 
 
-def job_id(job_id: Annotated[str, Path(alias="jobID", description="Job id")]) -> int:
+async def job_id(job_id: Annotated[str, Path(alias="jobID", description="Job id")]) -> int:
     """The job id of the path: a positive integer, else 404 as for a missing job."""
     if not job_id.isascii() or not job_id.isdigit() or len(job_id) > 18 or int(job_id) == 0:
         raise NoSuchJob(f"jobID: no job {job_id!r}", field="jobID")
@@ -101,7 +106,7 @@ class Paging:
     before: int | None
 
 
-def paging(
+async def paging(
     limit: Annotated[int, Query(ge=1, le=1000, description="Jobs per page (1-1000).")] = 10,
     before: Annotated[int | None, Query(ge=1, description="Keyset cursor: jobs with a smaller id.")]
     = None,
@@ -272,7 +277,7 @@ class Prefer:
     wait: int | None
 
 
-def prefer(request: Request, settings: Annotated[ApiSettings, Depends(settings_dep)]) -> Prefer:
+async def prefer(request: Request, settings: Annotated[ApiSettings, Depends(settings_dep)]) -> Prefer:
     """``Prefer: respond-async`` and ``Prefer: wait=N`` (N at most GEOJOBS_API_MAX_WAIT)."""
     respond_async, wait = False, None
     for header in request.headers.getlist("prefer"):
@@ -294,7 +299,7 @@ def prefer(request: Request, settings: Annotated[ApiSettings, Depends(settings_d
     return Prefer(respond_async, wait)
 
 
-def idempotency_key(
+async def idempotency_key(
     key: Annotated[str | None, Header(alias="Idempotency-Key", description="Same key, same job.")]
     = None,
 ) -> str | None:

@@ -3,14 +3,14 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
-from datetime import datetime
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 from geojobs.config import output_dir
 
 __all__ = ["OGC_STATUS", "SQL_STATUS", "FINAL", "status_info", "results_document", "iso",
-           "raster_path"]
+           "raster_path", "job_from_change"]
 
 OGC_STATUS = {"waiting": "accepted", "queued": "accepted", "running": "running",
               "completed": "successful", "failed": "failed", "cancelled": "dismissed"}
@@ -66,6 +66,31 @@ def status_info(job: Mapping[str, Any], base: str, *, status: str | None = None)
                       "type": "application/json", "title": "results"})
     info["links"] = links
     return info
+
+
+_CHANGE_FIELDS = ("id", "job_type", "status", "progress", "error", "created_at", "started_at",
+                  "finished_at", "updated_at")
+
+
+def _instant(value: Any) -> datetime | None:
+    if value is None:
+        return None
+    return datetime.fromisoformat(value).astimezone(UTC)
+
+
+def job_from_change(change: Mapping[str, Any]) -> dict[str, Any] | None:
+    """The job as :func:`status_info` needs it, from a ``geojobs_jobs`` NOTIFY payload (migration
+    0012); None when the payload does not carry all of it (an error too long for a
+    notification, a reconnection marker): then read the row."""
+    if change.get("partial", True) or any(name not in change for name in _CHANGE_FIELDS):
+        return None
+    try:
+        job = {name: change[name] for name in _CHANGE_FIELDS}
+        for name in ("created_at", "started_at", "finished_at", "updated_at"):
+            job[name] = _instant(job[name])
+    except (TypeError, ValueError):
+        return None
+    return job
 
 
 def raster_path(result: Mapping[str, Any]) -> Path | None:

@@ -50,6 +50,7 @@ from geojobs.api.jobs import (
     FINAL,
     OGC_STATUS,
     SQL_STATUS,
+    job_from_change,
     raster_path,
     results_document,
     status_info,
@@ -477,20 +478,26 @@ class ProcessesEndpoints:
                 if remaining <= 0:
                     break
                 try:
-                    await asyncio.wait_for(changes.get(), remaining)
+                    change = await asyncio.wait_for(changes.get(), remaining)
                 except TimeoutError:
                     break
+                if change.get("status") not in FINAL and job_from_change(change) is not None:
+                    continue  # progress or running: nothing to answer yet
                 job = await _job(store, user, jid)
         return job
 
     async def _events(self, request: Request, store: Store, user: User, jid: int,
                       base: str) -> AsyncIterator[bytes]:
-        """SSE: the job's statusInfo now and at every change, until its final status."""
+        """SSE: the job's statusInfo now and at every change, until its final status.
+
+        The row is read once; each later event comes straight from the change's NOTIFY
+        payload (migration 0012), read again only when the payload does not carry it all."""
         last: tuple[Any, ...] | None = None
         number = 0
         async with store.watch(jid) as changes:
+            row: Mapping[str, Any] | None = await store.fetchrow("get_job", id=jid,
+                                                                 username=user.scope)
             while True:
-                row = await store.fetchrow("get_job", id=jid, username=user.scope)
                 if row is None:
                     info = {"jobID": str(jid), "status": "dismissed", "message": "job dismissed"}
                     yield f"id: {number}\nevent: status\ndata: {json.dumps(info)}\n\n".encode()
@@ -504,8 +511,12 @@ class ProcessesEndpoints:
                 if row["status"] in FINAL:
                     return
                 try:
-                    await asyncio.wait_for(changes.get(), 15)
+                    change = await asyncio.wait_for(changes.get(), 15)
                 except TimeoutError:
                     if await request.is_disconnected():
                         return
                     yield b": keep-alive\n\n"
+                    continue
+                row = job_from_change(change)
+                if row is None:
+                    row = await store.fetchrow("get_job", id=jid, username=user.scope)

@@ -1,11 +1,14 @@
 """The API's database access: an asyncpg pool, the named queries of ``geojobs/sql/api.sql``,
-and one listening connection that relays job changes (NOTIFY ``geojobs_jobs``) to waiters.
+and one listening connection that relays job changes (NOTIFY ``geojobs_jobs``) to waiters and
+empties a short-lived cache of verified API keys when a key changes (NOTIFY ``geojobs_keys``,
+migration 0012).
 
 Through PgBouncer in transaction pooling mode (detected at start: the server process answering
 is not the one named at login), the pool keeps no prepared statements
 (``statement_cache_size=0``), and the listening connection goes to ``listen_dsn``
 (``GEOJOBS_LISTEN_URL``), a direct one; without it, a task reads the watched jobs every
-``poll_interval`` seconds and wakes their waiters and the callback dispatcher.
+``poll_interval`` seconds and wakes their waiters and the callback dispatcher, and API keys are
+not cached (nothing would carry their revocation).
 """
 
 from __future__ import annotations
@@ -15,6 +18,7 @@ import contextlib
 import json
 import logging
 import re
+import time
 from collections import defaultdict
 from collections.abc import AsyncIterator, Callable
 from functools import cache
@@ -28,12 +32,20 @@ from psycopg.conninfo import conninfo_to_dict
 from geojobs.config import SQL_DIR
 from geojobs.queue import JOB_EVENTS_CHANNEL
 
-__all__ = ["api_queries", "asyncpg_dsn", "Store", "JOB_CHANNEL", "CALLBACK_CHANNEL"]
+__all__ = ["api_queries", "asyncpg_dsn", "Store", "JOB_CHANNEL", "CALLBACK_CHANNEL", "KEYS_CHANNEL",
+           "KEY_CACHE_SECONDS"]
 
 log = logging.getLogger("geojobs.api")
 
 JOB_CHANNEL = JOB_EVENTS_CHANNEL
 CALLBACK_CHANNEL = "geojobs_callbacks"
+KEYS_CHANNEL = "geojobs_keys"
+KEY_CACHE_SECONDS = 5.0
+"""How long a verified key is used without asking the database again. A revoked key is
+refused as soon as the listening connection receives the revocation's NOTIFY (milliseconds
+after its commit), and at the latest after this many seconds (a notification lost with the
+connection: the cache is emptied on reconnection too)."""
+_KEY_CACHE_MAX = 10_000
 _NAME_LINE = re.compile(r"^-- name: (\w+)\s*$", re.MULTILINE)
 _PARAM = re.compile(r"%\((\w+)\)s")
 
@@ -81,6 +93,13 @@ async def _init_connection(conn: asyncpg.Connection) -> None:
         await conn.set_type_codec(kind, encoder=json.dumps, decoder=orjson.loads, schema="pg_catalog")
 
 
+async def _keep_session(conn: asyncpg.Connection) -> None:
+    """Pool release without asyncpg's default reset query (``RESET ALL; UNLISTEN *; ...``, one
+    more round trip per query): the API never changes session state on pooled connections
+    (no SET, LISTEN, cursors or session advisory locks). asyncpg still rolls back a transaction
+    left open before calling this."""
+
+
 class Store:
     """The pool, the queries by name, and the job-change listener of one API process."""
 
@@ -98,6 +117,8 @@ class Store:
         self._waiters: dict[int, set[asyncio.Queue[dict[str, Any]]]] = defaultdict(set)
         self._callback_hooks: list[Callable[[], None]] = []
         self._job_hooks: list[Callable[[dict[str, Any]], None]] = []
+        self._keys: dict[tuple[Any, ...], tuple[float, asyncpg.Record]] = {}
+        self._keys_generation = 0
 
     @property
     def pool(self) -> asyncpg.Pool:
@@ -115,7 +136,7 @@ class Store:
         # server connection the next query may not get: asyncpg then prepares unnamed ones only.
         extra: dict[str, Any] = {"statement_cache_size": 0} if self.pooled else {}
         self._pool = await asyncpg.create_pool(self.dsn, min_size=1, max_size=self.pool_size,
-                                               init=_init_connection, **extra)
+                                               init=_init_connection, reset=_keep_session, **extra)
         if self.pooled and self.listen_dsn is None:
             log.info("connected through a transaction pooler and no GEOJOBS_LISTEN_URL: polling "
                      "watched jobs every %.2f s", self.poll_interval)
@@ -128,11 +149,15 @@ class Store:
                                      else self.dsn)
         await conn.add_listener(JOB_CHANNEL, self._on_job)
         await conn.add_listener(CALLBACK_CHANNEL, self._on_callback)
+        await conn.add_listener(KEYS_CHANNEL, self._on_keys)
         conn.add_termination_listener(self._on_lost)
+        self._forget_keys()
         self._listener = conn
 
     def _on_lost(self, conn: asyncpg.Connection) -> None:
         log.warning("listening connection lost; reconnecting")
+        self._listener = None
+        self._forget_keys()
         asyncio.get_running_loop().create_task(self._reconnect())
 
     async def _reconnect(self) -> None:
@@ -202,6 +227,31 @@ class Store:
         """Call ``hook`` with the payload of every job change (``{"reconnected": True}`` after the
         listening connection was lost and made again: changes may have been missed)."""
         self._job_hooks.append(hook)
+
+    def _on_keys(self, conn: object, pid: int, channel: str, payload: str) -> None:
+        self._forget_keys()
+
+    def _forget_keys(self) -> None:
+        self._keys.clear()
+        self._keys_generation += 1
+
+    async def key_row(self, query: str, **params: Any) -> asyncpg.Record | None:
+        """``key_by_hash`` or ``key_by_name``: the active user's row, from a cache of rows read in
+        the last :data:`KEY_CACHE_SECONDS` (only found rows are kept; only while the listening
+        connection is up, since it carries the revocations)."""
+        cache_key = (query, *sorted(params.items()))
+        now = time.monotonic()
+        hit = self._keys.get(cache_key)
+        if hit is not None and hit[0] > now:
+            return hit[1]
+        generation = self._keys_generation
+        row = await self.fetchrow(query, **params)
+        # A key changed while we read it: do not keep what we read.
+        if row is not None and generation == self._keys_generation and self._listener is not None:
+            if len(self._keys) >= _KEY_CACHE_MAX:
+                self._keys.clear()
+            self._keys[cache_key] = (now + KEY_CACHE_SECONDS, row)
+        return row
 
     def _on_callback(self, conn: object, pid: int, channel: str, payload: str) -> None:
         for hook in self._callback_hooks:

@@ -31,6 +31,21 @@ SET status = 'completed', finished_at = clock_timestamp(), progress = 1, result 
 WHERE id = %(id)s AND worker_id = %(worker_id)s AND attempts = %(attempt)s AND status = 'running'
 RETURNING id;
 
+-- name: complete_job_or_raise
+-- complete_job for a transaction whose COMMIT is already on its way (pipelined): when this
+-- worker no longer holds the attempt, raise (SQLSTATE GJ409) so the transaction, the job's
+-- writes included, rolls back instead of committing.
+WITH done AS (
+    UPDATE background_jobs
+    SET status = 'completed', finished_at = clock_timestamp(), progress = 1, result = %(result)s,
+        error = NULL
+    WHERE id = %(id)s AND worker_id = %(worker_id)s AND attempts = %(attempt)s AND status = 'running'
+    RETURNING id
+)
+SELECT id FROM done
+UNION ALL
+SELECT geojobs_lease_lost(%(id)s) WHERE NOT EXISTS (SELECT 1 FROM done);
+
 -- name: fail_job
 -- Record a failure: back to queued after a delay while attempts remain and the error is
 -- retryable, otherwise failed. Compare-and-set like complete_job.
