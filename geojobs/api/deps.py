@@ -32,13 +32,13 @@ MAX_DEPTH = 32
 _IDEMPOTENCY = re.compile(r"^[\x21-\x7e]{1,255}$")
 
 
-def get_store(request: Request) -> Store:
-    """The process's database store."""
+async def get_store(request: Request) -> Store:
+    """The process's database store (async: FastAPI runs a plain def in a thread)."""
     return request.app.state.store
 
 
-def settings_dep(request: Request) -> ApiSettings:
-    """The app's settings."""
+async def settings_dep(request: Request) -> ApiSettings:
+    """The app's settings (async: FastAPI runs a plain def in a thread)."""
     return request.app.state.settings
 
 

@@ -26,18 +26,20 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import itertools
 import json
 import logging
 import math
 import re
 import shutil
 import tempfile
-from collections.abc import Iterable, Mapping
+from collections.abc import Generator, Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path as FilePath
 from typing import Annotated, Any, Literal, cast
 
 import asyncpg
+import attr
 import psycopg
 from ciso8601 import parse_rfc3339
 from cql2 import Expr
@@ -46,16 +48,19 @@ from fastapi.concurrency import run_in_threadpool
 from fastapi.dependencies.models import Dependant
 from fastapi.responses import FileResponse
 from fastapi.routing import APIRoute
+from morecantile import Tile, TileMatrixSet
 from morecantile import tms as default_tms
+from morecantile.defaults import TileMatrixSets
 from starlette.background import BackgroundTask
 from starlette.datastructures import QueryParams
 from starlette.routing import Match
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from tipg import dependencies as tipg_deps
 from tipg import errors as tipg_errors
+from tipg import factory as tipg_factory
 from tipg.collections import Collection, CollectionList, pg_get_collection_index
 from tipg.database import DB_CATALOG_FILE
-from tipg.factory import COMMON_CONFORMS, Endpoints
+from tipg.factory import COMMON_CONFORMS, Endpoints, OGCFeaturesFactory, OGCTilesFactory
 from tipg.resources.enums import MediaType
 from tipg.settings import DatabaseSettings, FeaturesSettings, MVTSettings
 
@@ -106,6 +111,38 @@ _CQL_OPS = frozenset({
 """CQL2 operators a ``filter`` may use; anything else (any other function) is refused."""
 _GEOMETRY_TYPES = frozenset({"Point", "MultiPoint", "LineString", "MultiLineString", "Polygon",
                              "MultiPolygon", "GeometryCollection"})
+
+
+@attr.s(frozen=True)
+class SharedTileMatrixSets(TileMatrixSets):
+    """morecantile's tile matrix sets, each read once and shared: ``get`` returns the same
+    (read-only) object every time, where morecantile deep-copies it (about 4 ms) per call, with
+    its EPSG code known (:func:`_epsg_once`)."""
+
+    def get(self, identifier: str) -> TileMatrixSet:
+        """The tile matrix set ``identifier``, shared."""
+        found = _SHARED_TMS.get(identifier)
+        if found is None:
+            found = _SHARED_TMS[identifier] = _epsg_once(super().get(identifier))
+        return found
+
+
+def _epsg_once(tms: TileMatrixSet) -> TileMatrixSet:
+    """``tms.crs.to_epsg()`` answered from memory: pyproj identifies the CRS anew on every call
+    (0.5 ms), and tipg asks twice per tile."""
+    original = tms.crs.to_epsg
+    code = original()
+
+    def to_epsg(*args: Any, **kwargs: Any) -> int | None:
+        return code if not args and not kwargs else original(*args, **kwargs)
+
+    object.__setattr__(tms.crs, "to_epsg", to_epsg)
+    return tms
+
+
+_SHARED_TMS: dict[str, TileMatrixSet] = {}
+TILE_MATRIX_SETS = SharedTileMatrixSets(dict(default_tms.tilematrixsets))
+"""The tile matrix sets served (morecantile's defaults)."""
 
 
 class NoSuchCollection(NotFound):
@@ -526,12 +563,12 @@ def _check_tile_path(path: Mapping[str, Any]) -> None:
     tms_id = path.get("tileMatrixSetId")
     if tms_id is None:
         return
-    if tms_id not in default_tms.list():
+    if tms_id not in TILE_MATRIX_SETS.list():
         raise NotFound(f"tileMatrixSetId: unknown tile matrix set {tms_id!r}; use one of "
-                       f"{default_tms.list()}", field="tileMatrixSetId")
+                       f"{TILE_MATRIX_SETS.list()}", field="tileMatrixSetId")
     if "z" not in path:
         return
-    tms = default_tms.get(tms_id)
+    tms = TILE_MATRIX_SETS.get(tms_id)
     z = _integer("z", str(path["z"]), -(10**6))
     if not tms.minzoom <= z <= tms.maxzoom:
         raise NotFound(f"z: zoom {z} is outside {tms_id} ({tms.minzoom} to {tms.maxzoom})", field="z")
@@ -585,29 +622,55 @@ def visible_collections(
                           prev=max(start - (limit or 0), 0) if start else None)
 
 
-def _validated_filter(request: Request) -> Expr | None:
-    """The ``filter`` as :func:`check_request` parsed and checked it."""
-    return getattr(request.state, "layer_filter", None)
+# --- vector tiles ----------------------------------------------------------------------------
+
+TILE_ROUTE = "/collections/{collectionId}/tiles/{tileMatrixSetId}/{z}/{x}/{y}"
 
 
-def _no_html(request: Request, choices: tuple[str, ...]) -> MediaType | None:
-    f = request.query_params.get("f")
-    if f is not None and f in choices:
-        return MediaType[f]
-    return tipg_deps.accept_media_type(request.headers.get("accept", ""),
-                                       [MediaType[c] for c in choices])
+def _split(text: str | None) -> list[str] | None:
+    return [part.strip() for part in text.split(",")] if text is not None else None
 
 
-def _output_type(request: Request) -> MediaType | None:
-    return _no_html(request, ("json",))
+async def collection_get_tile(
+    request: Request,
+    collection: Annotated[Collection, Depends(layer_collection)],
+    tileMatrixSetId: Annotated[  # noqa: N803 - tipg's and OGC's names
+        Literal[tuple(TILE_MATRIX_SETS.list())],  # type: ignore[valid-type]
+        Path(description="Identifier of a supported tile matrix set.")],
+    z: Annotated[int, Path(description="Zoom level (tile matrix).")],
+    x: Annotated[int, Path(description="Column (tile col).")],
+    y: Annotated[int, Path(description="Row (tile row).")],
+    ids: Annotated[str | None, Query(description="Only these feature ids, comma-separated.")] = None,
+    bbox: Annotated[str | None, Query(description="CRS84 bbox filter.")] = None,
+    datetime: Annotated[str | None, Query(description="RFC 3339 instant or interval.")] = None,
+    properties: Annotated[str | None, Query(description="Properties in the tile, comma-separated.")]
+    = None,
+    filter: Annotated[str | None, Query(description="CQL2 filter.")] = None,  # noqa: A002
+    filter_lang: Annotated[Literal["cql2-text", "cql2-json"] | None,
+                           Query(alias="filter-lang", description="CQL2 encoding.")] = None,
+    sortby: Annotated[str | None, Query(description="Feature order, [+-]column,...")] = None,
+    geom_column: Annotated[str | None, Query(alias="geom-column", description="Geometry column.")]
+    = None,
+    datetime_column: Annotated[str | None, Query(alias="datetime-column",
+                                                 description="Date or time column.")] = None,
+    limit: Annotated[int | None, Query(description="Most features in the tile.")] = None,
+    simplify: Annotated[float | None, Query(description="Simplify geometries (map units).")] = None,
+) -> Response:
+    """A Mapbox Vector Tile of the collection (tipg's query, ``PgCollection.get_tile``).
 
-
-def _queryables_type(request: Request) -> MediaType | None:
-    return _no_html(request, ("schemajson",))
-
-
-def _items_type(request: Request) -> MediaType | None:
-    return _no_html(request, _ITEMS_FORMATS)
+    tipg's own route does the same; this one takes its parameters without tipg's synchronous
+    dependencies, each of which FastAPI runs in a thread (a dozen thread hops per tile).
+    """
+    tms = TILE_MATRIX_SETS.get(str(tileMatrixSetId))
+    async with request.app.state.pool.acquire() as conn:
+        content = await collection.get_tile(
+            conn, tms=tms, tile=Tile(x, y, z), ids_filter=_split(ids),
+            bbox_filter=check_bbox(bbox) if bbox else None,
+            datetime_filter=datetime.split("/") if datetime else None,
+            properties_filter=tipg_deps.properties_filter_query(request, collection),
+            cql_filter=request.state.layer_filter, sortby=sortby, properties=_split(properties),
+            limit=limit, geom=geom_column, dt=datetime_column, simplify=simplify)
+    return Response(content, media_type=MediaType.mvt.value)
 
 
 # --- downloads -------------------------------------------------------------------------------
@@ -696,19 +759,38 @@ async def _database_error(request: Request, exc: Exception) -> Response:
 # --- tile caching ----------------------------------------------------------------------------
 
 _TILE_PATH = re.compile(r"^/collections/[^/]+/tiles/[^/]+/\d+/\d+/\d+$")
+_LAYER_PATH = re.compile(r"^/(collections|tileMatrixSets)(/|$)")
+
+
+def _without_html(scope: Scope) -> None:
+    """Drop ``text/html`` from the Accept header of a layer request: tipg would answer a
+    browser with its HTML pages (their scripts come from CDNs); JSON is served instead."""
+    headers = []
+    for name, value in scope.get("headers", []):
+        if name == b"accept" and b"html" in value:
+            kept = [part for part in value.split(b",") if b"html" not in part]
+            if not kept:
+                continue
+            value = b",".join(kept)
+        headers.append((name, value))
+    scope["headers"] = headers
 
 
 class TileCacheMiddleware:
     """Vector tiles get an ETag (sha1 of the body) and ``Cache-Control: private, max-age=N``;
-    ``If-None-Match`` with that ETag answers 304. Other responses pass through untouched."""
+    ``If-None-Match`` with that ETag answers 304. Other responses pass through untouched.
+    Layer requests also lose ``text/html`` from their Accept header (:func:`_without_html`)."""
 
     def __init__(self, app: ASGIApp, max_age: int = 30) -> None:
         self.app = app
         self.max_age = max_age
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if (scope["type"] != "http" or scope["method"] not in ("GET", "HEAD")
-                or not _TILE_PATH.match(scope["path"])):
+        if scope["type"] != "http" or not _LAYER_PATH.match(scope["path"]):
+            await self.app(scope, receive, send)
+            return
+        _without_html(scope)
+        if scope["method"] not in ("GET", "HEAD") or not _TILE_PATH.match(scope["path"]):
             await self.app(scope, receive, send)
             return
         start: dict[str, Any] = {}
@@ -740,18 +822,83 @@ class TileCacheMiddleware:
         await send({"type": "http.response.body", "body": body, "more_body": False})
 
 
+# --- tipg's factories, with a faster url_for -------------------------------------------------
+
+
+class _FastUrls:
+    """tipg's ``url_for`` without Starlette's route search and URL parsing: an items page
+    calls it twice per feature, which took two thirds of the time of ``items?limit=1000``."""
+
+    router: APIRouter
+    router_prefix: str
+
+    def url_for(self, request: Request, name: str, **path_params: Any) -> str:
+        formats: dict[str, str] | None = self.__dict__.get("_path_formats")
+        if formats is None:
+            formats = {route.name: route.path_format for route in self.router.routes
+                       if isinstance(route, APIRoute)}
+            self.__dict__["_path_formats"] = formats
+        path = formats.get(name)
+        if path is None or self.router_prefix:
+            return super().url_for(request, name, **path_params)  # type: ignore[misc]
+        return str(request.base_url).rstrip("/") + path.format(
+            **{key: str(value) for key, value in path_params.items()})
+
+
+class _Features(_FastUrls, OGCFeaturesFactory):
+    """tipg's Features routes."""
+
+
+class _Tiles(_FastUrls, OGCTilesFactory):
+    """tipg's Tiles routes."""
+
+
+class LayerEndpoints(Endpoints):
+    """tipg's :class:`~tipg.factory.Endpoints` built from the two factories above."""
+
+    def register_routes(self) -> None:
+        """As tipg's, with :class:`_Features` and :class:`_Tiles`."""
+        self.ogc_features = _Features(
+            collections_dependency=self.collections_dependency,
+            collection_dependency=self.collection_dependency, router_prefix=self.router_prefix,
+            templates=self.templates, with_common=False)
+        self.router.include_router(self.ogc_features.router)
+        self.ogc_tiles = _Tiles(
+            collection_dependency=self.collection_dependency, router_prefix=self.router_prefix,
+            templates=self.templates, supported_tms=self.supported_tms,
+            with_viewer=self.with_tiles_viewer, with_common=False)
+        self.router.include_router(self.ogc_tiles.router)
+
+
+# tipg's CSV writer takes the page's first row for the header and raises StopIteration (a
+# broken 200) when the page is empty; an empty page is an empty file here.
+_tipg_csv_rows = tipg_factory.create_csv_rows
+
+
+def _csv_rows(data: Iterable[dict[Any, Any]]) -> Generator[str, None, None]:
+    rows = iter(data)
+    first = next(rows, None)
+    if first is None:
+        return
+    yield from _tipg_csv_rows(itertools.chain([first], rows))
+
+
+tipg_factory.create_csv_rows = _csv_rows
+
+
 # --- mounting --------------------------------------------------------------------------------
 
 
-def _conformance(endpoints: Endpoints) -> list[str]:
+def _conformance(endpoints: LayerEndpoints) -> list[str]:
     """tipg's conformance classes but HTML (not served here)."""
     return [c for c in [*COMMON_CONFORMS, *endpoints.conforms_to] if not c.endswith("/conf/html")]
 
 
 def mount_layers(app: FastAPI, settings: ApiSettings) -> None:
     """Mount tipg's Features and Tiles routes (and the downloads) into ``app`` at the root."""
-    endpoints = Endpoints(
+    endpoints = LayerEndpoints(
         title="geojobs result layers", with_common=False, with_tiles_viewer=False,
+        supported_tms=TILE_MATRIX_SETS,
         collection_dependency=cast(Any, layer_collection),  # async: no thread hop
         collections_dependency=visible_collections)
     router = APIRouter(dependencies=[Depends(check_request)])
@@ -768,6 +915,14 @@ def mount_layers(app: FastAPI, settings: ApiSettings) -> None:
     router.add_api_route("/collections/{collectionId}/items", download_items, methods=["GET"],
                          name="download_items", include_in_schema=False,
                          response_class=FileResponse, route_class_override=DownloadRoute)
+    # Tiles: our route in place of tipg's (same path, name and query; see collection_get_tile).
+    router.add_api_route(TILE_ROUTE, collection_get_tile, methods=["GET"], name="collection_get_tile",
+                         response_class=Response, tags=["OGC Tiles API"],
+                         operation_id=".collection.vector.getTileTms",
+                         summary="A vector tile (Mapbox Vector Tile) of the collection.",
+                         responses={200: {"content": {MediaType.mvt.value: {}}}})
+    endpoints.router.routes = [route for route in endpoints.router.routes
+                               if getattr(route, "name", None) != "collection_get_tile"]
     router.include_router(endpoints.router)
     app.include_router(router)
 
@@ -779,10 +934,6 @@ def mount_layers(app: FastAPI, settings: ApiSettings) -> None:
         {"href": "/tileMatrixSets", "rel": "http://www.opengis.net/def/rel/ogc/1.0/tiling-schemes",
          "type": "application/json", "title": "tile matrix sets (OGC API - Tiles)"},
     ])
-    app.dependency_overrides[tipg_deps.filter_query] = _validated_filter
-    app.dependency_overrides[tipg_deps.OutputType] = _output_type
-    app.dependency_overrides[tipg_deps.QueryablesOutputType] = _queryables_type
-    app.dependency_overrides[tipg_deps.ItemsOutputType] = _items_type
     app.add_exception_handler(tipg_errors.TiPgError, _tipg_error)
     app.add_exception_handler(asyncpg.PostgresError, _database_error)
     app.add_middleware(TileCacheMiddleware, max_age=settings.layer_max_age)
