@@ -15,9 +15,17 @@ loopback. Each part is a function ``f(bench, args) -> rows`` registered in :data
   (httpx, one process), at offsets spread over the table; against 8 psycopg connections each
   building the same page as one GeoJSON FeatureCollection in SQL (``json_agg(ST_AsGeoJSON)``).
 
-- ``downloads``: whole-layer downloads through ``/jobs/{id}/results?f=parquet|fgb|geojson``
-  against ``ogr2ogr`` reading PostGIS, and the API process's peak memory
-  (:mod:`bench.layer_downloads`, on a server and tables of its own).
+- ``downloads``: the whole layer through ``GET /jobs/{id}/results?f=parquet|fgb|geojson``
+  (httpx, streamed to a file) against ``ogr2ogr`` reading PostGIS directly into the same format
+  (the floor). Debian's GDAL has no Parquet driver: GeoParquet's floor is then ``psql``'s binary
+  ``COPY`` of the same columns (attributes, ``ST_AsBinary``) to a file, the bytes any writer must
+  read first. Fastest of ``--repeat`` runs per side; every file's feature count is read back
+  before a time counts. The API process's resident set is sampled every 5 ms during each download
+  (before, peak).
+- ``download_memory``: the GeoParquet and FlatGeobuf downloads of a ``--memory-rows`` table
+  (default 1,000,000; made with :func:`make_polygons` too): the API process's growth.
+
+:func:`layer_bench` gives every part the same server and table.
 """
 
 from __future__ import annotations
@@ -40,18 +48,18 @@ import httpx
 import morecantile
 import psutil
 import psycopg
+import pyogrio
 from psycopg import sql
-from psycopg.conninfo import make_conninfo
+from psycopg.conninfo import conninfo_to_dict, make_conninfo
 from psycopg.types.json import Jsonb
 
 from bench.database import bench_database
-from bench.layer_downloads import run_downloads
-from bench.measure import percentiles
+from bench.measure import RssSampler, percentiles
 from bench.report import machine, print_table, write_json
 from geojobs.api.keys import create_key
 
-__all__ = ["LayerBench", "layer_bench", "make_polygons", "tile_rows", "items_rows", "PARTS", "run",
-           "main"]
+__all__ = ["LayerBench", "layer_bench", "make_polygons", "tile_rows", "items_rows", "download_rows",
+           "download_memory_rows", "PARTS", "run", "main"]
 
 ROOT = Path(__file__).resolve().parents[1]
 TABLE = "results.bench_polys"
@@ -77,7 +85,7 @@ class LayerBench:
     def client(self, **kwargs: Any) -> httpx.Client:
         """A keep-alive HTTP client with the owner's key."""
         return httpx.Client(base_url=self.url, headers={"Authorization": f"Bearer {self.key}"},
-                            trust_env=False, timeout=120, **kwargs)
+                            trust_env=False, **{"timeout": 120, **kwargs})
 
 
 def make_polygons(conn: psycopg.Connection[Any], table: str, rows: int) -> tuple[float, ...]:
@@ -94,7 +102,7 @@ def make_polygons(conn: psycopg.Connection[Any], table: str, rows: int) -> tuple
             "v double precision, cls integer, geom geometry(Polygon, 4326))").format(t=target))
         conn.execute(sql.SQL(
             "INSERT INTO {t} (name, v, cls, geom) "
-            "SELECT 'poly ' || n, (n * 7919 %% 1000) / 10.0, n %% 7, "
+            "SELECT 'poly ' || n, (n::bigint * 7919 %% 1000) / 10.0, n %% 7, "
             "       ST_Buffer(ST_SetSRID(ST_MakePoint(%(w)s + (n %% %(side)s) * %(cell)s, "
             "                                         %(s)s + (n / %(side)s) * %(cell)s), 4326), "
             "                 %(cell)s * 0.4, 'quad_segs=2') "
@@ -316,29 +324,133 @@ def items_rows(bench: LayerBench, args: argparse.Namespace) -> list[dict[str, An
              "sql_kb_per_page": sql_size / len(offsets) / 1024}]
 
 
+# --- downloads -------------------------------------------------------------------------------
+
+DOWNLOAD_FORMATS = {"parquet": ("GeoParquet", "Parquet", ".parquet"),
+                    "fgb": ("FlatGeobuf", "FlatGeobuf", ".fgb"),
+                    "geojson": ("GeoJSON", "GeoJSON", ".geojson")}
+"""``f`` -> (label, ogr2ogr driver, suffix)."""
+
+
+def _job_of(db_url: str, table: str) -> int:
+    with psycopg.connect(db_url, autocommit=True) as conn:
+        row = conn.execute("SELECT id FROM background_jobs WHERE result ->> 'output_table' = %s",
+                           (table,)).fetchone()
+    assert row is not None
+    return int(row[0])
+
+
+def _features(path: Path) -> int:
+    """Feature count of a downloaded file, read by pyarrow / GDAL, not by our code."""
+    if path.suffix == ".parquet":
+        import pyarrow.parquet as pq
+
+        return int(pq.read_metadata(path).num_rows)
+    return int(pyogrio.read_info(path, force_feature_count=True)["features"])
+
+
+def download_api(bench: LayerBench, job_id: int, fmt: str, path: Path) -> dict[str, float]:
+    """One whole download through the API: seconds, and the API process's RSS before / peak."""
+    with RssSampler(bench.server.pid, interval=0.005) as rss, bench.client(timeout=3600) as http:
+        t0 = time.perf_counter()
+        with http.stream("GET", f"/jobs/{job_id}/results", params={"f": fmt}) as response:
+            if response.status_code != 200:
+                raise RuntimeError(f"download {fmt}: {response.status_code} {response.read()[:500]!r}")
+            with path.open("wb") as out:
+                for chunk in response.iter_bytes(1 << 20):
+                    out.write(chunk)
+        seconds = time.perf_counter() - t0
+    return {"seconds": seconds, "rss_before_mb": rss.start_bytes / 2**20, "rss_peak_mb": rss.peak_mb}
+
+
+def _has_driver(driver: str) -> bool:
+    out = subprocess.run(["ogrinfo", "--formats"], capture_output=True, text=True, check=True).stdout
+    return any(line.strip().startswith((f"{driver} ", f"{driver}(")) for line in out.splitlines())
+
+
+def download_floor(bench: LayerBench, fmt: str, path: Path) -> tuple[str, float]:
+    """The floor for ``fmt``: ``ogr2ogr`` PostGIS -> file, or (no such driver) the binary COPY
+    of the same columns by ``psql``; (what was run, seconds)."""
+    _, driver, _ = DOWNLOAD_FORMATS[fmt]
+    if _has_driver(driver):
+        info = conninfo_to_dict(bench.db_url)
+        source = "PG:" + " ".join(f"{k}={v}" for k, v in info.items()
+                                  if k in ("host", "port", "dbname", "user", "password"))
+        cmd = ["ogr2ogr", "-f", driver, str(path), source, bench.table]
+        what = f"ogr2ogr -f {driver}"
+    else:
+        select = f"SELECT fid, name, v, cls, ST_AsBinary(geom) FROM {bench.table}"  # noqa: S608
+        cmd = ["psql", bench.db_url, "-q", "-c", f"\\copy ({select}) TO '{path}' (FORMAT binary)"]
+        what = "psql binary COPY (no GDAL Parquet driver)"
+    path.unlink(missing_ok=True)
+    t0 = time.perf_counter()
+    subprocess.run(cmd, check=True, capture_output=True)
+    return what, time.perf_counter() - t0
+
+
+def download_rows(bench: LayerBench, args: argparse.Namespace) -> list[dict[str, Any]]:
+    """Each format through the API and its floor, the fastest of ``args.repeat`` runs."""
+    job_id = _job_of(bench.db_url, bench.table)
+    out = []
+    for fmt, (label, _, suffix) in DOWNLOAD_FORMATS.items():
+        api_path, floor_path = bench.tmp / f"api{suffix}", bench.tmp / f"floor{suffix}"
+        runs = [download_api(bench, job_id, fmt, api_path) for _ in range(args.repeat)]
+        if _features(api_path) != bench.rows:
+            raise RuntimeError(f"{fmt}: the API's file does not have {bench.rows} features")
+        floors = [download_floor(bench, fmt, floor_path) for _ in range(args.repeat)]
+        what, floor_s = floors[0][0], min(s for _, s in floors)
+        if what.startswith("ogr2ogr") and _features(floor_path) != bench.rows:
+            raise RuntimeError(f"{fmt}: ogr2ogr's file does not have {bench.rows} features")
+        best = min(runs, key=lambda r: r["seconds"])
+        out.append({"format": label, "rows": bench.rows, "api_s": best["seconds"], "floor": what,
+                    "floor_s": floor_s, "api_vs_floor": best["seconds"] / floor_s,
+                    "api_mb": api_path.stat().st_size / 2**20,
+                    "api_rss_before_mb": min(r["rss_before_mb"] for r in runs),
+                    "api_rss_peak_mb": max(r["rss_peak_mb"] for r in runs)})
+    return out
+
+
+def download_memory_rows(bench: LayerBench, args: argparse.Namespace) -> list[dict[str, Any]]:
+    """GeoParquet and FlatGeobuf downloads of an ``args.memory_rows`` table: the API's growth."""
+    if not args.memory_rows:
+        return []
+    table = TABLE + "_big"
+    with psycopg.connect(bench.db_url, autocommit=True) as conn:
+        make_polygons(conn, table, args.memory_rows)
+    job_id = _job_of(bench.db_url, table)
+    out = []
+    for fmt in ("parquet", "fgb"):
+        label, _, suffix = DOWNLOAD_FORMATS[fmt]
+        path = bench.tmp / f"memory{suffix}"
+        run = download_api(bench, job_id, fmt, path)
+        if _features(path) != args.memory_rows:
+            raise RuntimeError(f"{fmt}: the downloaded file does not have {args.memory_rows} features")
+        path.unlink()
+        out.append({"format": label, "rows": args.memory_rows, "api_s": run["seconds"],
+                    "api_rss_before_mb": run["rss_before_mb"], "api_rss_peak_mb": run["rss_peak_mb"],
+                    "growth_mb": run["rss_peak_mb"] - run["rss_before_mb"]})
+    return out
+
+
 PARTS: dict[str, tuple[str, Callable[[LayerBench, argparse.Namespace], list[dict[str, Any]]]]] = {
     "tiles": ("Vector tiles: API against ST_AsMVT in SQL (ms per tile, sequential)", tile_rows),
     "items": ("Features items?limit=1000: pages per second, API against SQL", items_rows),
+    "downloads": ("Whole-layer downloads: API against ogr2ogr (or COPY), fastest runs",
+                  download_rows),
+    "download_memory": ("API process memory during whole-layer downloads (--memory-rows)",
+                        download_memory_rows),
 }
 """Each part: (title, function of the shared bench and the arguments -> rows)."""
 
 
-DOWNLOADS = "downloads"
-"""Whole-layer downloads against ogr2ogr (bench.layer_downloads: a server and tables of its own)."""
-
-
 def run(args: argparse.Namespace) -> dict[str, list[dict[str, Any]]]:
-    """Every part asked for: tiles and items on one server and one table, then the downloads."""
+    """Every part asked for, on one server and one table."""
     out: dict[str, list[dict[str, Any]]] = {}
-    parts = args.only or [*PARTS, DOWNLOADS]
-    if any(part in PARTS for part in parts):
-        with layer_bench(args.rows) as bench:
-            for part in (p for p in parts if p in PARTS):
-                title, function = PARTS[part]
-                out[part] = function(bench, args)
-                print_table(f"{title}, {bench.rows:,} polygons", out[part])
-    if DOWNLOADS in parts:
-        out.update(run_downloads(args.rows, args.memory_rows, args.repeat))
+    with layer_bench(args.rows) as bench:
+        for part in args.only or list(PARTS):
+            title, function = PARTS[part]
+            out[part] = function(bench, args)
+            print_table(f"{title}, {bench.rows:,} polygons", out[part])
     return out
 
 
@@ -349,19 +461,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--tiles", type=int, help="tiles sampled per zoom (default 60)")
     parser.add_argument("--pages", type=int, help="item pages fetched (default 200)")
     parser.add_argument("--clients", type=int, default=8, help="concurrent clients for items")
-    parser.add_argument("--memory-rows", type=int, help="polygons of the download memory run "
-                        "(default 1,000,000; 0 skips it)")
-    parser.add_argument("--repeat", type=int, help="download runs per side; the fastest counts")
-    parser.add_argument("--only", choices=sorted([*PARTS, DOWNLOADS]), action="append",
-                        help="run only these parts")
+    parser.add_argument("--only", choices=sorted(PARTS), action="append", help="run only these parts")
+    parser.add_argument("--repeat", type=int, help="download runs per side; the fastest counts (3)")
+    parser.add_argument("--memory-rows", type=int,
+                        help="polygons of the download memory run (default 1,000,000; 0 skips)")
     parser.add_argument("--json", type=Path, help="also save the figures here")
     args = parser.parse_args(argv)
+    args.repeat = args.repeat or (1 if args.quick else 3)
+    if args.memory_rows is None:
+        args.memory_rows = 0 if args.quick else 1_000_000
     args.rows = args.rows or (5_000 if args.quick else 100_000)
     args.tiles = args.tiles or (5 if args.quick else 60)
     args.pages = args.pages or (16 if args.quick else 200)
-    if args.memory_rows is None:
-        args.memory_rows = 0 if args.quick else 1_000_000
-    args.repeat = args.repeat or (1 if args.quick else 3)
     print(f"machine: {machine()}", flush=True)
     print(f"command: python -m bench.layers {' '.join(argv if argv is not None else sys.argv[1:])}",
           flush=True)

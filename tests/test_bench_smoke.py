@@ -135,9 +135,13 @@ def test_start_benchmark_smoke(db_url: str) -> None:
 @pytest.mark.db
 def test_layers_download_bench_runs() -> None:
     """bench.layers' download rows at a tiny size: a real API server, ogr2ogr and psql."""
+    import argparse
+
     from bench import layers
 
-    out = layers.run_downloads(rows=300, memory_rows=0, repeat=1)
+    out = layers.run(argparse.Namespace(rows=300, only=["downloads", "download_memory"], repeat=1,
+                                        memory_rows=200))
+    assert [r["growth_mb"] >= 0 and r["rows"] == 200 for r in out["download_memory"]] == [True, True]
     assert [r["format"] for r in out["downloads"]] == ["GeoParquet", "FlatGeobuf", "GeoJSON"]
     assert all(r["rows"] == 300 and r["api_s"] > 0 and r["floor_s"] > 0 for r in out["downloads"])
     assert all(r["api_rss_peak_mb"] >= r["api_rss_before_mb"] > 0 for r in out["downloads"])
