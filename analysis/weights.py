@@ -16,15 +16,16 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import geopandas as gpd
 import numpy as np
 import shapely
-from libpysal.graph import Graph
-from libpysal.weights import min_threshold_distance
 
 from analysis.errors import AnalysisError, GeometryTypeError
+
+if TYPE_CHECKING:  # libpysal (with scikit-learn) costs ~2 s and ~150 MB: loaded when weights are built
+    from libpysal.graph import Graph
 
 __all__ = [
     "WEIGHT_TYPES",
@@ -158,6 +159,8 @@ def working_geometry(geometry: gpd.GeoSeries) -> tuple[gpd.GeoSeries, str | None
 
 def default_threshold(centroids: gpd.GeoSeries) -> float:
     """The smallest distance that gives every point at least one neighbour."""
+    from libpysal.weights import min_threshold_distance
+
     xy = np.column_stack([centroids.x.to_numpy(), centroids.y.to_numpy()])
     return float(min_threshold_distance(xy))
 
@@ -175,6 +178,8 @@ def build_weights(
     distance bands for grid cells, as ArcGIS Pro does). Raises :class:`AnalysisError` when no
     feature has a neighbour.
     """
+    from libpysal.graph import Graph
+
     spec = WeightsSpec.parse(spec)
     geoms = geometry.geometry if isinstance(geometry, gpd.GeoDataFrame) else geometry
     geoms = geoms.reset_index(drop=True)
