@@ -498,6 +498,10 @@ class Worker:
                 last_beat = now
                 if not held:
                     state = queue.job_state(control, job.id)
+                    if state == ("completed", job.worker_id, job.attempt):
+                        # The job process completed it while this heartbeat waited for the
+                        # row lock of its completing transaction: its outcome is on the way.
+                        continue
                     self._kill(child)
                     if state is not None and state[0] == "cancelled":
                         return ("cancelled",)

@@ -13,6 +13,7 @@ import collections
 import dataclasses
 import json
 import re
+import statistics
 import subprocess
 import sys
 import time
@@ -135,7 +136,7 @@ def test_workers_drain_through_pgbouncer_listening_directly(
     try:
         with db.connect(bouncer.url(as_role(db_url, FRONTEND_ROLE))) as front:
             assert db.pooled(front)
-            wait_for(lambda: _registered(conn, 3), timeout=30)
+            wait_for(lambda: _registered(conn, 3), timeout=60)
             assert _listening_sessions(conn) == 3  # one direct LISTEN connection per worker
             before = _transactions_through(bouncer, conn.info.dbname)
             _drain(conn, front, tmp_path, 60)
@@ -143,7 +144,8 @@ def test_workers_drain_through_pgbouncer_listening_directly(
             assert _transactions_through(bouncer, conn.info.dbname) - before >= 120
             latencies = _wake_latencies(conn, front, 5)
         # the poll interval is 30 s: only the NOTIFY on the direct connection wakes them this fast
-        assert max(latencies) < 1.0, latencies
+        # (a loose bound for the worst one: the shared test machine runs at load 20 at times)
+        assert statistics.median(latencies) < 1.0 and max(latencies) < 2.5, latencies
         assert all(p.poll() is None for p in procs)
     finally:
         for p in procs:
@@ -158,11 +160,12 @@ def test_workers_poll_through_pgbouncer_without_listen_url(
     procs = _workers(3, bouncer.url(as_role(db_url, WORKER_ROLE)), tmp_path)
     try:
         with db.connect(bouncer.url(as_role(db_url, FRONTEND_ROLE))) as front:
-            wait_for(lambda: _registered(conn, 3), timeout=30)
+            wait_for(lambda: _registered(conn, 3), timeout=60)
             assert _listening_sessions(conn) == 0  # no LISTEN sent through the pooler
             _drain(conn, front, tmp_path, 60)
             latencies = _wake_latencies(conn, front, 5)
-        assert max(latencies) < 1.0, latencies  # 0.2 s polling, not the 30 s poll interval
+        # 0.2 s polling, not the 30 s poll interval
+        assert statistics.median(latencies) < 1.0 and max(latencies) < 2.5, latencies
         assert all(p.poll() is None for p in procs)
     finally:
         for p in procs:
@@ -189,7 +192,7 @@ def test_cancel_of_a_running_job_through_pgbouncer(
     procs = _workers(1, bouncer.url(as_role(db_url, WORKER_ROLE)), tmp_path, **extra)
     try:
         with db.connect(bouncer.url(as_role(db_url, FRONTEND_ROLE))) as front:
-            wait_for(lambda: _registered(conn, 1), timeout=30)
+            wait_for(lambda: _registered(conn, 1), timeout=60)
             job_id = queue.enqueue(front, "noop", {"sql_sleep_seconds": 60})
             wait_for(lambda: _backend_of_sleep(conn), timeout=20)
             [sleeper] = _backend_of_sleep(conn)
@@ -220,7 +223,7 @@ def test_pgbouncer_down_then_back_workers_reconnect(
     no worker process died. Then PAUSE/RESUME: queries wait, then go on."""
     procs = _workers(2, bouncer.url(as_role(db_url, WORKER_ROLE)), tmp_path)
     try:
-        wait_for(lambda: _registered(conn, 2), timeout=30)
+        wait_for(lambda: _registered(conn, 2), timeout=60)
         pids = sorted(p.pid for p in procs)
         worker_ids = sorted(w["worker_id"] for w in queue.list_workers(conn))
         bouncer.stop()
@@ -300,11 +303,11 @@ def test_client_submits_and_waits_through_pgbouncer(
         env.pop("GEOJOBS_LISTEN_URL", None)
         out = subprocess.run([sys.executable, "-m", "geojobs.cli", "enqueue", "noop", "--params",
                               '{"sleep_seconds": 0.01}', "--wait"], env=env, cwd=ROOT, text=True,
-                             capture_output=True, timeout=60)
+                             capture_output=True, timeout=180)  # its imports, on a loaded host
         assert out.returncode == 0, out.stderr
         job_id = int(out.stdout.splitlines()[0])
         shown = subprocess.run([sys.executable, "-m", "geojobs.cli", "jobs", "show", str(job_id)],
-                               env=env, cwd=ROOT, text=True, capture_output=True, timeout=60)
+                               env=env, cwd=ROOT, text=True, capture_output=True, timeout=180)
         assert shown.returncode == 0, shown.stderr
         assert queue.get(conn, job_id)["status"] == "completed"  # type: ignore[index]
     finally:
@@ -367,7 +370,8 @@ def test_api_through_pgbouncer(db_url: str, conn: psycopg.Connection[Any], bounc
 def test_short_soak_through_pgbouncer(db_url: str, tmp_path: Path) -> None:
     """The short chaos soak (bench/soak.py) with workers, inserts and cancels through PgBouncer,
     LISTEN over GEOJOBS_LISTEN_URL, and PgBouncer itself stopped and started midway."""
-    config = dataclasses.replace(SHORT, outage="proxy")
+    # a longer deadline than test_soak.py's: PgBouncer's process shares the loaded test machine
+    config = dataclasses.replace(SHORT, outage="proxy", deadline=300.0)
     report = run_soak_via_pgbouncer(db_url, config, tmp_path, listen=True)
     assert report.ok, report.summary()
     assert report.lost == [] and report.double_runs == []
