@@ -170,12 +170,8 @@ def _pin_transaction(job: queue.ClaimedJob, conn: psycopg.Connection[Any],
     session settings a direct connection gets at login are set here for the transaction.
     """
     tag = f"geojobs job {job.id}.{job.attempt} {os.getpid()}"
-    settings = [*_SESSION.items(), ("application_name", tag)]
-    selects = ", ".join("set_config(%s, %s, true)" for _ in settings)
-    row = conn.execute(f"SELECT pg_backend_pid(), {selects}",  # noqa: S608 - placeholders only
-                       [v for pair in settings for v in pair]).fetchone()
-    assert row is not None
-    pipe.send(("backend", row[0], tag))
+    backend = queue.pin_transaction(conn, {**_SESSION, "application_name": tag})
+    pipe.send(("backend", backend, tag))
 
 
 def _run_one(job: queue.ClaimedJob, conn: psycopg.Connection[Any], module: JobType,

@@ -243,6 +243,14 @@ def job_state(conn: psycopg.Connection, job_id: int) -> tuple[str, str | None, i
     return (row[0], row[1], row[2]) if row else None
 
 
+def pin_transaction(conn: psycopg.Connection, settings: dict[str, str]) -> int:
+    """Set ``settings`` for the open transaction only; the pid of the server process running it."""
+    row = _run(conn, "pin_transaction",
+               {"names": list(settings), "values": list(settings.values())}).fetchone()
+    assert row is not None
+    return int(row[0])
+
+
 def terminate_backend(conn: psycopg.Connection, pid: int, tag: str | None = None) -> bool:
     """End one database session (a killed job process's) now; True when it is gone.
 

@@ -138,6 +138,13 @@ RETURNING id;
 -- Status and holder of one job: why a heartbeat was refused (cancelled, or the lease lost).
 SELECT status, worker_id, attempts FROM background_jobs WHERE id = %(id)s;
 
+-- name: pin_transaction
+-- Through a transaction pooler: set the job transaction's settings (application_name: its tag)
+-- for this transaction alone, and name the server process that runs it.
+SELECT pg_backend_pid(),
+       (SELECT count(set_config(s.name, s.value, true))
+        FROM unnest(%(names)s::text[], %(values)s::text[]) AS s(name, value));
+
 -- name: terminate_backend
 -- End the database session of a killed job process at once (its transaction rolls back),
 -- waiting up to one second for it to be gone; with a tag, only while the session's
