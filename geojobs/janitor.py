@@ -148,5 +148,6 @@ def run_janitor(conn: psycopg.Connection[Any], *, result_ttl: float | None = Non
     queue.janitor_record_run(conn, {
         "host": socket.gethostname(), "started_at": started_at,
         "jobs_expired": len(report.jobs_expired), "tables_dropped": len(report.dropped),
-        "files_removed": len(report.files_removed) + len(report.scratch_removed), "jobs_deleted": len(report.jobs_deleted)})
+        "files_removed": len(report.files_removed) + len(report.scratch_removed),
+        "jobs_deleted": len(report.jobs_deleted)})
     return report
