@@ -187,7 +187,8 @@ def cmd_janitor(args: argparse.Namespace) -> int:
         report = janitor.run_janitor(conn)
     print(f"outputs of {len(report.jobs_expired)} job(s) dropped "
           f"({len(report.dropped)} tables/views, {len(report.files_removed)} files); "
-          f"{len(report.jobs_deleted)} job row(s) deleted")
+          f"{len(report.jobs_deleted)} job row(s) deleted; "
+          f"{len(report.scratch_removed)} orphan scratch director(ies) removed")
     return 0
 
 

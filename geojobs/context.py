@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
+import shutil
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -34,6 +35,7 @@ class JobContext:
     report: Callable[[float], None]
     log: logging.Logger = field(default_factory=lambda: logging.getLogger("geojobs.job"))
     announce_file: Callable[[str], None] = field(default=lambda path: None)
+    _scratch_made: list[Path] = field(default_factory=list, repr=False, compare=False)
 
     def progress(self, fraction: float) -> None:
         """Record progress between 0 and 1; stop here if the job was cancelled."""
@@ -42,8 +44,12 @@ class JobContext:
     def scratch_dir(self) -> Path:
         """A directory for this job's temporary files, ``GEOJOBS_OUTPUT_DIR/.partial-<id>``
         (the outputs' file system); created now. If the job does not complete (cancelled, timed
-        out, killed, failed), its worker removes the directory with everything in it."""
+        out, killed, failed), its worker removes the directory with everything in it. What an
+        earlier attempt left there (its worker killed outright) is removed first."""
         path = job_scratch_dir(self.job_id)
+        if not self._scratch_made:
+            shutil.rmtree(path, ignore_errors=True)
+            self._scratch_made.append(path)
         path.mkdir(parents=True, exist_ok=True)
         return path
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import logging
 import os
+import shutil
 import socket
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -23,7 +24,7 @@ import psycopg
 from psycopg import sql
 
 from geojobs import queue, staging
-from geojobs.config import output_dir
+from geojobs.config import SCRATCH_PREFIX, output_dir
 
 __all__ = ["JanitorReport", "run_janitor", "result_ttl_days", "job_ttl_days"]
 
@@ -60,6 +61,7 @@ class JanitorReport:
     jobs_expired: list[int] = field(default_factory=list)
     jobs_deleted: list[int] = field(default_factory=list)
     staging_dropped: list[str] = field(default_factory=list)
+    scratch_removed: list[str] = field(default_factory=list)
 
 
 def _qualified(name: str) -> sql.Composed:
@@ -90,6 +92,27 @@ def _drop_outputs(conn: psycopg.Connection[Any], result: dict[str, Any],
             report.files_removed.append(str(path))
 
 
+def remove_orphan_scratch(conn: psycopg.Connection[Any]) -> list[str]:
+    """Remove the scratch directories (``<output dir>/.partial-<job id>``) of jobs not running:
+    those a worker killed with SIGKILL left behind, since its own clean-up died with it. The
+    jobs' rows stay locked while their directories go, so no worker starts one meanwhile."""
+    root = output_dir()
+    dirs: dict[int, Path] = {}
+    if root.is_dir():
+        for path in root.glob(f"{SCRATCH_PREFIX}*"):
+            suffix = path.name.removeprefix(SCRATCH_PREFIX)
+            if suffix.isdigit() and path.is_dir() and not path.is_symlink():
+                dirs[int(suffix)] = path
+    if not dirs:
+        return []
+    removed = []
+    with conn.transaction():
+        for job_id in sorted(queue.janitor_idle_jobs(conn, sorted(dirs))):
+            shutil.rmtree(dirs[job_id], ignore_errors=True)
+            removed.append(str(dirs[job_id]))
+    return removed
+
+
 def run_janitor(conn: psycopg.Connection[Any], *, result_ttl: float | None = None,
                 job_ttl: float | None = None) -> JanitorReport:
     """One pass over the job table; ``conn`` is in autocommit mode."""
@@ -118,8 +141,13 @@ def run_janitor(conn: psycopg.Connection[Any], *, result_ttl: float | None = Non
     if report.staging_dropped:
         log.info("dropped %d staging tables of attempts no longer running",
                  len(report.staging_dropped))
+    report.scratch_removed = remove_orphan_scratch(conn)
+    if report.scratch_removed:
+        log.info("removed %d scratch directories of jobs no longer running",
+                 len(report.scratch_removed))
     queue.janitor_record_run(conn, {
         "host": socket.gethostname(), "started_at": started_at,
         "jobs_expired": len(report.jobs_expired), "tables_dropped": len(report.dropped),
-        "files_removed": len(report.files_removed), "jobs_deleted": len(report.jobs_deleted)})
+        "files_removed": len(report.files_removed) + len(report.scratch_removed),
+        "jobs_deleted": len(report.jobs_deleted)})
     return report

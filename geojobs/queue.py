@@ -388,6 +388,13 @@ def janitor_delete_jobs(conn: psycopg.Connection, params: dict[str, Any]) -> lis
     return [int(r[0]) for r in _run(conn, "janitor_delete_jobs", params)]
 
 
+def janitor_idle_jobs(conn: psycopg.Connection, ids: list[int]) -> set[int]:
+    """Of ``ids``, the jobs not running now, row-locked until the transaction ends (so no worker
+    claims one meanwhile), plus those with no row at all."""
+    locked = {int(r[0]) for r in _run(conn, "janitor_lock_idle_jobs", {"ids": ids})}
+    return locked | {int(r[0]) for r in _run(conn, "janitor_missing_jobs", {"ids": ids})}
+
+
 def janitor_record_run(conn: psycopg.Connection, params: dict[str, Any]) -> None:
     """Insert one row into ``geojobs_janitor_runs`` for a finished janitor run."""
     _run(conn, "janitor_record_run", params)

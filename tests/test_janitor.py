@@ -222,3 +222,55 @@ def test_intermediate_tables_expire_with_the_pipelines_final_result(
     assert _exists(conn, "results.read_cut") and _exists(conn, "results.rr_hot")
     ids = {r[0] for r in conn.execute("SELECT id FROM background_jobs")}
     assert {cut, spots, hot} <= ids  # pipeline steps' rows stay (pipeline_steps names them)
+
+
+def test_janitor_removes_scratch_dirs_of_jobs_not_running(
+        db_url: str, conn: psycopg.Connection[Any], tmp_path: Any,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """A worker killed with SIGKILL leaves its job's ``.partial-<id>`` directory behind. The
+    janitor removes those of jobs not running (failed by the lease, queued again, or deleted),
+    keeps those of running jobs and of a job whose row another transaction holds (a claim in
+    flight), and touches nothing else in the output directory."""
+    monkeypatch.setenv("GEOJOBS_OUTPUT_DIR", str(tmp_path))
+    statuses = {}
+    for status in ("running", "queued", "failed", "completed"):
+        statuses[status] = int(conn.execute(
+            "INSERT INTO background_jobs (job_type, status, attempts) VALUES ('noop', %s, 1) "
+            "RETURNING id", (status,)).fetchone()[0])
+    held = int(conn.execute("INSERT INTO background_jobs (job_type) VALUES ('noop') "
+                            "RETURNING id").fetchone()[0])
+    gone = max([*statuses.values(), held]) + 1000
+    for job_id in [*statuses.values(), held, gone]:
+        scratch = tmp_path / f".partial-{job_id}"
+        scratch.mkdir()
+        (scratch / "tiles.tmp").write_bytes(b"x")
+    (tmp_path / ".partial-notes").mkdir()
+    (tmp_path / "result.tif").write_bytes(b"x")
+
+    with psycopg.connect(db_url) as other:
+        other.execute("SELECT 1 FROM background_jobs WHERE id = %s FOR UPDATE", (held,))
+        report = janitor.run_janitor(conn)
+        left = sorted(p.name for p in tmp_path.iterdir())
+    removed = {statuses["queued"], statuses["failed"], statuses["completed"], gone}
+    assert sorted(report.scratch_removed) == sorted(str(tmp_path / f".partial-{i}") for i in removed)
+    assert left == sorted([f".partial-{statuses['running']}", f".partial-{held}", ".partial-notes",
+                           "result.tif"])
+    assert janitor.run_janitor(conn).scratch_removed == [str(tmp_path / f".partial-{held}")]
+
+
+def test_a_new_attempt_starts_with_an_empty_scratch_dir(
+        conn: psycopg.Connection[Any], tmp_path: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    """What a killed attempt left in the scratch directory is gone when the next attempt of the
+    same job first asks for the directory; later calls in one attempt keep its files."""
+    from geojobs.context import JobContext
+
+    monkeypatch.setenv("GEOJOBS_OUTPUT_DIR", str(tmp_path))
+    stale = tmp_path / ".partial-7"
+    stale.mkdir()
+    (stale / "old.tmp").write_bytes(b"x")
+    ctx = JobContext(job_id=7, job_type="raster_clip", attempt=2, worker_id="w", conn=conn,
+                     report=lambda fraction: None)
+    scratch = ctx.scratch_dir()
+    assert scratch == stale and list(scratch.iterdir()) == []
+    (scratch / "new.tmp").write_bytes(b"y")
+    assert [p.name for p in ctx.scratch_dir().iterdir()] == ["new.tmp"]

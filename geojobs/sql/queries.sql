@@ -354,3 +354,16 @@ INSERT INTO geojobs_janitor_runs (host, started_at, jobs_expired, tables_dropped
                                   jobs_deleted)
 VALUES (%(host)s, %(started_at)s, %(jobs_expired)s, %(tables_dropped)s, %(files_removed)s,
         %(jobs_deleted)s);
+
+-- name: janitor_lock_idle_jobs
+-- Of the given job ids, lock those not running now (SKIP LOCKED: a row being claimed or ended
+-- this instant is left for the next run); their scratch directories can go. Ids with no row
+-- are returned by janitor_missing_jobs.
+SELECT id FROM background_jobs
+WHERE id = ANY (%(ids)s) AND status <> 'running'
+FOR UPDATE SKIP LOCKED;
+
+-- name: janitor_missing_jobs
+-- Of the given job ids, those with no row (deleted): nothing can run them again.
+SELECT i FROM unnest(%(ids)s::bigint[]) AS i
+WHERE NOT EXISTS (SELECT 1 FROM background_jobs WHERE id = i);
