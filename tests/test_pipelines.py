@@ -12,6 +12,7 @@ import signal
 import subprocess
 import sys
 import time
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import psycopg
@@ -225,6 +226,51 @@ def test_a_job_cannot_depend_on_itself_or_on_another_submitters_job(db_url, conn
     # The superuser (an admin) may depend on the front end's job.
     assert job_row(conn, queue.enqueue(conn, "noop", {}, depends_on=[own_id]))["status"] == "waiting"
     assert _counts(conn)[0] == before[0] + 3
+
+
+def _running_job(conn: psycopg.Connection[Any]) -> int:
+    row = conn.execute("INSERT INTO background_jobs (job_type, status, attempts, started_at) "
+                       "VALUES ('noop', 'running', 1, now()) RETURNING id").fetchone()
+    return int(row[0])
+
+
+def _has_dependents(conn: psycopg.Connection[Any], job_id: int) -> bool:
+    row = conn.execute("SELECT has_dependents FROM background_jobs WHERE id = %s", (job_id,))
+    return bool(row.fetchone()[0])
+
+
+@pytest.mark.parametrize("first", ["completion", "insert"])
+def test_a_dependency_completing_while_its_dependent_is_inserted(db_url, conn, first):
+    """The dependent of a job that completes at the same instant is never left waiting: when the
+    completion commits first, the insert sees it completed (queued); when the insert commits
+    first, the completion sees that the job now has a dependent and promotes it."""
+    parent = _running_job(conn)
+    assert not _has_dependents(conn, parent)
+    with psycopg.connect(db_url) as holder, psycopg.connect(db_url, autocommit=True) as other:
+        if first == "completion":
+            holder.execute("UPDATE background_jobs SET status = 'completed', finished_at = now() "
+                           "WHERE id = %s", (parent,))
+            late = "INSERT INTO background_jobs (job_type, depends_on) VALUES ('noop', %s) RETURNING id"
+            args: tuple[Any, ...] = ([parent],)
+        else:
+            child = holder.execute("INSERT INTO background_jobs (job_type, depends_on) VALUES "
+                                   "('noop', %s) RETURNING id", ([parent],)).fetchone()[0]
+            late = ("UPDATE background_jobs SET status = 'completed', finished_at = now() "
+                    "WHERE id = %s RETURNING id")
+            args = (parent,)
+        pool = ThreadPoolExecutor(1)
+        waiting = pool.submit(lambda: other.execute(late, args).fetchone()[0])
+        time.sleep(0.3)
+        assert not waiting.done()  # held by the other transaction's row lock
+        holder.commit()
+        if first == "completion":
+            child = waiting.result(timeout=10)
+        else:
+            waiting.result(timeout=10)
+        pool.shutdown()
+    assert job_row(conn, parent)["status"] == "completed"
+    assert _has_dependents(conn, parent)
+    assert job_row(conn, child)["status"] == "queued"
 
 
 def _steps(n: int) -> list[dict[str, Any]]:
