@@ -232,7 +232,7 @@ def job_events(conn: psycopg.Connection, timeout: float | None) -> set[int]:
 
 def claim_quiet(conn: psycopg.Connection, job_id: int) -> tuple[float, float | None] | None:
     """(seconds the job has been queued, seconds since a worker of its type last claimed a job or
-    sent a heartbeat for one; None when none ever did)."""
+    sent a heartbeat for one since then; None when none did)."""
     row = _run(conn, "claim_quiet", {"id": job_id}).fetchone()
     return (float(row[0]), None if row[1] is None else float(row[1])) if row else None
 

@@ -190,12 +190,20 @@ WHERE job_type = %(job_type)s AND last_seen >= now() - make_interval(secs => %(s
 
 -- name: claim_quiet
 -- For one job: how long it has been queued, and how long since a worker of its type last showed
--- life (claimed a job, or sent a heartbeat for a job it is running; null when none ever did),
--- both in seconds of the database's clock.
+-- life (claimed a job, or sent a heartbeat for a job it is running) after this job was queued
+-- (null when none did), both in seconds of the database's clock. Only jobs running, finished
+-- since, or claimed and queued again are read (each through a partial index), so a long history
+-- costs nothing; a claim before this job was queued would count for more than queued_for anyway.
 SELECT EXTRACT(epoch FROM now() - j.created_at)::float8 AS queued_for,
-       (SELECT EXTRACT(epoch FROM now() - max(GREATEST(o.started_at,
-                 CASE WHEN o.status = 'running' THEN o.heartbeat_at END)))::float8
-        FROM background_jobs AS o WHERE o.job_type = j.job_type) AS since_claim
+       EXTRACT(epoch FROM now() - GREATEST(
+           (SELECT max(GREATEST(o.started_at, o.heartbeat_at)) FROM background_jobs AS o
+            WHERE o.status = 'running' AND o.job_type = j.job_type),
+           (SELECT max(o.started_at) FROM background_jobs AS o
+            WHERE o.status IN ('completed', 'failed', 'cancelled') AND o.job_type = j.job_type
+              AND o.finished_at >= j.created_at),
+           (SELECT max(o.started_at) FROM background_jobs AS o
+            WHERE o.status = 'queued' AND o.job_type = j.job_type AND o.started_at >= j.created_at)
+       ))::float8 AS since_claim
 FROM background_jobs AS j WHERE j.id = %(id)s;
 
 -- name: cancel_own_job
