@@ -565,6 +565,9 @@ def main(argv: list[str] | None = None) -> int:
                         "the time between heartbeats, jobs are taken from live workers (a "
                         "misconfiguration the double-run check must catch)")
     parser.add_argument("--keep", action="store_true", help="keep the database and the logs")
+    parser.add_argument("--pg-cluster", metavar="VERSION/NAME",
+                        help="the cluster that DATABASE_URL points at, for the restart outage "
+                             "(pg_ctlcluster; default 15/main)")
     args = parser.parse_args(argv)
     config = FULL if args.full else SHORT
     if args.jobs:
@@ -579,6 +582,9 @@ def main(argv: list[str] | None = None) -> int:
         config.kill_every = args.kill_every
     if args.workers:
         config.workers = {k: int(v) for k, v in (p.split("=") for p in args.workers.split(","))}
+    if args.pg_cluster:
+        version, _, name = args.pg_cluster.partition("/")
+        config.pg_cluster = (version, name)
     if args.pgbouncer and not args.outage:
         config.outage = "proxy"
 
