@@ -34,7 +34,7 @@ import re
 import shutil
 import tempfile
 from collections.abc import Generator, Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path as FilePath
 from typing import Annotated, Any, Literal, cast
 
@@ -64,6 +64,7 @@ from tipg.factory import COMMON_CONFORMS, Endpoints, OGCFeaturesFactory, OGCTile
 from tipg.resources.enums import MediaType
 from tipg.settings import DatabaseSettings, FeaturesSettings, MVTSettings
 
+from geojobs.api import fastlayers
 from geojobs.api.deps import User, current_user, settings_dep
 from geojobs.api.errors import BadRequest, NotFound, problem
 from geojobs.api.settings import ApiSettings
@@ -155,6 +156,8 @@ class ServedLayer:
 
     collection: Collection
     job: Mapping[str, Any] | None
+    queries: dict[Any, str | None] = field(default_factory=dict, compare=False, repr=False)
+    """Statement texts of this layer's tiles and pages (:mod:`geojobs.api.fastlayers`)."""
 
     @property
     def owner(self) -> str | None:
@@ -326,6 +329,8 @@ _ROUTE_PARAMS: dict[int, set[str]] = {}
 
 def _route_params(route: Any) -> set[str]:
     key = id(route)
+    if key not in _ROUTE_PARAMS and isinstance(route, fastlayers.FastItemsRoute):
+        _ROUTE_PARAMS[key] = set(route.query_names)
     if key not in _ROUTE_PARAMS:
         dependant = getattr(route, "dependant", None)
         _ROUTE_PARAMS[key] = _known_params(dependant) if dependant is not None else set()
@@ -664,14 +669,22 @@ async def collection_get_tile(
     dependencies, each of which FastAPI runs in a thread (a dozen thread hops per tile).
     """
     tms = TILE_MATRIX_SETS.get(str(tileMatrixSetId))
+    tile = Tile(x, y, z)
+    filters = fastlayers.TileFilters(
+        ids=_split(ids), bbox=check_bbox(bbox) if bbox else None,
+        datetime=datetime.split("/") if datetime else None,
+        properties_filter=tipg_deps.properties_filter_query(request, collection),
+        cql=request.state.layer_filter, geom=geom_column, dt=datetime_column)
     async with request.app.state.pool.acquire() as conn:
-        content = await collection.get_tile(
-            conn, tms=tms, tile=Tile(x, y, z), ids_filter=_split(ids),
-            bbox_filter=check_bbox(bbox) if bbox else None,
-            datetime_filter=datetime.split("/") if datetime else None,
-            properties_filter=tipg_deps.properties_filter_query(request, collection),
-            cql_filter=request.state.layer_filter, sortby=sortby, properties=_split(properties),
-            limit=limit, geom=geom_column, dt=datetime_column, simplify=simplify)
+        content = await fastlayers.get_tile(
+            conn, collection, tms, tile, filters, sortby=sortby, properties=_split(properties),
+            limit=limit, simplify=simplify, cache=request.state.layer.queries)
+        if content is None:
+            content = await collection.get_tile(
+                conn, tms=tms, tile=tile, ids_filter=filters.ids, bbox_filter=filters.bbox,
+                datetime_filter=filters.datetime, properties_filter=filters.properties_filter,
+                cql_filter=filters.cql, sortby=sortby, properties=_split(properties),
+                limit=limit, geom=geom_column, dt=datetime_column, simplify=simplify)
     return Response(content, media_type=MediaType.mvt.value)
 
 
@@ -925,6 +938,13 @@ def mount_layers(app: FastAPI, settings: ApiSettings) -> None:
                          responses={200: {"content": {MediaType.mvt.value: {}}}})
     endpoints.router.routes = [route for route in endpoints.router.routes
                                if getattr(route, "name", None) != "collection_get_tile"]
+    # Items as GeoJSON built by PostGIS, before tipg's route (which answers everything else).
+    tipg_items = next(route for route in endpoints.ogc_features.router.routes
+                      if isinstance(route, APIRoute) and route.name == "items")
+    fastlayers.FastItemsRoute.query_names = frozenset(_known_params(tipg_items.dependant))
+    router.add_api_route("/collections/{collectionId}/items", fastlayers.items, methods=["GET"],
+                         name="items", include_in_schema=False, response_class=Response,
+                         route_class_override=fastlayers.FastItemsRoute)
     router.include_router(endpoints.router)
     app.include_router(router)
 
