@@ -66,6 +66,25 @@ def _transformer(source: int, target: int) -> Transformer:
     return found
 
 
+_BOUNDS: dict[tuple[int, int, float, float, float, float], tuple[float, ...]] = {}
+_BOUNDS_SIZE = 50_000
+"""Tile bounds transformed to a column's CRS, kept (pyproj's ``transform_bounds`` is a tenth
+of a tile's CPU); emptied when full."""
+
+
+def _transform_bounds(source: int, target: int, west: float, south: float, east: float,
+                      north: float) -> tuple[float, ...]:
+    """pyproj's ``transform_bounds`` (as tipg calls it), remembered."""
+    key = (source, target, west, south, east, north)
+    found = _BOUNDS.get(key)
+    if found is None:
+        if len(_BOUNDS) >= _BOUNDS_SIZE:
+            _BOUNDS.clear()
+        found = _BOUNDS[key] = tuple(
+            _transformer(source, target).transform_bounds(west, south, east, north))
+    return found
+
+
 class TileFilters:
     """The filters of a tile or items request, as tipg's route passes them on."""
 
@@ -154,8 +173,8 @@ async def get_tile(conn: asyncpg.Connection, collection: Collection, tms: TileMa
     bounds = tms.xy_bounds(tile)
     west, south, east, north = bounds.left, bounds.bottom, bounds.right, bounds.top
     if tms_srid != target_srid:
-        west, south, east, north = _transformer(tms_srid, target_srid).transform_bounds(
-            west, south, east, north)
+        west, south, east, north = _transform_bounds(tms_srid, target_srid, west, south, east,
+                                                     north)
     layer = collection.table if _MVT.set_mvt_layername is True else "default"
     content = await conn.fetchval(
         sql, bounds.left, bounds.bottom, bounds.right, bounds.top, bounds.right - bounds.left,

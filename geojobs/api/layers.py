@@ -973,8 +973,9 @@ def mount_layers(app: FastAPI, settings: ApiSettings) -> None:
     tile_route = next(route for route in router.routes
                       if isinstance(route, APIRoute) and route.name == "collection_get_tile")
     TileRoute.query_names = frozenset(_known_params(tile_route.dependant))
-    app.router.routes.append(TileRoute(TILE_ROUTE, serve_tile, methods=["GET"],
-                                       name="collection_get_tile", include_in_schema=False))
+    # first of the app's routes: a tile request is matched against no other route's pattern
+    app.router.routes.insert(0, TileRoute(TILE_ROUTE, serve_tile, methods=["GET"],
+                                          name="collection_get_tile", include_in_schema=False))
     # Items as GeoJSON built by PostGIS, before tipg's route (which answers everything else).
     tipg_items = next(route for route in endpoints.ogc_features.router.routes
                       if isinstance(route, APIRoute) and route.name == "items")
