@@ -38,7 +38,7 @@ from tipg.resources.enums import MediaType
 from tipg.settings import FeaturesSettings, MVTSettings
 
 __all__ = ["TileFilters", "get_tile", "items_supported", "items_page", "FastItemsRoute", "items",
-           "JSON_TYPES"]
+           "is_boolean", "JSON_TYPES"]
 
 _MVT = MVTSettings()
 _FEATURES = FeaturesSettings()  # type: ignore[call-arg]
@@ -322,6 +322,11 @@ _TRUE = frozenset({"1", "true", "t", "yes", "y", "on"})
 _FALSE = frozenset({"0", "false", "f", "no", "n", "off"})
 
 
+def is_boolean(text: str) -> bool:
+    """Whether ``text`` is a boolean as FastAPI (pydantic) reads one in a query."""
+    return text.lower() in _TRUE | _FALSE
+
+
 def _wants_geojson(scope: Scope) -> bool:
     """Whether tipg's items route would answer GeoJSON (``f``, else the Accept header)."""
     params = QueryParams(scope.get("query_string", b""))
@@ -351,9 +356,6 @@ class FastItemsRoute(APIRoute):
             child.get("path_params", {}).get("collectionId"))
         if layer is None or not _wants_geojson(scope) or not items_supported(layer.collection):
             return Match.NONE, {}
-        bbox_only = QueryParams(scope.get("query_string", b"")).get("bbox-only")
-        if bbox_only is not None and bbox_only.lower() not in _TRUE | _FALSE:
-            return Match.NONE, {}  # tipg's 422
         return match, child
 
 

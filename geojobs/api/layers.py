@@ -526,6 +526,9 @@ async def check_request(request: Request, user: Annotated[User, Depends(current_
             raise BadRequest(f"{key}: only {CRS84} is supported", field=key)
     if "datetime" in params:
         _check_datetime(params["datetime"])
+    if "bbox-only" in params and not fastlayers.is_boolean(params["bbox-only"]):
+        raise BadRequest(f"bbox-only: {params['bbox-only']!r} is not a boolean; use true or false",
+                         field="bbox-only")
     if "simplify" in params and _number("simplify", params["simplify"]) < 0:
         raise BadRequest("simplify: must not be negative", field="simplify")
     for key in ("minzoom", "maxzoom"):
@@ -677,6 +680,14 @@ class TileRoute(Route):
 
     query_names: frozenset[str] = frozenset()
     """The query parameters of :func:`collection_get_tile` (what the request checks accept)."""
+
+    def matches(self, scope: Scope) -> tuple[Match, Scope]:
+        """Starlette's match, with the route in the scope as FastAPI's routes put it (the
+        request checks read its name and parameters)."""
+        match, child = super().matches(scope)
+        if match is not Match.NONE:
+            child["route"] = self
+        return match, child
 
 
 async def serve_tile(request: Request) -> Response:
