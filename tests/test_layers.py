@@ -26,12 +26,13 @@ import pyogrio
 import pytest
 import shapely
 from openapi_spec_validator import validate
+from psycopg import sql
 
 from geojobs.api.keys import create_key
 from tests.api_support import ApiServer, api_server, start_server, stop
 from tests.conftest import _create, _drop
-from tests.layer_support import make_layer
-from tests.support import wait_for
+from tests.layer_support import complete_job, make_layer
+from tests.support import WORKER_ROLE, wait_for
 from tests.test_layers_download import oracle, same_features
 
 pytestmark = pytest.mark.db
@@ -173,6 +174,40 @@ def test_geojson_pages_hold_the_features_tipg_writes(api: ApiServer, query: dict
         with api.connect() as conn:
             count = conn.execute(f"SELECT count(*) FROM {ALICE}").fetchone()  # noqa: S608
         assert body["numberMatched"] == (count or [None])[0] == 36
+
+
+@pytest.mark.parametrize(("table", "columns", "rows"), [
+    ("results.la_types", "amount numeric, seen timestamptz",
+     "(1, 12.50, '2024-03-01 10:00+02', ST_Point(1, 2, 4326)), "
+     "(2, 0.0000001, NULL, ST_Point(3, 4, 4326))"),
+    ("results.la_floats", "ratio real, v double precision",
+     "(1, 0.1, 'NaN', ST_Point(1, 2, 4326)), (2, NULL, 'Infinity', ST_Point(3, 4, 4326)), "
+     "(3, 3.4e38, -1e-300, NULL)"),
+])
+def test_pages_with_other_column_types_are_tipgs(api: ApiServer, table: str, columns: str,
+                                                   rows: str) -> None:
+    """Columns whose JSON PostgreSQL writes unlike tipg (numeric: tipg writes a string; time
+    stamps) page through tipg; float4, NaN, infinities and a null geometry in GeoJSON pages
+    written by PostGIS come out as tipg writes them."""
+    with api.connect() as conn:
+        conn.execute(sql.SQL("SET ROLE {}").format(sql.Identifier(WORKER_ROLE)))
+        conn.execute(f"CREATE TABLE {table} (fid integer PRIMARY KEY, {columns}, "  # noqa: S608
+                     "geom geometry(Point, 4326))")
+        conn.execute(f"INSERT INTO {table} VALUES {rows}")  # noqa: S608
+        conn.execute("RESET ROLE")
+        complete_job(conn, table, "alice")
+    listed(api, "alice", table)
+    with api.client("alice") as http:
+        page = http.get(f"/collections/{table}/items")
+        seq = http.get(f"/collections/{table}/items", params={"f": "geojsonseq"})
+    assert page.status_code == 200, page.text
+    want = [json.loads(line) for line in seq.text.splitlines() if line]
+    assert page.json()["features"] == want and len(want) == rows.count("), (") + 1
+    if table == "results.la_types":
+        assert want[0]["properties"]["amount"] == "12.50"  # tipg's Decimal, as a string
+    else:
+        assert [f["properties"]["v"] for f in want] == [None, None, -1e-300]
+        assert want[0]["properties"]["ratio"] == pytest.approx(0.1) and want[2]["geometry"] is None
 
 
 def test_tiles_with_filters_hold_the_features_of_the_filter(api: ApiServer) -> None:
