@@ -25,6 +25,7 @@ on the API's own asyncpg pool and login role. What geojobs adds around it:
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import hashlib
 import itertools
 import json
@@ -34,7 +35,7 @@ import re
 import shutil
 import tempfile
 from collections.abc import Generator, Iterable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path as FilePath
 from typing import Annotated, Any, Literal, cast
 
@@ -156,7 +157,8 @@ class ServedLayer:
 
     collection: Collection
     job: Mapping[str, Any] | None
-    queries: dict[Any, str | None] = field(default_factory=dict, compare=False, repr=False)
+    queries: dict[Any, str | None] = dataclasses.field(default_factory=dict, compare=False,
+                                                       repr=False)
     """Statement texts of this layer's tiles and pages (:mod:`geojobs.api.fastlayers`)."""
 
     @property
