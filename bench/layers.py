@@ -317,14 +317,18 @@ def items_rows(bench: LayerBench, args: argparse.Namespace) -> list[dict[str, An
     offsets = _offsets(bench, args.pages)
     asyncio.run(_api_pages(bench, offsets[: clients * 2], clients))  # warm both sides
     asyncio.run(_sql_pages(bench, offsets[: clients * 2], clients))
-    cpu = _cpu(bench.server.pid)
+    cpu, own = _cpu(bench.server.pid), time.process_time()
     api_s, api_size = asyncio.run(_api_pages(bench, offsets, clients))
-    cpu = _cpu(bench.server.pid) - cpu
+    cpu, api_client = _cpu(bench.server.pid) - cpu, time.process_time() - own
+    own = time.process_time()
     sql_s, sql_size = asyncio.run(_sql_pages(bench, offsets, clients))
+    sql_client = time.process_time() - own
     return [{"clients": clients, "pages": len(offsets),
              "api_pages_per_s": len(offsets) / api_s, "sql_pages_per_s": len(offsets) / sql_s,
              "ratio": (len(offsets) / sql_s) / (len(offsets) / api_s),
              "server_cpu_ms_per_page": cpu * 1000 / len(offsets),
+             "client_cpu_ms_per_page": api_client * 1000 / len(offsets),
+             "sql_client_cpu_ms_per_page": sql_client * 1000 / len(offsets),
              "api_kb_per_page": api_size / len(offsets) / 1024,
              "sql_kb_per_page": sql_size / len(offsets) / 1024}]
 
