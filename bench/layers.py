@@ -14,7 +14,8 @@ loopback. Each part is a function ``f(bench, args) -> rows`` registered in :data
   benchmark's own CPU per request on each side (httpx against psycopg).
 - ``items``: ``/collections/{id}/items?limit=1000`` pages per second with 8 concurrent clients
   (httpx, one process), at offsets spread over the table; against 8 psycopg connections each
-  building the same page as one GeoJSON FeatureCollection in SQL (``json_agg(ST_AsGeoJSON)``).
+  building the same page as one GeoJSON FeatureCollection in SQL (``json_agg(ST_AsGeoJSON)``);
+  the API server's CPU per page and the benchmark's own on each side.
 
 - ``downloads``: the whole layer through ``GET /jobs/{id}/results?f=parquet|fgb|geojson``
   (httpx, streamed to a file) against ``ogr2ogr`` reading PostGIS directly into the same format
