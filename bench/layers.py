@@ -10,10 +10,12 @@ loopback. Each part is a function ``f(bench, args) -> rows`` registered in :data
   ``/collections/results.bench_polys/tiles/WebMercatorQuad/{z}/{x}/{y}`` (one keep-alive
   connection, no ``If-None-Match``) and built by ``ST_AsMVT`` run directly over psycopg (same
   rows: ``ST_Intersects`` with the tile, extent 4096, buffer 256, clipped), alternately, after
-  one untimed pass. p50/p95 of each and their ratios, and the API server's CPU per tile.
+  one untimed pass. p50/p95 of each and their ratios, the API server's CPU per tile, and the
+  benchmark's own CPU per request on each side (httpx against psycopg).
 - ``items``: ``/collections/{id}/items?limit=1000`` pages per second with 8 concurrent clients
   (httpx, one process), at offsets spread over the table; against 8 psycopg connections each
-  building the same page as one GeoJSON FeatureCollection in SQL (``json_agg(ST_AsGeoJSON)``).
+  building the same page as one GeoJSON FeatureCollection in SQL (``json_agg(ST_AsGeoJSON)``);
+  the API server's CPU per page and the benchmark's own on each side.
 
 - ``downloads``: the whole layer through ``GET /jobs/{id}/results?f=parquet|fgb|geojson``
   (httpx, streamed to a file) against ``ogr2ogr`` reading PostGIS directly into the same format
@@ -214,24 +216,26 @@ def tile_rows(bench: LayerBench, args: argparse.Namespace) -> list[dict[str, Any
             api_ms: list[float] = []
             sql_ms: list[float] = []
             api_bytes = sql_bytes = 0
-            cpu = 0.0
+            cpu = api_client = sql_client = 0.0
             for timed in (False, True):
                 if timed:
                     cpu = _cpu(bench.server.pid)
                 for tile in tiles:
                     path = f"/collections/{bench.table}/tiles/WebMercatorQuad/{zoom}/{tile.x}/{tile.y}"
-                    start = time.perf_counter()
+                    start, own = time.perf_counter(), time.thread_time()
                     response = http.get(path)
-                    elapsed = time.perf_counter() - start
+                    elapsed, own = time.perf_counter() - start, time.thread_time() - own
                     response.raise_for_status()
                     if timed:
                         api_ms.append(elapsed * 1000)
                         api_bytes += len(response.content)
-                    start = time.perf_counter()
+                        api_client += own
+                    start, own = time.perf_counter(), time.thread_time()
                     row = conn.execute(query, {"z": zoom, "x": tile.x, "y": tile.y}).fetchone()
-                    elapsed = time.perf_counter() - start
+                    elapsed, own = time.perf_counter() - start, time.thread_time() - own
                     if timed:
                         sql_ms.append(elapsed * 1000)
+                        sql_client += own
                         sql_bytes += len(bytes(row[0])) if row and row[0] is not None else 0
             cpu = _cpu(bench.server.pid) - cpu
             (a50, a95), (s50, s95) = percentiles(api_ms), percentiles(sql_ms)
@@ -239,6 +243,8 @@ def tile_rows(bench: LayerBench, args: argparse.Namespace) -> list[dict[str, Any
                          "api_p50_ms": a50, "api_p95_ms": a95, "sql_p50_ms": s50, "sql_p95_ms": s95,
                          "ratio_p50": a50 / s50, "ratio_p95": a95 / s95,
                          "server_cpu_ms_per_tile": cpu * 1000 / len(tiles),
+                         "client_cpu_ms_per_tile": api_client * 1000 / len(tiles),
+                         "sql_client_cpu_ms_per_tile": sql_client * 1000 / len(tiles),
                          "api_kb_per_tile": api_bytes / len(tiles) / 1024,
                          "sql_kb_per_tile": sql_bytes / len(tiles) / 1024})
     return rows
@@ -312,14 +318,18 @@ def items_rows(bench: LayerBench, args: argparse.Namespace) -> list[dict[str, An
     offsets = _offsets(bench, args.pages)
     asyncio.run(_api_pages(bench, offsets[: clients * 2], clients))  # warm both sides
     asyncio.run(_sql_pages(bench, offsets[: clients * 2], clients))
-    cpu = _cpu(bench.server.pid)
+    cpu, own = _cpu(bench.server.pid), time.process_time()
     api_s, api_size = asyncio.run(_api_pages(bench, offsets, clients))
-    cpu = _cpu(bench.server.pid) - cpu
+    cpu, api_client = _cpu(bench.server.pid) - cpu, time.process_time() - own
+    own = time.process_time()
     sql_s, sql_size = asyncio.run(_sql_pages(bench, offsets, clients))
+    sql_client = time.process_time() - own
     return [{"clients": clients, "pages": len(offsets),
              "api_pages_per_s": len(offsets) / api_s, "sql_pages_per_s": len(offsets) / sql_s,
              "ratio": (len(offsets) / sql_s) / (len(offsets) / api_s),
              "server_cpu_ms_per_page": cpu * 1000 / len(offsets),
+             "client_cpu_ms_per_page": api_client * 1000 / len(offsets),
+             "sql_client_cpu_ms_per_page": sql_client * 1000 / len(offsets),
              "api_kb_per_page": api_size / len(offsets) / 1024,
              "sql_kb_per_page": sql_size / len(offsets) / 1024}]
 

@@ -304,10 +304,11 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
     # With --workers N, uvicorn kills a child that does not answer its health check within
     # timeout_worker_healthcheck (default 5 s), which a child still starting up (imports) on a
-    # loaded host cannot do: it then restarts children forever. 60 s.
+    # loaded host cannot do: it then restarts children forever. 60 s. The HTTP protocol writes a
+    # response's head and body at once (geojobs.api.http).
     uvicorn.run("geojobs.api:create_app", factory=True, host=args.host, port=args.port,
                 workers=args.workers, log_level=args.log_level, proxy_headers=False,
-                timeout_worker_healthcheck=60)
+                timeout_worker_healthcheck=60, http="geojobs.api.http:CoalescingHttpProtocol")
     return 0
 
 

@@ -26,12 +26,13 @@ import pyogrio
 import pytest
 import shapely
 from openapi_spec_validator import validate
+from psycopg import sql
 
 from geojobs.api.keys import create_key
 from tests.api_support import ApiServer, api_server, start_server, stop
 from tests.conftest import _create, _drop
-from tests.layer_support import make_layer
-from tests.support import wait_for
+from tests.layer_support import complete_job, make_layer
+from tests.support import WORKER_ROLE, wait_for
 from tests.test_layers_download import oracle, same_features
 
 pytestmark = pytest.mark.db
@@ -133,6 +134,97 @@ def test_collections_items_and_queryables_match_postgis(api: ApiServer) -> None:
             "SELECT column_name FROM information_schema.columns WHERE table_schema = 'results' "
             "AND table_name = 'la_grid'")}
         assert set(queryables.json()["properties"]) == columns
+
+
+ITEM_QUERIES = [
+    {}, {"limit": 5, "offset": 3}, {"limit": 7, "offset": 35}, {"properties": "v,name"},
+    {"properties": ""}, {"sortby": "-v,name"}, {"bbox": "0.5,40.5,2.5,41.5"},
+    {"filter": "v > 30 AND flag = true", "limit": 4, "offset": 2}, {"flag": "true"},
+    {"ids": "3,5,8"}, {"geom-column": "none"}, {"bbox-only": "true"}, {"simplify": "0.5"},
+    {"filter": "S_INTERSECTS(geom, POINT(2.5 42.5))"},
+]
+
+
+@pytest.mark.parametrize("query", ITEM_QUERIES, ids=lambda q: "&".join(f"{k}={v}" for k, v in q.items()))
+def test_geojson_pages_hold_the_features_tipg_writes(api: ApiServer, query: dict[str, Any]) -> None:
+    """A GeoJSON page (built by PostGIS) holds, in order, the features tipg's own writer gives
+    for the same query as GeoJSON text sequences (ids, properties, geometry, links); its counts
+    are PostGIS's and its paging links those of tipg's pages."""
+    with api.client("alice") as http:
+        page = http.get(f"/collections/{ALICE}/items", params=query)
+        assert page.status_code == 200, page.text
+        assert page.headers["content-type"] == "application/geo+json"
+        seq = http.get(f"/collections/{ALICE}/items", params={**query, "f": "geojsonseq"})
+        assert seq.status_code == 200, seq.text
+    body = page.json()
+    want = [json.loads(line) for line in seq.text.splitlines() if line]
+    assert body["features"] == want
+    assert body["numberReturned"] == len(want)
+    assert body["type"] == "FeatureCollection" and body["id"] == ALICE
+    limit, offset = int(query.get("limit", 10)), int(query.get("offset", 0))
+    rels = [link["rel"] for link in body["links"]]
+    assert rels[:2] == ["collection", "self"]
+    assert ("next" in rels) == (body["numberMatched"] - len(want) > offset)
+    assert ("prev" in rels) == (offset > 0)
+    for link in body["links"][2:]:
+        target = httpx.URL(link["href"])
+        expected = offset + len(want) if link["rel"] == "next" else max(offset - limit, 0)
+        assert target.params["offset"] == str(expected)
+    if not query or query == {"limit": 5, "offset": 3}:
+        with api.connect() as conn:
+            count = conn.execute(f"SELECT count(*) FROM {ALICE}").fetchone()  # noqa: S608
+        assert body["numberMatched"] == (count or [None])[0] == 36
+
+
+@pytest.mark.parametrize(("table", "columns", "rows"), [
+    ("results.la_types", "amount numeric, seen timestamptz",
+     "(1, 12.50, '2024-03-01 10:00+02', ST_Point(1, 2, 4326)), "
+     "(2, 0.0000001, NULL, ST_Point(3, 4, 4326))"),
+    ("results.la_floats", "ratio real, v double precision",
+     "(1, 0.1, 'NaN', ST_Point(1, 2, 4326)), (2, NULL, 'Infinity', ST_Point(3, 4, 4326)), "
+     "(3, 3.4e38, -1e-300, NULL)"),
+])
+def test_pages_with_other_column_types_are_tipgs(api: ApiServer, table: str, columns: str,
+                                                   rows: str) -> None:
+    """Columns whose JSON PostgreSQL writes unlike tipg (numeric: tipg writes a string; time
+    stamps) page through tipg; float4, NaN, infinities and a null geometry in GeoJSON pages
+    written by PostGIS come out as tipg writes them."""
+    with api.connect() as conn:
+        conn.execute(sql.SQL("SET ROLE {}").format(sql.Identifier(WORKER_ROLE)))
+        conn.execute(f"CREATE TABLE {table} (fid integer PRIMARY KEY, {columns}, "  # noqa: S608
+                     "geom geometry(Point, 4326))")
+        conn.execute(f"INSERT INTO {table} VALUES {rows}")  # noqa: S608
+        conn.execute("RESET ROLE")
+        complete_job(conn, table, "alice")
+    listed(api, "alice", table)
+    with api.client("alice") as http:
+        page = http.get(f"/collections/{table}/items")
+        seq = http.get(f"/collections/{table}/items", params={"f": "geojsonseq"})
+    assert page.status_code == 200, page.text
+    want = [json.loads(line) for line in seq.text.splitlines() if line]
+    assert page.json()["features"] == want and len(want) == rows.count("), (") + 1
+    if table == "results.la_types":
+        assert want[0]["properties"]["amount"] == "12.50"  # tipg's Decimal, as a string
+    else:
+        assert [f["properties"]["v"] for f in want] == [None, None, -1e-300]
+        assert want[0]["properties"]["ratio"] == pytest.approx(0.1) and want[2]["geometry"] is None
+
+
+def test_tiles_with_filters_hold_the_features_of_the_filter(api: ApiServer) -> None:
+    """A tile with a CQL2 filter, a property filter or ids holds the features ST_AsMVT gives
+    for the rows the same condition selects in SQL."""
+    cases = [({"filter": "v > 30"}, "v > 30"), ({"flag": "true"}, "flag"),
+             ({"ids": "1,8,15"}, "fid IN (1, 8, 15)")]
+    with api.client("alice") as http, api.connect() as conn:
+        for params, condition in cases:
+            response = http.get(f"/collections/{ALICE}/tiles/WebMercatorQuad/2/2/1", params=params)
+            assert response.status_code == 200, response.text
+            want = {r[0] for r in conn.execute(f"SELECT fid FROM {ALICE} WHERE {condition}")}  # noqa: S608
+            got = _features(response.content)
+            assert set(got) == want, params
+            every = _features(_oracle_tile(api, ALICE, 2, 2, 1))
+            for fid, (props, geom) in got.items():
+                assert props == every[fid][0] and geom.equals_exact(every[fid][1], 1.0)
 
 
 def _oracle_tile(api: ApiServer, table: str, z: int, x: int, y: int) -> bytes:

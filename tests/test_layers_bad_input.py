@@ -116,6 +116,13 @@ CASES = [
     Case("geom-column not a geometry", f"{ITEMS}?geom-column=name", 400, "geom-column"),
     Case("an item id that is not an integer", f"{ITEMS}/abc", 404, "itemId"),
     Case("no key", f"{ITEMS}", 401, "Authorization", user=""),
+    Case("an unknown query parameter on a tile", f"{TILE}/2/2/1?limt=5", 400, "limt"),
+    Case("a tile limit above the most features per tile", f"{TILE}/2/2/1?limit=10001", 400, "limit"),
+    Case("a SQL function in a tile's filter", f"{TILE}/2/2/1?filter=" + quote("pg_sleep(5) = 1"),
+         400, "filter"),
+    Case("a tile's properties unknown", f"{TILE}/2/2/1?properties=password", 400, "properties"),
+    Case("an item format on a tile", f"{TILE}/2/2/1?f=csv", 400, "f"),
+    Case("bbox-only not a boolean", f"{ITEMS}?bbox-only=maybe", 400, "bbox-only"),
 ]
 
 
