@@ -9,6 +9,8 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
+import numpy as np
+import shapely
 from pydantic import Field
 
 from analysis.overlay import OverlayResult, OverlaySummary, clip, erase
@@ -29,6 +31,9 @@ _DIMENSION = {
     "Polygon": 2,
     "MultiPolygon": 2,
 }
+_TYPE_NAMES = ("Point", "LineString", "LinearRing", "Polygon", "MultiPoint", "MultiLineString",
+               "MultiPolygon", "GeometryCollection")
+"""OGC names by shapely type id."""
 
 
 class OverlayParams(DistributedParams):
@@ -46,7 +51,8 @@ def output_geometry_type(layer: Layer, result: OverlayResult) -> str:
     Clipping a polygon can split it, so a Polygon input needs a MultiPolygon column; a point
     is never split.  An input of mixed dimensions keeps an untyped ``Geometry`` column.
     """
-    return geometry_type_for(layer, set(result.frame.geometry.geom_type.dropna()))
+    ids = np.unique(shapely.get_type_id(result.frame.geometry.array))  # one C pass, no strings
+    return geometry_type_for(layer, {_TYPE_NAMES[i] for i in ids.tolist() if i >= 0})
 
 
 def geometry_type_for(layer: Layer, types: set[str]) -> str:
