@@ -12,7 +12,7 @@ import decimal
 import itertools
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, overload
 
 import geopandas as gpd
 import numpy as np
@@ -386,8 +386,29 @@ def _python_values(series: pd.Series, pg_type: str, srid: int = 0) -> list[Any]:
     return values
 
 
+class _Ewkb(Sequence[bytes | None]):
+    """The EWKB of ``geometries`` (:func:`analysis.multi.ewkb`), made only for the rows asked
+    for: the COPY encoder takes one block of rows at a time, so the bytes of the whole layer
+    are never held at once."""
+
+    def __init__(self, geometries: np.ndarray, srid: int, promote: bool) -> None:
+        self.geometries, self.srid, self.promote = geometries, srid, promote
+
+    def __len__(self) -> int:
+        return len(self.geometries)
+
+    @overload
+    def __getitem__(self, index: int) -> bytes | None: ...
+    @overload
+    def __getitem__(self, index: slice) -> list[bytes | None]: ...
+    def __getitem__(self, index: int | slice) -> Any:
+        if isinstance(index, slice):
+            return ewkb(self.geometries[index], self.srid, promote=self.promote)
+        return ewkb(self.geometries[index:index + 1 or None], self.srid, promote=self.promote)[0]
+
+
 def _copy_columns(gdf: gpd.GeoDataFrame, attrs: list[str], pg_types: dict[str, str],
-                  geoms_ewkb: list[bytes | None], srid: int) -> list[CopyColumn] | None:
+                  geoms_ewkb: Sequence[bytes | None], srid: int) -> list[CopyColumn] | None:
     """The key, ``attrs`` and the geometry as column-encoder columns; None when a column's
     type (date, timestamp, numeric) or values (e.g. uint64) need psycopg's own dumpers."""
     columns = [fixed_column("int8", np.arange(1, len(gdf) + 1, dtype=np.int64))]
@@ -395,7 +416,7 @@ def _copy_columns(gdf: gpd.GeoDataFrame, attrs: list[str], pg_types: dict[str, s
         series, copy_type = gdf[c], _COPY_TYPE[pg_types[c]]
         missing = series.isna().to_numpy()
         if pg_types[c] == "geometry":
-            columns.append(bytes_column("bytea", ewkb(series.to_numpy(), srid)))
+            columns.append(bytes_column("bytea", _Ewkb(series.to_numpy(), srid, promote=False)))
         elif copy_type == "text":
             values = series.to_numpy(dtype=object)
             columns.append(bytes_column("text", [
@@ -470,7 +491,7 @@ def write_layer(
     conn.execute(q.CREATE_TABLE.format(table=ident, key=sql.Identifier(key),
                                        columns=sql.SQL(", ").join(column_defs)))
     # singles are promoted in the EWKB itself when the column is Multi*: no geometry is copied
-    geoms_ewkb = ewkb(geoms, int(srid), promote=gtype.startswith("Multi"))
+    geoms_ewkb = _Ewkb(geoms, int(srid), promote=gtype.startswith("Multi"))
     names = [key, *attrs, geometry_name]
     blocks = _copy_columns(gdf, attrs, pg_types, geoms_ewkb, int(srid))
     if blocks is not None:  # whole columns at once (geojobs.copy_binary)
@@ -483,7 +504,7 @@ def write_layer(
     else:  # a column type the column encoder does not know: psycopg row by row
         columns = [range(1, len(gdf) + 1),
                    *(_python_values(gdf[c], pg_types[c], int(srid)) for c in attrs)]
-        columns.append(geoms_ewkb)
+        columns.append(geoms_ewkb[:])
         statement = q.COPY_IN.format(table=ident, columns=sql.SQL(", ").join(
             map(sql.Identifier, names)))
         with conn.cursor() as cur, cur.copy(statement) as copy:
