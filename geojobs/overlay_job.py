@@ -9,15 +9,25 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
+import geopandas as gpd
 import numpy as np
+import pandas as pd
 import shapely
 from pydantic import Field
 
-from analysis.overlay import OverlayResult, OverlaySummary, clip, erase
+from analysis.overlay import OverlayResult, OverlaySummary, clip, combine_summaries, erase
 from geojobs import distributed
+from geojobs import layer_sql as q
 from geojobs.context import JobContext
 from geojobs.filters import FilterSpec, filter_clause
-from geojobs.layers import Layer, check_output_free, describe_layer, read_layer, write_layer
+from geojobs.layers import (
+    Layer,
+    check_output_free,
+    describe_layer,
+    iter_layer,
+    read_layer,
+    write_layer,
+)
 from geojobs.params import ColumnName, DistributedParams, InputTable
 
 __all__ = ["OverlayParams", "output_geometry_type", "run_overlay", "geometry_type_for", "overlay_warnings"]
@@ -31,6 +41,8 @@ _DIMENSION = {
     "Polygon": 2,
     "MultiPolygon": 2,
 }
+_BLOCK_ROWS = 65_536
+"""Input rows overlaid at a time."""
 _TYPE_NAMES = ("Point", "LineString", "LinearRing", "Polygon", "MultiPoint", "MultiLineString",
                "MultiPolygon", "GeometryCollection")
 """OGC names by shapely type id."""
@@ -104,11 +116,26 @@ def run_overlay(
                     "warnings": [*cluster.warnings,
                                  *overlay_warnings(how, summary, other_filter is not None)]}
 
-    gdf = read_layer(ctx.conn, layer)
     mask = read_layer(ctx.conn, other, columns=[], where=where)
-    ctx.progress(0.15)
+    row = ctx.conn.execute(q.ROW_ESTIMATE, {"schema": layer.schema, "name": layer.name}).fetchone()
+    expected = max(int(row[0]) if row else 0, 1)
+    ctx.progress(0.05)
     operation = clip if how == "clip" else erase
-    result = operation(gdf, mask, field=table_field, progress=lambda f: ctx.progress(0.15 + 0.7 * f))
+    unions: dict[tuple[int, ...], Any] = {}
+    frames, summaries, done = [], [], 0
+    # The input streams through the overlay a block at a time: the whole input is never held
+    # beside the result; unions of overlay features are made once and shared by the blocks.
+    for block in iter_layer(ctx.conn, layer, chunk_rows=_BLOCK_ROWS):
+        part = operation(block, mask, field=table_field, unions=unions)
+        frames.append(part.frame)
+        summaries.append(part.summary)
+        done += len(block)
+        del block, part
+        ctx.progress(0.05 + 0.8 * min(done / expected, 1.0))
+    result = OverlayResult(
+        gpd.GeoDataFrame(pd.concat(frames, ignore_index=True), crs=frames[0].crs)
+        if len(frames) > 1 else frames[0], combine_summaries(summaries))
+    del frames
     rows = write_layer(
         ctx.conn,
         result.frame,
