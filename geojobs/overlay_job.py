@@ -7,6 +7,7 @@ chosen by measurement, see docs/job_types/clip.md) and write the result by binar
 
 from __future__ import annotations
 
+from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any, Literal
 
 import geopandas as gpd
@@ -122,20 +123,36 @@ def run_overlay(
     ctx.progress(0.05)
     operation = clip if how == "clip" else erase
     unions: dict[tuple[int, ...], Any] = {}
-    frames, summaries, done = [], [], 0
-    # The input streams through the overlay a block at a time: the whole input is never held
-    # beside the result; unions of overlay features are made once and shared by the blocks.
-    for block in iter_layer(ctx.conn, layer, chunk_rows=_BLOCK_ROWS):
-        part = operation(block, mask, field=table_field, unions=unions)
+    frames: list[gpd.GeoDataFrame] = []
+    summaries: list[OverlaySummary] = []
+    done = 0
+
+    def collect(future: Future[OverlayResult]) -> None:
+        nonlocal done
+        part = future.result()
         frames.append(part.frame)
         summaries.append(part.summary)
-        done += len(block)
-        del block, part
+        done += part.summary.input_features
         ctx.progress(0.05 + 0.8 * min(done / expected, 1.0))
+
+    # The input streams through the overlay a block at a time: the whole input is never held
+    # beside the result, and one block is overlaid (GEOS, without the GIL) while the next is
+    # read. One block at a time in the overlay thread, so the unions of overlay features,
+    # made once and shared by the blocks, are never touched by two threads.
+    with ThreadPoolExecutor(1) as overlay:
+        pending: Future[OverlayResult] | None = None
+        for block in iter_layer(ctx.conn, layer, chunk_rows=_BLOCK_ROWS):
+            running = overlay.submit(operation, block, mask, field=table_field, unions=unions)
+            del block
+            if pending is not None:
+                collect(pending)
+            pending = running
+        assert pending is not None  # iter_layer yields at least one (maybe empty) block
+        collect(pending)
     result = OverlayResult(
         gpd.GeoDataFrame(pd.concat(frames, ignore_index=True), crs=frames[0].crs)
         if len(frames) > 1 else frames[0], combine_summaries(summaries))
-    del frames
+    frames.clear()  # the blocks' frames, now copied into the result
     rows = write_layer(
         ctx.conn,
         result.frame,
