@@ -13,7 +13,9 @@ the check that decides).
 from __future__ import annotations
 
 import math
+import os
 from collections.abc import Callable, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Literal
 
@@ -94,6 +96,22 @@ def _union(geoms: np.ndarray, dimension: int) -> tuple[shapely.Geometry, bool]:
     return shapely.union_all(geoms), False
 
 
+_THREADS = max(1, min(os.cpu_count() or 1, 4))
+"""Threads sharing the groups' GEOS work (the CPU count, at most 4)."""
+
+
+def _batches(sizes: np.ndarray, threads: int) -> list[range]:
+    """Consecutive runs of groups with about equal numbers of features, several per thread
+    (so one large group does not leave the other threads idle, and progress moves)."""
+    if len(sizes) == 0:
+        return []
+    target = max(1, int(sizes.sum()) // (4 * threads))
+    ends = np.searchsorted(np.cumsum(sizes), np.arange(target, int(sizes.sum()), target),
+                           side="left") + 1
+    cuts = np.unique(np.concatenate([[0], np.minimum(ends, len(sizes)), [len(sizes)]]))
+    return [range(int(lo), int(hi)) for lo, hi in zip(cuts[:-1], cuts[1:], strict=True)]
+
+
 def _aggregate(
     frame: pd.DataFrame, codes: np.ndarray, firsts: pd.DataFrame, column: str, how: str
 ) -> pd.Series:
@@ -161,10 +179,6 @@ def dissolve(
         frame = frame.sort_values(key, kind="stable")
     geoms = frame.geometry.to_numpy()
     dimension = _dimension(geoms)
-    geoms, summary.repaired = _repair(geoms, dimension)
-    if summary.repaired:
-        summary.warnings.append(f"{summary.repaired} invalid geometry(ies) were repaired with "
-                                "make_valid")
 
     if by:
         codes = frame.groupby(by, dropna=False, sort=True).ngroup().to_numpy()
@@ -176,11 +190,31 @@ def dissolve(
     summary.groups = len(groups)
 
     unions = np.empty(len(groups), dtype=object)
-    for i, members in enumerate(groups):
-        unions[i], used_coverage = _union(geoms[members], dimension)
-        summary.coverage_union_groups += used_coverage
-        if progress is not None:
-            progress((i + 1) / len(groups))
+    batches = _batches(np.fromiter(map(len, groups), dtype=np.int64, count=len(groups)),
+                       _THREADS)
+
+    def merge(batch: range) -> tuple[int, int]:
+        """Repair and union the groups of ``batch``; (repaired, coverage unions) counts."""
+        repaired = coverage = 0
+        for i in batch:
+            members, fixed = _repair(geoms[groups[i]], dimension)
+            unions[i], used_coverage = _union(members, dimension)
+            repaired += fixed
+            coverage += used_coverage
+        return repaired, coverage
+
+    done = 0
+    # GEOS releases the GIL: validity checks and unions of different groups run in parallel
+    with ThreadPoolExecutor(_THREADS) as pool:
+        for batch, (repaired, coverage) in zip(batches, pool.map(merge, batches), strict=True):
+            summary.repaired += repaired
+            summary.coverage_union_groups += coverage
+            done += len(batch)
+            if progress is not None:
+                progress(done / len(groups))
+    if summary.repaired:
+        summary.warnings.append(f"{summary.repaired} invalid geometry(ies) were repaired with "
+                                "make_valid")
     unions = shapely.make_valid(unions)
 
     firsts = frame.iloc[[g[0] for g in groups]]  # stable sort: each group's lowest key

@@ -31,7 +31,8 @@ from analysis.errors import AnalysisError, GeometryTypeError
 from analysis.multi import MULTI_MAKERS
 from analysis.summary import Summary
 
-__all__ = ["OverlayResult", "OverlaySummary", "clip", "erase", "keep_dimension"]
+__all__ = ["OverlayResult", "OverlaySummary", "clip", "combine_summaries", "erase",
+           "keep_dimension"]
 
 Geoms = NDArray[np.object_]
 
@@ -54,6 +55,19 @@ class OverlaySummary(Summary):
     overlay_features: int
     overlay_skipped: int
     overlay_repaired: int
+
+
+_OVERLAY_FIELDS = ("overlay_features", "overlay_skipped", "overlay_repaired")
+
+
+def combine_summaries(summaries: list[OverlaySummary]) -> OverlaySummary:
+    """The summary of one layer overlaid in blocks (each block by the same overlay layer):
+    the input counts added up, the overlay layer's counts taken once."""
+    first = summaries[0]
+    return OverlaySummary(**{
+        name: getattr(first, name) if name in _OVERLAY_FIELDS
+        else sum(getattr(s, name) for s in summaries)
+        for name in OverlaySummary.__dataclass_fields__})
 
 
 @dataclass(frozen=True)
@@ -114,15 +128,18 @@ def clip(
     field: str = "clip_table",
     threads: int | None = None,
     progress: Callable[[float], None] | None = None,
+    unions: dict[tuple[int, ...], shapely.Geometry] | None = None,
 ) -> OverlayResult:
     """The part of each feature of ``layer`` inside the union of ``clip_layer``.
 
     ArcGIS *Clip*: attributes kept, geometry type kept, features wholly
     outside dropped.  ``clip_layer`` is reprojected to the CRS of ``layer``.
     ``threads`` (default: the CPU count, at most 4) share the GEOS work;
-    ``progress`` is called with the fraction done.
+    ``progress`` is called with the fraction done.  ``unions`` keeps the unions
+    of overlay features between calls with the same ``clip_layer`` (blocks of
+    one input layer).
     """
-    return _overlay(layer, clip_layer, "clip", field, threads, progress)
+    return _overlay(layer, clip_layer, "clip", field, threads, progress, unions)
 
 
 def erase(
@@ -132,15 +149,17 @@ def erase(
     field: str = "erase_table",
     threads: int | None = None,
     progress: Callable[[float], None] | None = None,
+    unions: dict[tuple[int, ...], shapely.Geometry] | None = None,
 ) -> OverlayResult:
     """The part of each feature of ``layer`` outside the union of ``erase_layer``.
 
     ArcGIS *Erase*: attributes kept, geometry type kept, features wholly
     erased dropped.  ``erase_layer`` is reprojected to the CRS of ``layer``.
     ``threads`` (default: the CPU count, at most 4) share the GEOS work;
-    ``progress`` is called with the fraction done.
+    ``progress`` is called with the fraction done.  ``unions`` keeps the unions
+    of overlay features between calls with the same ``erase_layer``.
     """
-    return _overlay(layer, erase_layer, "erase", field, threads, progress)
+    return _overlay(layer, erase_layer, "erase", field, threads, progress, unions)
 
 
 def _clean(geoms: Geoms) -> tuple[Geoms, NDArray[np.integer], dict[str, int]]:
@@ -172,6 +191,7 @@ def _overlay(
     field: str,
     threads: int | None,
     progress: Callable[[float], None] | None,
+    unions: dict[tuple[int, ...], shapely.Geometry] | None = None,
 ) -> OverlayResult:
     other = _to_crs_of(layer, other, field)
     geoms, dims, counts = _clean(np.asarray(layer.geometry.array, dtype=object))
@@ -204,7 +224,8 @@ def _overlay(
     out[whole] = geoms[whole]
     todo_idx = np.flatnonzero(todo)
     if len(todo_idx):
-        masks = _neighbour_unions(todo_idx, input_i, other_i, ogeoms)
+        masks = _neighbour_unions(todo_idx, input_i, other_i, ogeoms,
+                                  {} if unions is None else unions)
         op = shapely.intersection if how == "clip" else shapely.difference
         # Many small chunks, so progress moves and a cancelled job stops soon.
         n_chunks = min(len(todo_idx), max(workers, len(todo_idx) // 2000))
@@ -276,18 +297,19 @@ def _threads(threads: int | None) -> int:
 
 
 def _neighbour_unions(
-    todo_idx: NDArray[np.intp], input_i: NDArray[np.intp], other_i: NDArray[np.intp], ogeoms: Geoms
+    todo_idx: NDArray[np.intp], input_i: NDArray[np.intp], other_i: NDArray[np.intp], ogeoms: Geoms,
+    unions: dict[tuple[int, ...], shapely.Geometry],
 ) -> Geoms:
     """For each input in ``todo_idx``, the union of the overlay features it meets.
 
     Neighbouring inputs often meet the same overlay features, so each distinct
-    set is unioned once.
+    set is unioned once (``unions``, by sorted overlay indices, may hold sets
+    from earlier calls).
     """
     neighbours: dict[int, list[int]] = defaultdict(list)
     wanted = np.isin(input_i, todo_idx)
     for i, o in zip(input_i[wanted].tolist(), other_i[wanted].tolist(), strict=True):
         neighbours[i].append(o)
-    unions: dict[tuple[int, ...], shapely.Geometry] = {}
     masks = np.empty(len(todo_idx), dtype=object)
     for k, i in enumerate(todo_idx.tolist()):
         key = tuple(sorted(neighbours[i]))

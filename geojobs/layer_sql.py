@@ -68,6 +68,14 @@ DROP_TABLE = sql.SQL("DROP TABLE IF EXISTS {table}")
 GIST_INDEX = sql.SQL("CREATE INDEX {name} ON {table} USING gist ({geom})")
 ANALYZE = sql.SQL("ANALYZE {table}")
 COUNT_ROWS = sql.SQL("SELECT count(*) FROM {table}")
+
+# The planner's row count of a table (as of its last VACUUM, ANALYZE or CREATE INDEX; -1 or 0
+# when unknown, as for a view), for progress that needs no scan.
+ROW_ESTIMATE = """
+SELECT c.reltuples::int8
+FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+WHERE n.nspname = %(schema)s AND c.relname = %(name)s
+"""
 # The extent of a layer's geometries as xmin, ymin, xmax, ymax (NULLs when it has none).
 EXTENT = sql.SQL("SELECT ST_XMin(e), ST_YMin(e), ST_XMax(e), ST_YMax(e) "
                  "FROM (SELECT ST_Extent({geom}) AS e FROM {table}) AS x")

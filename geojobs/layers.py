@@ -9,9 +9,10 @@ from __future__ import annotations
 
 import datetime as dt
 import decimal
+import itertools
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, overload
 
 import geopandas as gpd
 import numpy as np
@@ -35,6 +36,9 @@ from geojobs.errors import InputLayerMissing, InvalidInput, OutputExists
 __all__ = ["Layer", "describe_layer", "read_layer", "iter_layer", "write_layer", "split_name",
            "output_exists", "check_output_free", "multi_geometry_type", "to_multi",
            "output_srid", "geometry_type_names", "type_fitting", "pg_type"]
+
+_READ_BLOCK_ROWS = 65_536
+"""COPY rows :func:`read_layer` holds at once before turning them into columns."""
 
 # Column types read as they are; anything else is read as text (numeric as double precision).
 _NATIVE = {"int2", "int4", "int8", "float4", "float8", "bool", "text", "date", "timestamp",
@@ -157,15 +161,27 @@ def read_layer(
 ) -> gpd.GeoDataFrame:
     """Read ``columns`` (default: every attribute) and the geometry into a GeoDataFrame.
 
-    Binary COPY streams rows; geometries arrive as EWKB and are parsed by ``shapely.from_wkb``
-    in one vectorised call. ``numeric`` columns become floats; types without a natural
+    Binary COPY streams rows; geometries arrive as EWKB and are parsed by ``shapely.from_wkb``,
+    one vectorised call per block of rows. ``numeric`` columns become floats; types without a natural
     pandas equivalent (json, arrays, uuid...) become text.
     """
     names, statement, types = _copy_out(layer, columns, where)
+    values: list[list[Any]] = [[] for _ in names]
+    parts: list[np.ndarray] = []
+    # Rows are turned into columns and geometries a block at a time, so the COPY rows and
+    # their WKB bytes are held for one block only, never for the whole layer.
     with conn.cursor() as cur, cur.copy(statement) as copy:
         copy.set_types(types)
-        rows = list(copy.rows())
-    return _frame(layer, names, types, rows)
+        stream = copy.rows()
+        while block := list(itertools.islice(stream, _READ_BLOCK_ROWS)):
+            columns_of_block = list(zip(*block, strict=True))
+            del block
+            for column, vals in zip(values, columns_of_block, strict=False):
+                column.extend(vals)
+            parts.append(_geometries(layer, columns_of_block[-1]))
+            del columns_of_block
+    geometry = np.concatenate(parts) if parts else np.empty(0, dtype=object)
+    return _assemble(layer, names, types, values, geometry)
 
 
 def iter_layer(
@@ -221,13 +237,23 @@ def _frame(layer: Layer, names: list[str], types: list[str],
            rows: list[tuple[Any, ...]]) -> gpd.GeoDataFrame:
     """COPY rows (attributes, then EWKB) as a GeoDataFrame in the layer's CRS."""
     values = list(zip(*rows, strict=True)) if rows else [()] * len(types)
-    data = {name: _column(vals, typ) for name, vals, typ in zip(names, values, types, strict=False)}
+    return _assemble(layer, names, types, values, _geometries(layer, values[-1]))
+
+
+def _geometries(layer: Layer, wkb: Sequence[bytes | None]) -> np.ndarray:
+    """Shapely geometries from the EWKB values of one COPY geometry column."""
     try:
-        geometry = shapely.from_wkb(np.array(values[-1], dtype=object))
+        return shapely.from_wkb(np.array(wkb, dtype=object))
     except shapely.errors.GEOSException as exc:  # e.g. a ring left unclosed by NaN coordinates
         raise InvalidInput(f"a geometry of {layer.qualified_name} cannot be read ({exc}); find it "
                            "with ST_IsValidReason and fix or remove it", field=layer.source_field
                            ) from None
+
+
+def _assemble(layer: Layer, names: list[str], types: list[str], values: Sequence[Sequence[Any]],
+              geometry: np.ndarray) -> gpd.GeoDataFrame:
+    """Attribute columns (COPY values, by column) and parsed geometries as a GeoDataFrame."""
+    data = {name: _column(vals, typ) for name, vals, typ in zip(names, values, types, strict=False)}
     _require_finite(layer, geometry, data)
     return gpd.GeoDataFrame(data, geometry=gpd.GeoSeries(geometry, crs=layer.srid),
                             crs=layer.srid)
@@ -360,8 +386,29 @@ def _python_values(series: pd.Series, pg_type: str, srid: int = 0) -> list[Any]:
     return values
 
 
+class _Ewkb(Sequence[bytes | None]):
+    """The EWKB of ``geometries`` (:func:`analysis.multi.ewkb`), made only for the rows asked
+    for: the COPY encoder takes one block of rows at a time, so the bytes of the whole layer
+    are never held at once."""
+
+    def __init__(self, geometries: np.ndarray, srid: int, promote: bool) -> None:
+        self.geometries, self.srid, self.promote = geometries, srid, promote
+
+    def __len__(self) -> int:
+        return len(self.geometries)
+
+    @overload
+    def __getitem__(self, index: int) -> bytes | None: ...
+    @overload
+    def __getitem__(self, index: slice) -> list[bytes | None]: ...
+    def __getitem__(self, index: int | slice) -> Any:
+        if isinstance(index, slice):
+            return ewkb(self.geometries[index], self.srid, promote=self.promote)
+        return ewkb(self.geometries[index:index + 1 or None], self.srid, promote=self.promote)[0]
+
+
 def _copy_columns(gdf: gpd.GeoDataFrame, attrs: list[str], pg_types: dict[str, str],
-                  geoms_ewkb: list[bytes | None], srid: int) -> list[CopyColumn] | None:
+                  geoms_ewkb: Sequence[bytes | None], srid: int) -> list[CopyColumn] | None:
     """The key, ``attrs`` and the geometry as column-encoder columns; None when a column's
     type (date, timestamp, numeric) or values (e.g. uint64) need psycopg's own dumpers."""
     columns = [fixed_column("int8", np.arange(1, len(gdf) + 1, dtype=np.int64))]
@@ -369,7 +416,7 @@ def _copy_columns(gdf: gpd.GeoDataFrame, attrs: list[str], pg_types: dict[str, s
         series, copy_type = gdf[c], _COPY_TYPE[pg_types[c]]
         missing = series.isna().to_numpy()
         if pg_types[c] == "geometry":
-            columns.append(bytes_column("bytea", ewkb(series.to_numpy(), srid)))
+            columns.append(bytes_column("bytea", _Ewkb(series.to_numpy(), srid, promote=False)))
         elif copy_type == "text":
             values = series.to_numpy(dtype=object)
             columns.append(bytes_column("text", [
@@ -444,7 +491,7 @@ def write_layer(
     conn.execute(q.CREATE_TABLE.format(table=ident, key=sql.Identifier(key),
                                        columns=sql.SQL(", ").join(column_defs)))
     # singles are promoted in the EWKB itself when the column is Multi*: no geometry is copied
-    geoms_ewkb = ewkb(geoms, int(srid), promote=gtype.startswith("Multi"))
+    geoms_ewkb = _Ewkb(geoms, int(srid), promote=gtype.startswith("Multi"))
     names = [key, *attrs, geometry_name]
     blocks = _copy_columns(gdf, attrs, pg_types, geoms_ewkb, int(srid))
     if blocks is not None:  # whole columns at once (geojobs.copy_binary)
@@ -457,7 +504,7 @@ def write_layer(
     else:  # a column type the column encoder does not know: psycopg row by row
         columns = [range(1, len(gdf) + 1),
                    *(_python_values(gdf[c], pg_types[c], int(srid)) for c in attrs)]
-        columns.append(geoms_ewkb)
+        columns.append(geoms_ewkb[:])
         statement = q.COPY_IN.format(table=ident, columns=sql.SQL(", ").join(
             map(sql.Identifier, names)))
         with conn.cursor() as cur, cur.copy(statement) as copy:

@@ -7,15 +7,28 @@ chosen by measurement, see docs/job_types/clip.md) and write the result by binar
 
 from __future__ import annotations
 
+from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any, Literal
 
+import geopandas as gpd
+import numpy as np
+import pandas as pd
+import shapely
 from pydantic import Field
 
-from analysis.overlay import OverlayResult, OverlaySummary, clip, erase
+from analysis.overlay import OverlayResult, OverlaySummary, clip, combine_summaries, erase
 from geojobs import distributed
+from geojobs import layer_sql as q
 from geojobs.context import JobContext
 from geojobs.filters import FilterSpec, filter_clause
-from geojobs.layers import Layer, check_output_free, describe_layer, read_layer, write_layer
+from geojobs.layers import (
+    Layer,
+    check_output_free,
+    describe_layer,
+    iter_layer,
+    read_layer,
+    write_layer,
+)
 from geojobs.params import ColumnName, DistributedParams, InputTable
 
 __all__ = ["OverlayParams", "output_geometry_type", "run_overlay", "geometry_type_for", "overlay_warnings"]
@@ -29,6 +42,11 @@ _DIMENSION = {
     "Polygon": 2,
     "MultiPolygon": 2,
 }
+_BLOCK_ROWS = 65_536
+"""Input rows overlaid at a time."""
+_TYPE_NAMES = ("Point", "LineString", "LinearRing", "Polygon", "MultiPoint", "MultiLineString",
+               "MultiPolygon", "GeometryCollection")
+"""OGC names by shapely type id."""
 
 
 class OverlayParams(DistributedParams):
@@ -46,7 +64,8 @@ def output_geometry_type(layer: Layer, result: OverlayResult) -> str:
     Clipping a polygon can split it, so a Polygon input needs a MultiPolygon column; a point
     is never split.  An input of mixed dimensions keeps an untyped ``Geometry`` column.
     """
-    return geometry_type_for(layer, set(result.frame.geometry.geom_type.dropna()))
+    ids = np.unique(shapely.get_type_id(result.frame.geometry.array))  # one C pass, no strings
+    return geometry_type_for(layer, {_TYPE_NAMES[i] for i in ids.tolist() if i >= 0})
 
 
 def geometry_type_for(layer: Layer, types: set[str]) -> str:
@@ -98,11 +117,42 @@ def run_overlay(
                     "warnings": [*cluster.warnings,
                                  *overlay_warnings(how, summary, other_filter is not None)]}
 
-    gdf = read_layer(ctx.conn, layer)
     mask = read_layer(ctx.conn, other, columns=[], where=where)
-    ctx.progress(0.15)
+    row = ctx.conn.execute(q.ROW_ESTIMATE, {"schema": layer.schema, "name": layer.name}).fetchone()
+    expected = max(int(row[0]) if row else 0, 1)
+    ctx.progress(0.05)
     operation = clip if how == "clip" else erase
-    result = operation(gdf, mask, field=table_field, progress=lambda f: ctx.progress(0.15 + 0.7 * f))
+    unions: dict[tuple[int, ...], Any] = {}
+    frames: list[gpd.GeoDataFrame] = []
+    summaries: list[OverlaySummary] = []
+    done = 0
+
+    def collect(future: Future[OverlayResult]) -> None:
+        nonlocal done
+        part = future.result()
+        frames.append(part.frame)
+        summaries.append(part.summary)
+        done += part.summary.input_features
+        ctx.progress(0.05 + 0.8 * min(done / expected, 1.0))
+
+    # The input streams through the overlay a block at a time: the whole input is never held
+    # beside the result, and one block is overlaid (GEOS, without the GIL) while the next is
+    # read. One block at a time in the overlay thread, so the unions of overlay features,
+    # made once and shared by the blocks, are never touched by two threads.
+    with ThreadPoolExecutor(1) as overlay:
+        pending: Future[OverlayResult] | None = None
+        for block in iter_layer(ctx.conn, layer, chunk_rows=_BLOCK_ROWS):
+            running = overlay.submit(operation, block, mask, field=table_field, unions=unions)
+            del block
+            if pending is not None:
+                collect(pending)
+            pending = running
+        assert pending is not None  # iter_layer yields at least one (maybe empty) block
+        collect(pending)
+    result = OverlayResult(
+        gpd.GeoDataFrame(pd.concat(frames, ignore_index=True), crs=frames[0].crs)
+        if len(frames) > 1 else frames[0], combine_summaries(summaries))
+    frames.clear()  # the blocks' frames, now copied into the result
     rows = write_layer(
         ctx.conn,
         result.frame,

@@ -12,7 +12,9 @@ geometry as hex EWKB). It changes when a row is added, removed or changed in any
 does not change when rows are only reordered or rewritten identically (VACUUM FULL, CLUSTER),
 nor for a change of a column's type that prints the same text, and two different contents
 collide with a chance of about 2^-64. It costs one sequential scan of the input in the
-database (no sort, nothing sent to the worker). See docs/jobs.md#provenance.
+database (no sort, nothing sent to the worker), shared among parallel workers where the
+server allows them (the sum does not depend on which rows each one saw). See
+docs/jobs.md#provenance.
 """
 
 from __future__ import annotations
@@ -123,7 +125,9 @@ def fingerprint(conn: psycopg.Connection[Any], table: str) -> dict[str, Any]:
         return {"table": table, "rows": None, "signature": None, "error": "not found"}
     schema, name, _ = found
     query = sql.SQL(_q("fingerprint")).format(table=sql.Identifier(schema, name))
-    row = conn.execute(query).fetchone()
+    with conn.transaction():  # a savepoint in the job's transaction
+        conn.execute(_q("parallel_scan"))
+        row = conn.execute(query).fetchone()
     assert row is not None
     return {"table": f"{schema}.{name}", "rows": int(row[0]),
             "signature": f"{int(row[1]) % 2**64:016x}"}

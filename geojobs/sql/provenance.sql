@@ -17,6 +17,11 @@ LIMIT 1;
 SELECT count(*), coalesce(sum(hashtextextended(t::text, 0)), 0)
 FROM {table} AS t;
 
+-- name: parallel_scan
+-- Lets the planner share the fingerprint's scan among parallel workers: its cost is the text
+-- and hash of every row, which the default costs do not count. Lasts until the transaction ends.
+SELECT set_config('parallel_setup_cost', '0', true), set_config('parallel_tuple_cost', '0', true);
+
 -- name: pipeline_of_rerun
 -- The pipeline run a re-run job belongs to (as a new, not reused, step), and the run it replaces.
 SELECT p.id, p.replaces, p.rerun_from, s.step
