@@ -31,27 +31,21 @@ import json
 import logging
 import math
 import re
-import shutil
-import tempfile
 from collections.abc import Generator, Iterable, Mapping
 from dataclasses import dataclass
-from pathlib import Path as FilePath
 from typing import Annotated, Any, Literal, cast
 
 import asyncpg
 import attr
-import psycopg
 from ciso8601 import parse_rfc3339
 from cql2 import Expr
 from fastapi import APIRouter, Depends, FastAPI, Path, Query, Request, Response
-from fastapi.concurrency import run_in_threadpool
 from fastapi.dependencies.models import Dependant
 from fastapi.responses import FileResponse
 from fastapi.routing import APIRoute
 from morecantile import Tile, TileMatrixSet
 from morecantile import tms as default_tms
 from morecantile.defaults import TileMatrixSets
-from starlette.background import BackgroundTask
 from starlette.datastructures import QueryParams
 from starlette.routing import Match
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -65,11 +59,12 @@ from tipg.resources.enums import MediaType
 from tipg.settings import DatabaseSettings, FeaturesSettings, MVTSettings
 
 from geojobs.api.deps import User, current_user, settings_dep
+from geojobs.api.downloads import download_table
 from geojobs.api.errors import BadRequest, NotFound, problem
 from geojobs.api.settings import ApiSettings
 from geojobs.api.store import Store
 from geojobs.config import output_schemas
-from geojobs.export import FORMATS, ExportFormat, export_table, provenance
+from geojobs.export import FORMATS, ExportFormat, provenance
 
 __all__ = ["LayerCatalog", "ServedLayer", "NoSuchCollection", "mount_layers", "start_layers",
            "stop_layers", "check_cql", "check_bbox", "DOWNLOADS", "TileCacheMiddleware"]
@@ -691,26 +686,11 @@ class DownloadRoute(APIRoute):
         return match, child
 
 
-def _export(table: str, fmt: ExportFormat, path: FilePath, dsn: str, metadata: dict[str, str]) -> None:
-    with psycopg.connect(dsn, autocommit=True) as conn:
-        export_table(conn, table, fmt, path, metadata, field="collectionId")
-
-
 async def download_layer(layer: ServedLayer, fmt: ExportFormat, dsn: str) -> Response:
-    """The whole layer as a file in ``fmt`` with its job's provenance (written to a temporary
-    file in a worker thread, then sent and deleted)."""
-    table = layer.collection.id
+    """The whole layer as a file in ``fmt`` with its job's provenance."""
     metadata = provenance(layer.job) if layer.job is not None else {}
-    tmpdir = FilePath(tempfile.mkdtemp(prefix="geojobs-layer-"))
-    path = tmpdir / f"{layer.collection.table}{fmt.suffix}"
-    try:
-        await run_in_threadpool(_export, table, fmt, path, dsn, metadata)
-    except BaseException:
-        shutil.rmtree(tmpdir, ignore_errors=True)
-        raise
-    return FileResponse(path, media_type=fmt.media_type, filename=path.name,
-                        headers={"Cache-Control": "no-store"},
-                        background=BackgroundTask(shutil.rmtree, tmpdir, ignore_errors=True))
+    return await download_table(layer.collection.id, fmt, dsn, metadata, field="collectionId",
+                                name=layer.collection.table)
 
 
 # --- errors ----------------------------------------------------------------------------------
