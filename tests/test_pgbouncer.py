@@ -305,7 +305,8 @@ def test_api_through_pgbouncer(db_url: str, conn: psycopg.Connection[Any], bounc
                                tmp_path: Path, listen: bool) -> None:
     """The API (real uvicorn, asyncpg) logged in through PgBouncer: submit with Prefer: wait
     (woken over GEOJOBS_LISTEN_URL, or by the API's polling), read the job and its results,
-    follow it over SSE, /metrics and /health."""
+    follow it over SSE, /metrics and /health; a new result table is listed as a layer without a
+    restart and goes with its job (NOTIFY, or the layer catalog's polling)."""
     key = create_key(conn, "alice")
     output_dir = tmp_path / "outputs"
     output_dir.mkdir()
@@ -343,6 +344,10 @@ def test_api_through_pgbouncer(db_url: str, conn: psycopg.Connection[Any], bounc
             assert statuses[-1] == "successful" and len(statuses) >= 2
             assert http.get("/metrics").status_code == 200
             assert http.get("/health").status_code == 200
+            layer, layer_job = _completed_layer(conn)
+            wait_for(lambda: layer in _collections(http), timeout=15)
+            conn.execute("DELETE FROM background_jobs WHERE id = %s", (layer_job,))
+            wait_for(lambda: layer not in _collections(http), timeout=15)
         row = queue.get(conn, int(job_id))
         assert row is not None and row["status"] == "completed"
     finally:
@@ -350,6 +355,27 @@ def test_api_through_pgbouncer(db_url: str, conn: psycopg.Connection[Any], bounc
             stop(p)
     log = (output_dir.parent / f"api-{api.port}.log").read_text()  # type: ignore[attr-defined]
     assert "prepared statement" not in log and "Traceback" not in log
+
+
+def _completed_layer(conn: psycopg.Connection[Any]) -> tuple[str, int]:
+    """A table in ``results`` and a job of alice's that wrote it, completed as a worker
+    completes one (queued, then updated); the layer's id and the job's."""
+    conn.execute("CREATE TABLE results.pgb_layer AS "
+                 "SELECT 1 AS fid, ST_SetSRID(ST_MakePoint(1, 2), 4326)::geometry(Point, 4326) "
+                 "AS geom")
+    conn.execute(f"GRANT SELECT ON results.pgb_layer TO {API_ROLE}")
+    row = conn.execute("INSERT INTO background_jobs (job_type, params, status, submitted_by) "
+                       "VALUES ('dissolve', '{}', 'running', 'alice') RETURNING id").fetchone()
+    assert row is not None
+    conn.execute("UPDATE background_jobs SET status = 'completed', finished_at = now(), "
+                 "result = '{\"output_table\": \"results.pgb_layer\"}' WHERE id = %s", (row[0],))
+    return "results.pgb_layer", int(row[0])
+
+
+def _collections(http: httpx.Client) -> list[str]:
+    response = http.get("/collections")
+    assert response.status_code == 200, response.text
+    return [c["id"] for c in response.json()["collections"]]
 
 
 def test_short_soak_through_pgbouncer(db_url: str, tmp_path: Path) -> None:
