@@ -17,6 +17,7 @@ import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import geopandas as gpd
 import pandas as pd
@@ -152,18 +153,25 @@ BIG_ROWS = 300_000
 
 @pytest.fixture(scope="module")
 def big_job(api: ApiServer) -> str:
-    """A completed job of alice's whose result is 300,000 points (several MB in any format)."""
+    """A completed job of alice's whose result is 300,000 random points with random labels:
+    over 10 MB in any format, even compressed, more than the pipes and sockets between the
+    export and the client hold."""
     with api.connect() as conn:
         table = sql.Identifier(*BIG.split("."))
         conn.execute(sql.SQL(
-            "CREATE TABLE {} AS SELECT g AS id, 'point ' || g AS label, "
-            "ST_SetSRID(ST_MakePoint(g / 1000.0, g % 1000 / 100.0), 4326) AS geom "
+            "CREATE TABLE {} AS SELECT g AS id, md5(random()::text) AS label, "
+            "ST_SetSRID(ST_MakePoint(random() * 360 - 180, random() * 180 - 90), 4326) AS geom "
             "FROM generate_series(1, {}) AS g").format(table, BIG_ROWS))
         conn.execute(sql.SQL("GRANT SELECT ON {} TO geojobs_api").format(table))
-        row = conn.execute(
-            "INSERT INTO background_jobs (job_type, params, status, result, submitted_by, "
-            "finished_at) VALUES ('dissolve', '{}', 'completed', %s, 'alice', now()) "
-            "RETURNING id", (json.dumps({"output_table": BIG}),)).fetchone()
+        return completed_job(conn, BIG)
+
+
+def completed_job(conn: Any, table: str) -> str:
+    """The id of a completed job of alice's whose result names ``table``."""
+    row = conn.execute(
+        "INSERT INTO background_jobs (job_type, params, status, result, submitted_by, "
+        "finished_at) VALUES ('dissolve', '{}', 'completed', %s, 'alice', now()) "
+        "RETURNING id", (json.dumps({"output_table": table}),)).fetchone()
     assert row is not None
     return str(row[0])
 
@@ -219,14 +227,10 @@ def test_a_client_that_leaves_ends_the_export(api: ApiServer, big_job: str) -> N
 def test_an_error_before_the_first_byte_is_a_problem(api: ApiServer, tmp_path: Path) -> None:
     """A result table that is gone: 400 naming jobID, in every format, nothing streamed."""
     with api.connect() as conn:
-        row = conn.execute(
-            "INSERT INTO background_jobs (job_type, params, status, result, submitted_by, "
-            "finished_at) VALUES ('dissolve', '{}', 'completed', %s, 'alice', now()) "
-            "RETURNING id", (json.dumps({"output_table": "results.dl_gone"}),)).fetchone()
-    assert row is not None
+        job = completed_job(conn, "results.dl_gone")
     with api.client("alice") as http:
         for fmt in sorted(FORMATS):
-            response = http.get(f"/jobs/{row[0]}/results", params={"f": fmt})
+            response = http.get(f"/jobs/{job}/results", params={"f": fmt})
             assert response.status_code == 400, (fmt, response.text)
             assert response.json()["field"] == "jobID"
             assert "results.dl_gone" in response.json()["detail"]
