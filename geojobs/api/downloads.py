@@ -73,6 +73,9 @@ async def _temporary_file(table: str, fmt: ExportFormat, dsn: str, metadata: dic
 async def _stream(table: str, fmt: ExportFormat, dsn: str, metadata: dict[str, str], field: str,
                   filename: str) -> Response:
     env = dict(os.environ, DATABASE_URL=dsn, **{METADATA_ENV: json.dumps(metadata)})
+    # C's stdout stays buffered: unbuffered (Python's -u, as systemd units often set), GDAL's
+    # /vsistdout/ would make one write(2) per feature and per attribute
+    env.pop("PYTHONUNBUFFERED", None)
     child = await asyncio.create_subprocess_exec(
         sys.executable, "-m", "geojobs.export", fmt.key, table, field, env=env,
         stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.PIPE,
