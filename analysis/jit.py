@@ -9,8 +9,9 @@ remains before a worker claims its first job, so no job pays for compilation.
 esda's ``compute_chunk`` takes the statistic's kernel as an argument, which numba cannot
 cache, so it used to be compiled at every worker start (most of a hotspot or outlier
 worker's start-up). :func:`compute_chunk` here is esda's, line for line, for the two
-statistics the job types use (Gi* and local Moran's I), each with its kernel called
-directly, so both are cached on disk; any other kernel goes to esda's own. The permutations
+statistics the job types use (Gi* and local Moran's I): one kernel that calls either
+statistic directly, chosen by a number, so it is cached on disk; any other kernel goes to
+esda's own. The permutations
 themselves are drawn before (``esda.crand.vec_permutations``), so the results are esda's,
 bit for bit (``tests/analysis/test_jit.py``).
 """
@@ -66,14 +67,18 @@ _gi_star = esda.getisord._g_local_star_crand
 _moran = esda.moran._moran_local_crand
 
 
+_GI_STAR, _MORAN = 0, 1
+"""Which statistic :func:`_chunk_kernel` computes: a number, not the kernel itself, so that
+numba can cache it (a function argument would make it uncacheable, like esda's own)."""
+
+
 @njit(parallel=False, fastmath=True, cache=True)
-def _chunk_gi_star(chunk_start, z_chunk, z, observed, cardinalities, self_weights,  # noqa: ANN001, ANN202
-                   other_weights, permuted_ids, scaling, keep, island_weight, alternative):
+def _chunk_kernel(statistic, chunk_start, z_chunk, z, observed, cardinalities,  # noqa: ANN001, ANN202
+                  self_weights, other_weights, permuted_ids, scaling, keep, island_weight,
+                  alternative):
     chunk_n = z_chunk.shape[0]
-    n_samples = z.shape[0]
     p_sims = np.zeros((chunk_n,), dtype=np.float32)
     rlocals = np.empty((chunk_n, permuted_ids.shape[0])) if keep else np.empty((1, 1))
-    mask = np.ones((n_samples,), dtype=np.int8) == 1
     wloc = 0
     for i in range(chunk_n):
         cardinality = cardinalities[i]
@@ -85,36 +90,10 @@ def _chunk_gi_star(chunk_start, z_chunk, z, observed, cardinalities, self_weight
             weights_i[0] = self_weights[i]
             weights_i[1:] = other_weights[wloc : (wloc + cardinality)]
         wloc += cardinality
-        mask[chunk_start + i] = False
-        rstats = _gi_star(chunk_start + i, z, permuted_ids, weights_i, scaling)
-        p_sims[i] = _permutation_significance(observed[i], rstats,
-                                              alternative=alternative).item()
-        if keep:
-            rlocals[i] = rstats
-    return p_sims, rlocals
-
-
-@njit(parallel=False, fastmath=True, cache=True)
-def _chunk_moran(chunk_start, z_chunk, z, observed, cardinalities, self_weights,  # noqa: ANN001, ANN202
-                 other_weights, permuted_ids, scaling, keep, island_weight, alternative):
-    chunk_n = z_chunk.shape[0]
-    n_samples = z.shape[0]
-    p_sims = np.zeros((chunk_n,), dtype=np.float32)
-    rlocals = np.empty((chunk_n, permuted_ids.shape[0])) if keep else np.empty((1, 1))
-    mask = np.ones((n_samples,), dtype=np.int8) == 1
-    wloc = 0
-    for i in range(chunk_n):
-        cardinality = cardinalities[i]
-        if cardinality == 0:
-            weights_i = np.zeros(2, dtype=other_weights.dtype)
-            weights_i[1] = island_weight
+        if statistic == _GI_STAR:
+            rstats = _gi_star(chunk_start + i, z, permuted_ids, weights_i, scaling)
         else:
-            weights_i = np.zeros(cardinality + 1, dtype=other_weights.dtype)
-            weights_i[0] = self_weights[i]
-            weights_i[1:] = other_weights[wloc : (wloc + cardinality)]
-        wloc += cardinality
-        mask[chunk_start + i] = False
-        rstats = _moran(chunk_start + i, z, permuted_ids, weights_i, scaling)
+            rstats = _moran(chunk_start + i, z, permuted_ids, weights_i, scaling)
         p_sims[i] = _permutation_significance(observed[i], rstats,
                                               alternative=alternative).item()
         if keep:
@@ -122,7 +101,7 @@ def _chunk_moran(chunk_start, z_chunk, z, observed, cardinalities, self_weights,
     return p_sims, rlocals
 
 
-_SPECIALISED = {_gi_star: _chunk_gi_star, _moran: _chunk_moran}
+_SPECIALISED = {_gi_star: _GI_STAR, _moran: _MORAN}
 
 
 def compute_chunk(chunk_start: int, z_chunk: Any, z: Any, observed: Any, cardinalities: Any,
@@ -131,12 +110,12 @@ def compute_chunk(chunk_start: int, z_chunk: Any, z: Any, observed: Any, cardina
                   alternative: str = "two-sided") -> tuple[Any, Any]:
     """esda's ``compute_chunk`` (same arguments, same results), from the disk cache for the
     Gi* and local Moran kernels; esda's own for any other ``stat_func``."""
-    special = _SPECIALISED.get(stat_func)
-    if special is None:
+    statistic = _SPECIALISED.get(stat_func)
+    if statistic is None:
         return _ESDA_COMPUTE_CHUNK(chunk_start, z_chunk, z, observed,
                                    cardinalities, self_weights, other_weights, permuted_ids,
                                    scaling, keep, stat_func, island_weight,
                                    alternative=alternative)
-    return special(chunk_start, z_chunk, z, observed, cardinalities,
-                   self_weights, other_weights, permuted_ids, scaling, keep, island_weight,
-                   alternative)
+    return _chunk_kernel(statistic, chunk_start, z_chunk, z, observed, cardinalities,
+                         self_weights, other_weights, permuted_ids, scaling, keep,
+                         island_weight, alternative)

@@ -27,7 +27,7 @@ from bench.data import hex_grid, load_layer, parse_sizes
 from bench.database import bench_database, sqlalchemy_engine
 from bench.floor import copy_read, copy_write
 from bench.measure import Timing, time_call
-from bench.report import print_table, write_json
+from bench.report import report
 from geojobs.layers import describe_layer, read_layer, write_layer
 
 __all__ = ["run", "main"]
@@ -165,10 +165,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     with bench_database() as url:
         rows = run(sizes, url, geopandas_max=parse_sizes(args.geopandas_max)[0],
                    repeat=args.repeat)
-    print_table("layer I/O (goal: geojobs within 1.2x of the floor)", rows)
-    if args.json:
-        write_json(args.json, rows)
-    return 0
+    return report("layer I/O (goal: geojobs within 1.2x of the floor)", rows, json_path=args.json)
 
 
 if __name__ == "__main__":

@@ -22,8 +22,8 @@ loopback. Each part is a function ``f(bench, args) -> rows`` registered in :data
   (the floor). Debian's GDAL has no Parquet driver: GeoParquet's floor is then ``psql``'s binary
   ``COPY`` of the same columns (attributes, ``ST_AsBinary``) to a file, the bytes any writer must
   read first. Fastest of ``--repeat`` runs per side; every file's feature count is read back
-  before a time counts. The API process's resident set is sampled every 5 ms during each download
-  (before, peak).
+  before a time counts. The resident set of the API process and its children (the child that
+  writes a streamed format) is sampled every 5 ms during each download (before, peak).
 - ``download_memory``: the GeoParquet and FlatGeobuf downloads of a ``--memory-rows`` table
   (default 1,000,000; made with :func:`make_polygons` too): the API process's growth.
 
@@ -360,8 +360,10 @@ def _features(path: Path) -> int:
 
 
 def download_api(bench: LayerBench, job_id: int, fmt: str, path: Path) -> dict[str, float]:
-    """One whole download through the API: seconds, and the API process's RSS before / peak."""
-    with RssSampler(bench.server.pid, interval=0.005) as rss, bench.client(timeout=3600) as http:
+    """One whole download through the API: seconds, and the RSS of the API process and its
+    children before / peak."""
+    with RssSampler(bench.server.pid, interval=0.005, children=True) as rss, \
+            bench.client(timeout=3600) as http:
         t0 = time.perf_counter()
         with http.stream("GET", f"/jobs/{job_id}/results", params={"f": fmt}) as response:
             if response.status_code != 200:

@@ -149,12 +149,14 @@ class RssSampler:
     """Samples a process's resident set in a thread; ``peak_mb`` is the highest seen.
 
     ``private`` subtracts shared pages: for a PostgreSQL backend, whose RSS otherwise counts
-    every shared buffer it touched.
+    every shared buffer it touched. ``children`` adds the resident sets of its child processes
+    (the API's streamed downloads are written by a child).
     """
 
     def __init__(self, pid: int | None = None, *, interval: float = 0.01,
-                 private: bool = False) -> None:
+                 private: bool = False, children: bool = False) -> None:
         self._proc = psutil.Process(pid)
+        self._children = children
         self._interval = interval
         self._private = private
         self._stop = threading.Event()
@@ -164,10 +166,11 @@ class RssSampler:
 
     def _sample(self) -> None:
         try:
-            info = self._proc.memory_info()
+            procs = [self._proc, *(self._proc.children(recursive=True) if self._children else [])]
+            infos = [proc.memory_info() for proc in procs]
         except psutil.Error:
             return
-        rss = info.rss - (info.shared if self._private else 0)
+        rss = sum(info.rss - (info.shared if self._private else 0) for info in infos)
         self.peak_bytes = max(self.peak_bytes, rss)
 
     def _loop(self) -> None:

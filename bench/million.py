@@ -21,7 +21,7 @@ from typing import Any
 from bench.data import hex_grid, irregular_polygons, load_layer, parse_sizes, random_points, square_grid
 from bench.database import bench_database
 from bench.measure import ROOT, growth_exponent, measure_job
-from bench.report import print_table, write_json
+from bench.report import print_table, report
 
 __all__ = ["JOB_TYPES", "COLUMNS", "run", "main"]
 
@@ -146,10 +146,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     job_types = args.job_types or [*JOB_TYPES, "raster_clip"]
     with bench_database(prefix="geojobs_scale") as url:
         rows = run(job_types, parse_sizes(args.sizes), parse_sizes(args.raster_sizes), url)
-    print_table("scale", rows, COLUMNS)
-    if args.json:
-        write_json(args.json, rows)
-    return 0
+    return report("scale", rows, COLUMNS, args.json)
 
 
 if __name__ == "__main__":

@@ -79,6 +79,16 @@ def machine() -> dict[str, Any]:
             "load_avg_1m": round(os.getloadavg()[0], 2)}
 
 
+def report(title: str, rows: Sequence[dict[str, Any]], columns: Sequence[str] | None = None,
+           json_path: str | Path | None = None) -> int:
+    """The end of a benchmark's ``main``: print the rows, save them when ``--json`` asks;
+    the exit status (0)."""
+    print_table(title, rows, columns)
+    if json_path:
+        write_json(json_path, rows)
+    return 0
+
+
 def write_json(path: str | Path, rows: Sequence[dict[str, Any]], **context: Any) -> None:
     """Save rows with the date, command, machine and versions."""
     payload = {"date": datetime.now(UTC).isoformat(timespec="seconds"),

@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from bench.database import bench_database
-from bench.report import print_table, write_json
+from bench.report import report
 from geojobs import registry
 
 __all__ = ["COLUMNS", "start_to_ready", "run", "main"]
@@ -78,10 +78,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     job_types = args.job_types or registry.names()
     with bench_database() as url:
         rows = run(job_types, url, repeat=args.repeat)
-    print_table("worker start to READY", rows, COLUMNS)
-    if args.json:
-        write_json(args.json, rows)
-    return 0
+    return report("worker start to READY", rows, COLUMNS, args.json)
 
 
 if __name__ == "__main__":

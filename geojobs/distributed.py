@@ -14,6 +14,12 @@ features' lower-left box corners, so every tile holds about the same number of f
 feature belongs to the tile holding its box's lower-left corner, found through the input's
 GiST index (``geom && tile``). Null and empty geometries go to tile 0.
 
+Credentials: a task carries the job's conninfo without its password (:func:`public_conninfo`);
+the Dask worker adds its own (:func:`task_conninfo`: the password of its ``DATABASE_URL`` when
+that names the same server, database and user, else whatever libpq finds in its environment:
+``PGPASSWORD``, ``PGPASSFILE`` / ``~/.pgpass``, client certificates, or none for trust). So no
+password travels through the scheduler, its logs or the task graph.
+
 Dask is imported only when a job runs partitioned.
 """
 
@@ -191,8 +197,44 @@ class Written:
     key: str = "fid"
 
 
+_SAME = ("host", "hostaddr", "port", "dbname", "user")
+"""Conninfo keys that must agree before a Dask worker's ``DATABASE_URL`` lends its password."""
+
+
+def public_conninfo(conninfo: str) -> str:
+    """``conninfo`` without its secrets (password, SSL key password): safe to send and log."""
+    info = conninfo_to_dict(conninfo)
+    for key in ("password", "sslpassword"):
+        info.pop(key, None)
+    return make_conninfo("", **info)
+
+
+def task_conninfo(public: str, environ: dict[str, str] | None = None) -> str:
+    """The conninfo a Dask task connects with: the job's ``public`` one, plus the password of
+    the Dask worker's own ``DATABASE_URL`` when it names the same host, port, database and
+    user; otherwise libpq looks in the worker's environment (``PGPASSWORD``, ``~/.pgpass``)."""
+    env = os.environ if environ is None else environ
+    info = conninfo_to_dict(public)
+    try:
+        own = conninfo_to_dict(env.get("DATABASE_URL") or "")
+    except psycopg.ProgrammingError:
+        return public
+    if own.get("password") and all(own.get(k) == info.get(k) for k in _SAME):
+        info["password"] = own["password"]
+    return make_conninfo("", **info)
+
+
 def _connect(part: Part) -> psycopg.Connection[Any]:
-    return psycopg.connect(part.dsn, autocommit=True, application_name=f"geojobs-dask-{part.job_id}")
+    try:
+        return psycopg.connect(task_conninfo(part.dsn), autocommit=True,
+                               application_name=f"geojobs-dask-{part.job_id}")
+    except psycopg.OperationalError as exc:
+        where = conninfo_to_dict(part.dsn)
+        raise DaskUnavailable(
+            f"a Dask worker cannot connect to database {where.get('dbname')!r} as "
+            f"{where.get('user')!r}: give the Dask workers the credentials in their own "
+            f"environment (DATABASE_URL, PGPASSWORD or ~/.pgpass; docs/scale.md); "
+            f"{str(exc).strip().splitlines()[-1]}") from None
 
 
 def _read(conn: psycopg.Connection[Any], part: Part) -> gpd.GeoDataFrame:
@@ -337,7 +379,7 @@ class Decision:
 
 
 def _dsn(conn: psycopg.Connection[Any]) -> str:
-    """The job connection's own conninfo (with its password) for the Dask tasks."""
+    """The job connection's own conninfo with its password: for the job process only."""
     info = conninfo_to_dict(conn.info.dsn)
     password = conn.info.password
     if password:
@@ -386,7 +428,8 @@ class Cluster:
     def __init__(self, ctx: JobContext, client: Client, address: str, layer: Layer,
                  rows: int) -> None:
         self.ctx, self.client, self.address, self.layer, self.rows = ctx, client, address, layer, rows
-        self.dsn = _dsn(ctx.conn)
+        self._own_dsn = _dsn(ctx.conn)  # never sent: the tasks get the public one
+        self.dsn = public_conninfo(self._own_dsn)
         self.workers = set(client.nthreads())
         self.futures: list[Future] = []
         self.tiles: list[Tile] = []
@@ -418,7 +461,7 @@ class Cluster:
         """Cut the input into tiles; drop the parts earlier attempts left behind."""
         started = time.perf_counter()
         conn, layer = self.ctx.conn, self.layer
-        with psycopg.connect(self.dsn, autocommit=True) as own:
+        with psycopg.connect(self._own_dsn, autocommit=True) as own:
             staging.drop_parts(own, self.ctx.job_id, before=self.ctx.attempt)
         if not self.workers:
             raise DaskWorkerLost(f"the Dask scheduler {self.address} has no worker",

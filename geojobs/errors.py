@@ -74,7 +74,8 @@ class JobInterrupted(Exception):
 
 
 class DaskUnavailable(GeojobsError):
-    """The Dask scheduler named for this job does not answer."""
+    """The Dask cluster named for this job cannot be used: its scheduler does not answer, or its
+    workers cannot connect to the database."""
 
 
 class DaskWorkerLost(GeojobsError):

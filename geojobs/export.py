@@ -9,16 +9,24 @@ it in C++ into batches of a few MB, never one Python object per row. Geometries 
 GeoParquet 1.1 ``geo`` metadata) for Parquet. Only one batch is in memory at a time, so memory
 stays flat with the table's size (FlatGeobuf's spatial index keeps about 160 bytes per feature
 until the file is closed: the packed R-tree needs every bbox).
+
+Formats whose writer only appends (GeoJSON, CSV, GeoParquet) can also be streamed:
+``python -m geojobs.export FORMAT TABLE FIELD`` writes the file to standard output as the rows
+come (GDAL streams only to ``/vsistdout/``, the process's own standard output), which is how
+the API sends them. GeoPackage (SQLite) and FlatGeobuf with its spatial index (the index comes
+before the features) need the whole file first.
 """
 
 from __future__ import annotations
 
 import json
+import os
+import sys
 from collections.abc import Generator, Iterator, Mapping
 from contextlib import closing
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO, cast
 
 import adbc_driver_postgresql.dbapi as adbc
 import geopandas as gpd
@@ -32,31 +40,37 @@ from psycopg import sql
 from psycopg.conninfo import make_conninfo
 
 from geojobs import layer_sql as q
-from geojobs.errors import InvalidInput
+from geojobs.db import connect
+from geojobs.errors import GeojobsError, InvalidInput
 from geojobs.layers import _NATIVE, Layer, describe_layer
 
-__all__ = ["FORMATS", "ExportFormat", "export_table", "provenance", "result_table", "check_format"]
+__all__ = ["FORMATS", "ExportFormat", "export_table", "provenance", "result_table", "check_format",
+           "METADATA_ENV", "main"]
 
 
 @dataclass(frozen=True)
 class ExportFormat:
-    """A download format: its GDAL driver (None: Parquet via pyarrow), media type and suffix."""
+    """A download format: its GDAL driver (None: Parquet via pyarrow), media type and suffix;
+    ``streams``: its writer only appends, so the file can be sent while it is written."""
 
     key: str
     driver: str | None
     media_type: str
     suffix: str
     layer_options: tuple[tuple[str, str], ...] = ()
+    streams: bool = False
 
 
 FORMATS: dict[str, ExportFormat] = {
     "gpkg": ExportFormat("gpkg", "GPKG", "application/geopackage+sqlite3", ".gpkg"),
-    "parquet": ExportFormat("parquet", None, "application/vnd.apache.parquet", ".parquet"),
+    "parquet": ExportFormat("parquet", None, "application/vnd.apache.parquet", ".parquet",
+                            streams=True),
     "fgb": ExportFormat("fgb", "FlatGeobuf", "application/flatgeobuf", ".fgb",
                         (("SPATIAL_INDEX", "YES"),)),
     "geojson": ExportFormat("geojson", "GeoJSON", "application/geo+json", ".geojson",
-                            (("RFC7946", "NO"),)),
-    "csv": ExportFormat("csv", "CSV", "text/csv", ".csv", (("GEOMETRY", "AS_WKT"),)),
+                            (("RFC7946", "NO"),), streams=True),
+    "csv": ExportFormat("csv", "CSV", "text/csv", ".csv", (("GEOMETRY", "AS_WKT"),),
+                        streams=True),
 }
 """Every format, by the name ``f`` / ``--format`` takes."""
 
@@ -66,6 +80,8 @@ BATCH_BYTES = 8 << 20
 """Size hint for the ADBC driver's record batches, in bytes."""
 _BBOX = ("xmin", "ymin", "xmax", "ymax")
 _WKB = {b"ARROW:extension:name": b"geoarrow.wkb"}
+METADATA_ENV = "GEOJOBS_EXPORT_METADATA"
+"""Environment variable with the provenance (a JSON object) :func:`main` writes into the file."""
 
 
 def check_format(name: str, *, field: str = "f") -> ExportFormat:
@@ -180,10 +196,13 @@ def _free_name(taken: list[str], name: str) -> str:
     return name
 
 
-def export_table(conn: psycopg.Connection[Any], table: str, fmt: ExportFormat, path: Path,
+def export_table(conn: psycopg.Connection[Any], table: str, fmt: ExportFormat,
+                 path: Path | str | BinaryIO,
                  metadata: Mapping[str, str] | None = None, *, field: str = "table",
                  chunk_rows: int = CHUNK_ROWS) -> int:
     """Write every row of ``table`` to ``path`` in ``fmt``; return the number of features.
+
+    ``path`` is a file name, a GDAL path (``/vsistdout/``) or, for Parquet, a binary file object.
 
     ``metadata`` (provenance) goes into the GeoPackage's dataset metadata or the Parquet
     footer's key-value metadata. ``conn`` looks the table up (the role must be able to read
@@ -198,7 +217,8 @@ def export_table(conn: psycopg.Connection[Any], table: str, fmt: ExportFormat, p
         return _write(conn, layer, fmt, path, dict(metadata or {}), stream, covering, parts)
 
 
-def _write(conn: psycopg.Connection[Any], layer: Layer, fmt: ExportFormat, path: Path,
+def _write(conn: psycopg.Connection[Any], layer: Layer, fmt: ExportFormat,
+           path: Path | str | BinaryIO,
            metadata: dict[str, str], stream: Iterator[pa.RecordBatch | pa.Schema], covering: str,
            parts: list[str] | None) -> int:
     """Write the batches of ``stream`` (its schema first) to ``path``; the number of rows."""
@@ -241,7 +261,7 @@ def _write(conn: psycopg.Connection[Any], layer: Layer, fmt: ExportFormat, path:
     kwargs: dict[str, Any] = {}
     if fmt.driver == "GPKG":
         kwargs["dataset_metadata"] = metadata
-    pyogrio.write_arrow(reader, str(path), layer=layer.name, driver=fmt.driver,
+    pyogrio.write_arrow(reader, os.fspath(cast(Path | str, path)), layer=layer.name, driver=fmt.driver,
                         geometry_name=geom, geometry_type=geometry_type,
                         crs=f"EPSG:{layer.srid}", layer_options=dict(fmt.layer_options), **kwargs)
     return count
@@ -255,3 +275,29 @@ def _bbox(conn: psycopg.Connection[Any], layer: Layer) -> list[float] | None:
     if row is None or row[0] is None:
         return None
     return [float(v) for v in row]
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m geojobs.export FORMAT TABLE FIELD``: stream ``TABLE`` to standard output in a
+    streaming format (``DATABASE_URL``; provenance from :data:`METADATA_ENV`). A
+    :class:`GeojobsError` is written to standard error as one JSON object, exit status 2."""
+    key, table, field = argv if argv is not None else sys.argv[1:]
+    fmt = FORMATS[key]
+    if not fmt.streams:
+        raise SystemExit(f"{key} cannot be streamed")
+    metadata = json.loads(os.environ.get(METADATA_ENV) or "{}")
+    try:
+        with connect() as conn:
+            export_table(conn, table, fmt, "/vsistdout/" if fmt.driver else sys.stdout.buffer,
+                         metadata, field=field)
+    except GeojobsError as exc:
+        json.dump({"error": type(exc).__name__, "detail": Exception.__str__(exc),
+                   "field": exc.field},
+                  sys.stderr)
+        return 2
+    sys.stdout.flush()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

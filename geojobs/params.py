@@ -6,6 +6,7 @@ fields are rejected (so typos surface), and every error names the field as ``par
 
 from __future__ import annotations
 
+import json
 import re
 from typing import Annotated, Any, Literal, TypeVar
 
@@ -26,7 +27,7 @@ from geojobs.errors import InvalidParams
 __all__ = ["JobParams", "OutputParams", "DistributedParams", "WeightsParams",
            "BinaryWeightsParams", "GridParams",
            "InputTable", "OutputTable", "ColumnName", "OutputOf", "validate_params",
-           "IDENTIFIER", "MAX_CELL_SIZE"]
+           "IDENTIFIER", "MAX_CELL_SIZE", "parse_set", "bad_set", "set_dotted"]
 
 IDENTIFIER = re.compile(r"^[a-z_][a-z0-9_]*$")
 MAX_IDENTIFIER = 63
@@ -205,3 +206,41 @@ def validate_params(model: type[P], raw: Any, *, references: bool = False) -> P:
         return model.model_validate(raw, context={"references": references})
     except ValidationError as exc:
         raise InvalidParams(format_validation_error(exc)) from None
+
+
+def bad_set(item: str, why: str, *, flag: str = "--set") -> InvalidParams:
+    """The error for a ``--set`` that cannot be applied, naming its key: one wording for every
+    command that takes ``--set`` (``jobs rerun``, ``pipeline submit``, ``pipeline rerun``)."""
+    return InvalidParams(f"{flag} {item!r}: bad key {item.partition('=')[0]!r}: {why}")
+
+
+def parse_set(item: str, *, flag: str = "--set") -> tuple[list[str], Any]:
+    """``key.sub=value`` as (``["key", "sub"]``, value): the value is JSON when it parses,
+    else the text as a string."""
+    key, sep, text = item.partition("=")
+    parts = key.split(".")
+    if not sep or not all(parts):
+        raise bad_set(item, "must be key=value (a dotted key sets a nested parameter: a.b=value)",
+                      flag=flag)
+    try:
+        value: Any = json.loads(text)
+    except json.JSONDecodeError:
+        value = text
+    return parts, value
+
+
+def set_dotted(params: dict[str, Any], path: list[str], value: Any, *, item: str,
+               flag: str = "--set") -> None:
+    """Set ``params[path[0]][path[1]]... = value``, making missing objects on the way; a value
+    on the way that is not an object is an error, never replaced."""
+    node = params
+    for depth, part in enumerate(path[:-1]):
+        child = node.get(part)
+        if child is None:
+            child = node[part] = {}
+        if not isinstance(child, dict):
+            where = ".".join(path[: depth + 1])
+            raise bad_set(item, f"params.{where} is not an object (it is {json.dumps(child)})",
+                          flag=flag)
+        node = child
+    node[path[-1]] = value

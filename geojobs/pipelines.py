@@ -23,7 +23,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from geojobs import queue, registry
 from geojobs.errors import GeojobsError, InvalidParams
-from geojobs.params import format_validation_error, validate_params
+from geojobs.params import bad_set, format_validation_error, parse_set, set_dotted, validate_params
 
 __all__ = ["MAX_STEPS", "PipelineSpec", "StepSpec", "PlannedStep", "load_spec", "apply_sets",
            "plan", "submit", "rerun", "show", "status_of", "wait", "cancel", "format_tree"]
@@ -89,28 +89,20 @@ def load_spec(path: str | Path) -> dict[str, Any]:
 
 
 def apply_sets(raw: dict[str, Any], sets: Iterable[str]) -> dict[str, Any]:
-    """Apply ``step.key=value`` overrides (``key`` may be dotted; value JSON, else a string)."""
+    """Apply ``step.key=value`` overrides to the steps' params, parsed as ``jobs rerun`` parses
+    ``--set`` (``key`` may be dotted; value JSON, else a string)."""
     spec = json.loads(json.dumps(raw))
     steps = {s.get("name"): s for s in spec.get("steps") or [] if isinstance(s, dict)}
     for item in sets:
-        target, sep, text = item.partition("=")
-        step_name, dot, key = target.partition(".")
-        if not sep or not dot or not key:
-            raise InvalidParams(f"--set {item!r}: must be step.key=value")
+        (step_name, *path), value = parse_set(item)
+        if not path:
+            raise bad_set(item, "must be step.key=value (the step's name, then its parameter)")
         if step_name not in steps:
-            raise InvalidParams(f"--set {item!r}: no step named {step_name!r}")
-        try:
-            value: Any = json.loads(text)
-        except json.JSONDecodeError:
-            value = text
-        node = steps[step_name].setdefault("params", {})
-        *parents, last = key.split(".")
-        for part in parents:
-            child = node.get(part)
-            if not isinstance(child, dict):
-                child = node[part] = {}
-            node = child
-        node[last] = value
+            raise bad_set(item, f"no step named {step_name!r}")
+        params = steps[step_name].setdefault("params", {})
+        if not isinstance(params, dict):
+            raise bad_set(item, f"step {step_name!r} has params that are not an object")
+        set_dotted(params, path, value, item=item)
     return spec
 
 

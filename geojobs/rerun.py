@@ -15,39 +15,9 @@ import psycopg
 
 from geojobs import queue, registry
 from geojobs.errors import GeojobsError, InvalidParams
-from geojobs.params import validate_params
+from geojobs.params import parse_set, set_dotted, validate_params
 
-__all__ = ["parse_set", "set_dotted", "apply_sets", "rerun"]
-
-
-def parse_set(item: str, *, flag: str = "--set") -> tuple[list[str], Any]:
-    """``key.sub=value`` as (``["key", "sub"]``, value): the value is JSON when it parses,
-    else the text as a string."""
-    key, sep, text = item.partition("=")
-    parts = key.split(".")
-    if not sep or not all(parts):
-        raise InvalidParams(f"{flag} {item!r}: must be key=value (key may be dotted: a.b=value)")
-    try:
-        value: Any = json.loads(text)
-    except json.JSONDecodeError:
-        value = text
-    return parts, value
-
-
-def set_dotted(params: dict[str, Any], path: list[str], value: Any, *, item: str,
-               flag: str = "--set") -> None:
-    """Set ``params[path[0]][path[1]]... = value``, making missing objects on the way."""
-    node = params
-    for depth, part in enumerate(path[:-1]):
-        child = node.get(part)
-        if child is None:
-            child = node[part] = {}
-        if not isinstance(child, dict):
-            where = ".".join(path[: depth + 1])
-            raise InvalidParams(f"{flag} {item!r}: params.{where} is not an object "
-                                f"(it is {json.dumps(child)})")
-        node = child
-    node[path[-1]] = value
+__all__ = ["apply_sets", "rerun"]
 
 
 def apply_sets(params: Any, sets: Iterable[str]) -> dict[str, Any]:

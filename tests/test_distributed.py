@@ -393,3 +393,73 @@ def test_janitor_drops_parts_of_attempts_no_longer_running(conn: psycopg.Connect
     assert sorted(report.staging_dropped) == sorted([staging.part_name(dead, 2, 0),
                                                      staging.part_name(alive, 2, 0)])
     assert staging.all_parts(conn) == [staging.part_name(alive, 3, 0)]
+
+
+# -- credentials: no password in the task graph, the logs, the job row ----------------------
+
+SECRET = "s3cret-7f2c91"
+
+
+class _RunSpecs(distributed.diagnostics.plugin.SchedulerPlugin):
+    """Keeps every task as the scheduler hands it to a Dask worker, pickled as it is sent."""
+
+    name = "geojobs-test-run-specs"
+
+    def __init__(self) -> None:
+        self.specs: list[bytes] = []
+
+    async def start(self, scheduler: Any) -> None:
+        self.scheduler = scheduler
+
+    def transition(self, key: Any, start: str, finish: str, *args: Any, **kwargs: Any) -> None:
+        task = self.scheduler.tasks.get(key)
+        if finish == "processing" and task is not None:
+            self.specs.append(distributed.protocol.pickle.dumps(task.run_spec))
+
+
+def test_no_password_reaches_the_cluster_logs_or_the_job_row(
+        db_url: str, data: psycopg.Connection[Any], scheduler: str) -> None:
+    """The job's connection has a password (trust authentication ignores it, so the Dask workers
+    connect without it): no task, scheduler or worker log line, worker output or job row holds
+    it, while the tasks do carry the job's database."""
+    job = queue.enqueue(data, "clip", {"input_table": "public.pts", "clip_table": "public.blobs",
+                                       "output_table": "results.clip_secret",
+                                       "scheduler": scheduler})
+    with distributed.Client(scheduler) as client:
+        client.register_plugin(_RunSpecs())
+        try:
+            done = run_worker(f"{db_url} password={SECRET}", "clip", timeout=900, **SMALL)
+            specs = client.run_on_scheduler(
+                lambda dask_scheduler: dask_scheduler.plugins[_RunSpecs.name].specs)
+            logs = repr(client.get_scheduler_logs()) + repr(client.get_worker_logs())
+        finally:
+            client.unregister_scheduler_plugin(_RunSpecs.name)
+    row = job_row(data, job)
+    assert row["status"] == "completed", (row["error"], done.stderr[-3000:])
+    assert row["result"]["dask"]["partitions"] >= 4
+    assert len(specs) >= 4 and all(data.info.dbname.encode() in s for s in specs
+                                   if b"public.pts" in s)
+    assert not [s for s in specs if SECRET.encode() in s]
+    for text in (logs, done.stdout, done.stderr, repr(dict(row))):
+        assert SECRET not in text
+
+
+def test_task_conninfo_takes_the_password_of_the_same_database_only() -> None:
+    """A Dask worker's own DATABASE_URL lends its password only to connections to the same
+    host, port, database and user; the public conninfo never has one."""
+    from psycopg.conninfo import conninfo_to_dict
+
+    from geojobs.distributed import public_conninfo, task_conninfo
+
+    job = "host=db.example port=5432 dbname=geojobs user=geojobs_worker password=p1 sslpassword=k"
+    public = public_conninfo(job)
+    assert conninfo_to_dict(public) == {"host": "db.example", "port": "5432",
+                                        "dbname": "geojobs", "user": "geojobs_worker"}
+    same = {"DATABASE_URL": "postgresql://geojobs_worker:p2@db.example:5432/geojobs"}
+    assert conninfo_to_dict(task_conninfo(public, same))["password"] == "p2"
+    for other in ("postgresql://geojobs_worker:p2@db.example:5432/elsewhere",
+                  "postgresql://someone:p2@db.example:5432/geojobs",
+                  "postgresql://geojobs_worker:p2@other.example:5432/geojobs",
+                  "postgresql://geojobs_worker@db.example:5432/geojobs", "not a url", ""):
+        assert "password" not in conninfo_to_dict(task_conninfo(public, {"DATABASE_URL": other}))
+    assert "password" not in conninfo_to_dict(task_conninfo(public, {}))

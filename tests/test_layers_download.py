@@ -10,10 +10,14 @@ from __future__ import annotations
 import io
 import json
 import os
+import re
+import shutil
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import geopandas as gpd
 import pandas as pd
@@ -82,6 +86,16 @@ def same_features(got: gpd.GeoDataFrame, want: gpd.GeoDataFrame, key: str, *,
                                 shapely.normalize(want.geometry.values), tolerance=1e-9).all()
 
 
+def ogr_count(path: Path) -> int:
+    """The feature count GDAL's own ``ogrinfo`` (Debian's gdal-bin) reads in ``path``."""
+    done = subprocess.run(["ogrinfo", "-ro", "-so", "-al", str(path)], capture_output=True,
+                          text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    counts = re.findall(r"^Feature Count: (\d+)$", done.stdout, re.MULTILINE)
+    assert len(counts) == 1, done.stdout
+    return int(counts[0])
+
+
 def read_back(content: bytes, fmt: str, tmp_path: Path) -> gpd.GeoDataFrame:
     path = tmp_path / f"download{FORMATS[fmt].suffix}"
     path.write_bytes(content)
@@ -129,6 +143,97 @@ def test_download_equals_the_table(api: ApiServer, job_id: str, fmt: str, tmp_pa
         assert len(bbox) == len(want)
     if fmt == "fgb":
         assert pyogrio.read_info(path)["capabilities"]["fast_spatial_filter"]
+    if FORMATS[fmt].driver is not None and shutil.which("ogrinfo"):  # Debian's GDAL: no Parquet
+        assert ogr_count(path) == len(want)
+
+
+BIG = "results.dl_points"
+BIG_ROWS = 300_000
+
+
+@pytest.fixture(scope="module")
+def big_job(api: ApiServer) -> str:
+    """A completed job of alice's whose result is 300,000 random points with random labels:
+    over 10 MB in any format, even compressed, more than the pipes and sockets between the
+    export and the client hold."""
+    with api.connect() as conn:
+        table = sql.Identifier(*BIG.split("."))
+        conn.execute(sql.SQL(
+            "CREATE TABLE {} AS SELECT g AS id, md5(random()::text) AS label, "
+            "ST_SetSRID(ST_MakePoint(random() * 360 - 180, random() * 180 - 90), 4326) AS geom "
+            "FROM generate_series(1, {}) AS g").format(table, BIG_ROWS))
+        conn.execute(sql.SQL("GRANT SELECT ON {} TO geojobs_api").format(table))
+        return completed_job(conn, BIG)
+
+
+def completed_job(conn: Any, table: str) -> str:
+    """The id of a completed job of alice's whose result names ``table``."""
+    row = conn.execute(
+        "INSERT INTO background_jobs (job_type, params, status, result, submitted_by, "
+        "finished_at) VALUES ('dissolve', '{}', 'completed', %s, 'alice', now()) "
+        "RETURNING id", (json.dumps({"output_table": table}),)).fetchone()
+    assert row is not None
+    return str(row[0])
+
+
+def export_queries(api: ApiServer) -> list[str]:
+    """The queries reading the big table that run on the server now (the export's COPY)."""
+    with api.connect() as conn:
+        rows = conn.execute("SELECT query FROM pg_stat_activity WHERE state = 'active' "
+                            "AND backend_type = 'client backend' "
+                            "AND query LIKE %s AND pid <> pg_backend_pid()",
+                            (f"%{BIG.split('.')[1]}%",)).fetchall()
+    return [row[0] for row in rows]
+
+
+@pytest.mark.parametrize("fmt", [k for k, f in sorted(FORMATS.items()) if f.streams])
+def test_streaming_formats_send_bytes_while_the_export_runs(
+        api: ApiServer, big_job: str, fmt: str, tmp_path: Path) -> None:
+    """The first bytes arrive while PostgreSQL still sends the rows (a client that reads slowly
+    holds the export back); the whole file, read on, has every row; GDAL reads it."""
+    path = tmp_path / f"big{FORMATS[fmt].suffix}"
+    with api.client("alice") as http, \
+            http.stream("GET", f"/jobs/{big_job}/results", params={"f": fmt}) as response:
+        assert response.status_code == 200
+        assert response.headers["content-type"].startswith(FORMATS[fmt].media_type)
+        assert 'filename="dl_points' in response.headers["content-disposition"]
+        chunks = response.iter_raw()
+        first = next(chunks)
+        time.sleep(1)  # the pipes fill up; the export waits for this client
+        assert len(export_queries(api)) == 1, "the export had finished before the first byte"
+        with path.open("wb") as out:
+            out.write(first)
+            for chunk in chunks:
+                out.write(chunk)
+    if fmt == "parquet":
+        assert pq.read_metadata(path).num_rows == BIG_ROWS
+        assert pq.read_metadata(path).metadata[b"geojobs_job_id"].decode() == big_job
+    elif shutil.which("ogrinfo"):
+        assert ogr_count(path) == BIG_ROWS
+
+
+def test_a_client_that_leaves_ends_the_export(api: ApiServer, big_job: str) -> None:
+    with api.client("alice") as http, \
+            http.stream("GET", f"/jobs/{big_job}/results", params={"f": "geojson"}) as response:
+        assert response.status_code == 200
+        next(response.iter_raw())
+        assert len(export_queries(api)) == 1
+    deadline = time.monotonic() + 20
+    while export_queries(api) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert export_queries(api) == []
+
+
+def test_an_error_before_the_first_byte_is_a_problem(api: ApiServer, tmp_path: Path) -> None:
+    """A result table that is gone: 400 naming jobID, in every format, nothing streamed."""
+    with api.connect() as conn:
+        job = completed_job(conn, "results.dl_gone")
+    with api.client("alice") as http:
+        for fmt in sorted(FORMATS):
+            response = http.get(f"/jobs/{job}/results", params={"f": fmt})
+            assert response.status_code == 400, (fmt, response.text)
+            assert response.json()["field"] == "jobID"
+            assert "results.dl_gone" in response.json()["detail"]
 
 
 def test_other_users_and_bad_format(api: ApiServer, job_id: str) -> None:

@@ -128,50 +128,35 @@ def _drain(conn: psycopg.Connection[Any], front: psycopg.Connection[Any],
     return ids
 
 
-def test_workers_drain_through_pgbouncer_listening_directly(
-        db_url: str, conn: psycopg.Connection[Any], bouncer: PgBouncer, tmp_path: Path) -> None:
-    """Claims, heartbeats and completions through PgBouncer; wake-ups over GEOJOBS_LISTEN_URL."""
-    worker_url = bouncer.url(as_role(db_url, WORKER_ROLE))
-    procs = _workers(3, worker_url, tmp_path, GEOJOBS_LISTEN_URL=as_role(db_url, WORKER_ROLE))
+@pytest.mark.parametrize("listen", [True, False], ids=["listen-direct", "polling"])
+def test_workers_drain_through_pgbouncer(db_url: str, conn: psycopg.Connection[Any],
+                                         bouncer: PgBouncer, tmp_path: Path, listen: bool) -> None:
+    """Claims, heartbeats and completions through PgBouncer; wake-ups over GEOJOBS_LISTEN_URL
+    (one direct LISTEN connection per worker), or with no direct connection at all by polling
+    every GEOJOBS_POOLED_POLL_INTERVAL (0.2 s here)."""
+    extra = {"GEOJOBS_LISTEN_URL": as_role(db_url, WORKER_ROLE)} if listen else {}
+    procs = _workers(3, bouncer.url(as_role(db_url, WORKER_ROLE)), tmp_path, **extra)
     try:
         with db.connect(bouncer.url(as_role(db_url, FRONTEND_ROLE))) as front:
             assert db.pooled(front)
             wait_for(lambda: _registered(conn, 3), timeout=60)
-            assert _listening_sessions(conn) == 3  # one direct LISTEN connection per worker
+            # LISTEN only on the direct connections, never through the pooler
+            assert _listening_sessions(conn) == (3 if listen else 0)
             before = _transactions_through(bouncer, conn.info.dbname)
             _drain(conn, front, tmp_path, 60)
             # 60 jobs are at least 60 claims and 60 completions, all relayed by PgBouncer
             assert _transactions_through(bouncer, conn.info.dbname) - before >= 120
             latencies = _wake_latencies(conn, front, 5)
-        # the poll interval is 30 s: only the NOTIFY on the direct connection wakes them this fast
-        # (a loose bound for the worst one: the shared test machine runs at load 20 at times)
+        # the poll interval is 30 s: only the NOTIFY on the direct connection, or the 0.2 s
+        # polling, wakes them this fast (a loose bound for the worst one: the shared test machine
+        # runs at load 20 at times)
         assert statistics.median(latencies) < 1.0 and max(latencies) < 2.5, latencies
         assert all(p.poll() is None for p in procs)
     finally:
         for p in procs:
             stop(p)
     text = _logs(tmp_path)
-    assert "prepared statement" not in text and "Traceback" not in text
-
-
-def test_workers_poll_through_pgbouncer_without_listen_url(
-        db_url: str, conn: psycopg.Connection[Any], bouncer: PgBouncer, tmp_path: Path) -> None:
-    """No direct connection at all: the workers poll every GEOJOBS_POOLED_POLL_INTERVAL."""
-    procs = _workers(3, bouncer.url(as_role(db_url, WORKER_ROLE)), tmp_path)
-    try:
-        with db.connect(bouncer.url(as_role(db_url, FRONTEND_ROLE))) as front:
-            wait_for(lambda: _registered(conn, 3), timeout=60)
-            assert _listening_sessions(conn) == 0  # no LISTEN sent through the pooler
-            _drain(conn, front, tmp_path, 60)
-            latencies = _wake_latencies(conn, front, 5)
-        # 0.2 s polling, not the 30 s poll interval
-        assert statistics.median(latencies) < 1.0 and max(latencies) < 2.5, latencies
-        assert all(p.poll() is None for p in procs)
-    finally:
-        for p in procs:
-            stop(p)
-    text = _logs(tmp_path)
-    assert "no GEOJOBS_LISTEN_URL: polling every 0.20 s" in text
+    assert ("no GEOJOBS_LISTEN_URL: polling every 0.20 s" in text) is not listen
     assert "prepared statement" not in text and "Traceback" not in text
 
 
@@ -320,7 +305,8 @@ def test_api_through_pgbouncer(db_url: str, conn: psycopg.Connection[Any], bounc
                                tmp_path: Path, listen: bool) -> None:
     """The API (real uvicorn, asyncpg) logged in through PgBouncer: submit with Prefer: wait
     (woken over GEOJOBS_LISTEN_URL, or by the API's polling), read the job and its results,
-    follow it over SSE, /metrics and /health."""
+    follow it over SSE, /metrics and /health; a new result table is listed as a layer without a
+    restart and goes with its job (NOTIFY, or the layer catalog's polling)."""
     key = create_key(conn, "alice")
     output_dir = tmp_path / "outputs"
     output_dir.mkdir()
@@ -358,6 +344,10 @@ def test_api_through_pgbouncer(db_url: str, conn: psycopg.Connection[Any], bounc
             assert statuses[-1] == "successful" and len(statuses) >= 2
             assert http.get("/metrics").status_code == 200
             assert http.get("/health").status_code == 200
+            layer, layer_job = _completed_layer(conn)
+            wait_for(lambda: layer in _collections(http), timeout=15)
+            conn.execute("DELETE FROM background_jobs WHERE id = %s", (layer_job,))
+            wait_for(lambda: layer not in _collections(http), timeout=15)
         row = queue.get(conn, int(job_id))
         assert row is not None and row["status"] == "completed"
     finally:
@@ -365,6 +355,27 @@ def test_api_through_pgbouncer(db_url: str, conn: psycopg.Connection[Any], bounc
             stop(p)
     log = (output_dir.parent / f"api-{api.port}.log").read_text()  # type: ignore[attr-defined]
     assert "prepared statement" not in log and "Traceback" not in log
+
+
+def _completed_layer(conn: psycopg.Connection[Any]) -> tuple[str, int]:
+    """A table in ``results`` and a job of alice's that wrote it, completed as a worker
+    completes one (queued, then updated); the layer's id and the job's."""
+    conn.execute("CREATE TABLE results.pgb_layer AS "
+                 "SELECT 1 AS fid, ST_SetSRID(ST_MakePoint(1, 2), 4326)::geometry(Point, 4326) "
+                 "AS geom")
+    conn.execute(f"GRANT SELECT ON results.pgb_layer TO {API_ROLE}")
+    row = conn.execute("INSERT INTO background_jobs (job_type, params, status, submitted_by) "
+                       "VALUES ('dissolve', '{}', 'running', 'alice') RETURNING id").fetchone()
+    assert row is not None
+    conn.execute("UPDATE background_jobs SET status = 'completed', finished_at = now(), "
+                 "result = '{\"output_table\": \"results.pgb_layer\"}' WHERE id = %s", (row[0],))
+    return "results.pgb_layer", int(row[0])
+
+
+def _collections(http: httpx.Client) -> list[str]:
+    response = http.get("/collections")
+    assert response.status_code == 200, response.text
+    return [c["id"] for c in response.json()["collections"]]
 
 
 def test_short_soak_through_pgbouncer(db_url: str, tmp_path: Path) -> None:

@@ -306,10 +306,25 @@ def test_bad_spec_files_and_sets_are_named(db_url, conn, tmp_path):
     bad.write_text("x")
     out = _cli(db_url, "pipeline", "submit", str(bad))
     assert out.returncode == 2 and "extension must be .json, .yaml or .yml" in out.stderr
+    assert _counts(conn) == (0, 0)
+
+
+@pytest.mark.parametrize("item, message", [
+    ("zz.sleep_seconds=1", "--set 'zz.sleep_seconds=1': bad key 'zz.sleep_seconds': no step named 'zz'"),
+    ("s1=1", "--set 's1=1': bad key 's1': must be step.key=value"),
+    ("s1.sleep_seconds", "--set 's1.sleep_seconds': bad key 's1.sleep_seconds': must be key=value"),
+    ("s1..x=1", "--set 's1..x=1': bad key 's1..x': must be key=value"),
+    ("s1.raise_error.x=1",
+     "--set 's1.raise_error.x=1': bad key 's1.raise_error.x': params.raise_error is not an object"),
+])
+def test_bad_sets_name_the_key_as_rerun_does(db_url, conn, tmp_path, item, message):
+    """``pipeline submit --set`` is parsed as ``jobs rerun --set`` is (tests/test_provenance.py):
+    the same wording, naming the key; a value on the way that is not an object is refused."""
     good = tmp_path / "spec.json"
-    good.write_text(json.dumps({"steps": _steps(2)}))
-    out = _cli(db_url, "pipeline", "submit", str(good), "--set", "zz.sleep_seconds=1")
-    assert out.returncode == 2 and "no step named 'zz'" in out.stderr
+    good.write_text(json.dumps({"steps": [*_steps(1), {"name": "s1", "job_type": "noop",
+                                                        "params": {"raise_error": "boom"}}]}))
+    out = _cli(db_url, "pipeline", "submit", str(good), "--set", item)
+    assert out.returncode == 2 and message in out.stderr, out.stderr
     assert _counts(conn) == (0, 0)
 
 

@@ -151,8 +151,12 @@ def test_rerun_with_nested_sets_queues_a_validated_copy(db_url, conn):
     (["jobs", "rerun", "{job}", "--set", "permutation=99"], "params.permutation: Extra inputs"),
     (["jobs", "rerun", "{job}", "--set", "weights.kk=3"], "params.weights.kk: Extra inputs"),
     (["jobs", "rerun", "{job}", "--set", "permutations=-5"], "params.permutations: "),
-    (["jobs", "rerun", "{job}", "--set", "value_column.x=1"], "params.value_column is not an object"),
-    (["jobs", "rerun", "{job}", "--set", "permutations"], "must be key=value"),
+    (["jobs", "rerun", "{job}", "--set", "value_column.x=1"],
+     "--set 'value_column.x=1': bad key 'value_column.x': params.value_column is not an object"),
+    (["jobs", "rerun", "{job}", "--set", "permutations"],
+     "--set 'permutations': bad key 'permutations': must be key=value"),
+    (["jobs", "rerun", "{job}", "--set", "weights..k=1"],
+     "--set 'weights..k=1': bad key 'weights..k': must be key=value"),
     (["jobs", "cancel", "{job}", "--set", "a=1"], "--set: only for jobs rerun"),
 ])
 def test_bad_reruns_name_the_key_and_insert_nothing(db_url, conn, args, message):

@@ -7,7 +7,10 @@ on the API's own asyncpg pool and login role. What geojobs adds around it:
 - :class:`LayerCatalog`: the tables and views of the output schemas (``results``) and of
   ``GEOJOBS_LAYER_SCHEMAS``, each with the newest completed job that wrote it. It is refreshed
   when a job completes or its table goes away (NOTIFY ``geojobs_jobs``, migrations 0003 and
-  0009), never by a timer; only the tables of that job are re-read.
+  0009); only the tables of that job are re-read. Behind a transaction pooler without
+  ``GEOJOBS_LISTEN_URL`` no NOTIFY arrives: it then polls, every
+  ``GEOJOBS_POOLED_POLL_INTERVAL`` as the workers do, a fingerprint of the completed jobs that
+  name a table, and re-reads the whole catalog when it changed.
 - Visibility: a user lists and reads the layers its own jobs wrote (admins: every layer); any
   other collection id answers 404, the same answer as for a collection that does not exist.
 - One validating dependency (:func:`check_request`) in front of every layer route: the key,
@@ -32,27 +35,21 @@ import json
 import logging
 import math
 import re
-import shutil
-import tempfile
 from collections.abc import Generator, Iterable, Mapping
 from dataclasses import dataclass
-from pathlib import Path as FilePath
 from typing import Annotated, Any, Literal, cast
 
 import asyncpg
 import attr
-import psycopg
 from ciso8601 import parse_rfc3339
 from cql2 import Expr
 from fastapi import APIRouter, Depends, FastAPI, Path, Query, Request, Response
-from fastapi.concurrency import run_in_threadpool
 from fastapi.dependencies.models import Dependant
 from fastapi.responses import FileResponse
 from fastapi.routing import APIRoute
 from morecantile import Tile, TileMatrixSet
 from morecantile import tms as default_tms
 from morecantile.defaults import TileMatrixSets
-from starlette.background import BackgroundTask
 from starlette.datastructures import QueryParams
 from starlette.routing import Match, Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -67,11 +64,12 @@ from tipg.settings import DatabaseSettings, FeaturesSettings, MVTSettings
 
 from geojobs.api import fastlayers
 from geojobs.api.deps import User, current_user, settings_dep
+from geojobs.api.downloads import download_table
 from geojobs.api.errors import BadRequest, NotFound, problem
 from geojobs.api.settings import ApiSettings
 from geojobs.api.store import Store
 from geojobs.config import output_schemas
-from geojobs.export import FORMATS, ExportFormat, export_table, provenance
+from geojobs.export import FORMATS, ExportFormat, provenance
 
 __all__ = ["LayerCatalog", "ServedLayer", "NoSuchCollection", "mount_layers", "start_layers",
            "stop_layers", "check_cql", "check_bbox", "DOWNLOADS", "TileCacheMiddleware"]
@@ -199,6 +197,7 @@ class LayerCatalog:
         self._pending_tables: set[str] = set()
         self._full = False
         self._task: asyncio.Task[None] | None = None
+        self._poller: asyncio.Task[None] | None = None
 
     @property
     def store(self) -> Store:
@@ -209,17 +208,24 @@ class LayerCatalog:
         """Read the whole catalog and follow job changes from now on."""
         self._store = store
         store.on_job_change(self.on_job_change)
+        fingerprint = await self._fingerprint() if store.polling else None  # before the read
         try:
             await self.refresh()
         except (OSError, asyncpg.PostgresError) as exc:
             log.error("layer catalog not read (%s); retried at the next job change", exc)
             self._full = True
+        if store.polling:
+            log.info("layer catalog: no NOTIFY through the transaction pooler and no "
+                     "GEOJOBS_LISTEN_URL: polling every %.2f s", store.poll_interval)
+            self._poller = asyncio.get_running_loop().create_task(
+                self._poll(store.poll_interval, fingerprint), name="layer-poll")
 
     async def stop(self) -> None:
-        """Wait for a refresh under way to end."""
-        if self._task is not None:
-            self._task.cancel()
-            await asyncio.gather(self._task, return_exceptions=True)
+        """Stop polling; wait for a refresh under way to end."""
+        for task in (self._poller, self._task):
+            if task is not None:
+                task.cancel()
+                await asyncio.gather(task, return_exceptions=True)
 
     def get(self, collection_id: str, user: User) -> ServedLayer:
         """The layer ``collection_id`` if ``user`` may read it; 404 otherwise (the same answer
@@ -305,6 +311,28 @@ class LayerCatalog:
                 log.warning("layer catalog refresh failed (%s); retried at the next job change", exc)
                 self._full = True
                 return
+
+
+    async def _fingerprint(self) -> tuple[Any, ...] | None:
+        try:
+            row = await self.store.fetchrow("layer_fingerprint")
+        except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+            log.warning("layer catalog: polling failed (%s); trying again", exc)
+            return None
+        return None if row is None else tuple(row)
+
+    async def _poll(self, interval: float, last: tuple[Any, ...] | None) -> None:
+        """The fallback for NOTIFY: every ``interval``, re-read everything if the fingerprint
+        of the completed jobs that name a table changed (or could not be read before)."""
+        while True:
+            await asyncio.sleep(interval)
+            current = await self._fingerprint()
+            if current is None:
+                continue
+            if current != last:
+                self._full = True
+                self._kick()
+            last = current
 
 
 def _catalog(request: Request) -> LayerCatalog:
@@ -749,26 +777,11 @@ class DownloadRoute(APIRoute):
         return match, child
 
 
-def _export(table: str, fmt: ExportFormat, path: FilePath, dsn: str, metadata: dict[str, str]) -> None:
-    with psycopg.connect(dsn, autocommit=True) as conn:
-        export_table(conn, table, fmt, path, metadata, field="collectionId")
-
-
 async def download_layer(layer: ServedLayer, fmt: ExportFormat, dsn: str) -> Response:
-    """The whole layer as a file in ``fmt`` with its job's provenance (written to a temporary
-    file in a worker thread, then sent and deleted)."""
-    table = layer.collection.id
+    """The whole layer as a file in ``fmt`` with its job's provenance."""
     metadata = provenance(layer.job) if layer.job is not None else {}
-    tmpdir = FilePath(tempfile.mkdtemp(prefix="geojobs-layer-"))
-    path = tmpdir / f"{layer.collection.table}{fmt.suffix}"
-    try:
-        await run_in_threadpool(_export, table, fmt, path, dsn, metadata)
-    except BaseException:
-        shutil.rmtree(tmpdir, ignore_errors=True)
-        raise
-    return FileResponse(path, media_type=fmt.media_type, filename=path.name,
-                        headers={"Cache-Control": "no-store"},
-                        background=BackgroundTask(shutil.rmtree, tmpdir, ignore_errors=True))
+    return await download_table(layer.collection.id, fmt, dsn, metadata, field="collectionId",
+                                name=layer.collection.table)
 
 
 # --- errors ----------------------------------------------------------------------------------

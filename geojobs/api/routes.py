@@ -4,21 +4,16 @@ from __future__ import annotations
 
 import asyncio
 import json
-import shutil
-import tempfile
 import time
 from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Annotated, Any, Literal
 from urllib.parse import urlencode
 
 import asyncpg
 from fastapi import APIRouter, Depends, Query, Request, Response
-from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import FileResponse, JSONResponse, StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
-from starlette.background import BackgroundTask
 
 from geojobs import registry
 from geojobs.api.callbacks import check_callback_uri
@@ -37,6 +32,7 @@ from geojobs.api.deps import (
     settings_dep,
 )
 from geojobs.api.describe import process_description, process_summary
+from geojobs.api.downloads import download_table
 from geojobs.api.errors import (
     BadRequest,
     Forbidden,
@@ -57,9 +53,8 @@ from geojobs.api.jobs import (
 )
 from geojobs.api.settings import ApiSettings
 from geojobs.api.store import Store
-from geojobs.db import connect
 from geojobs.errors import InvalidParams
-from geojobs.export import FORMATS, ExportFormat, export_table, provenance, result_table
+from geojobs.export import FORMATS, ExportFormat, provenance, result_table
 from geojobs.params import validate_params
 
 __all__ = ["ProcessesEndpoints", "CONFORMANCE", "base_url", "NO_STORE"]
@@ -161,29 +156,13 @@ async def _job(store: Store, user: User, jid: int) -> asyncpg.Record:
     return row
 
 
-def _export_to(job: dict[str, Any], table: str, fmt: ExportFormat, path: Path, dsn: str) -> None:
-    with connect(dsn) as conn:  # direct or through PgBouncer (no prepared statements then)
-        export_table(conn, table, fmt, path, provenance(job), field="jobID")
-
-
 async def _download(job: dict[str, Any], fmt: ExportFormat, dsn: str) -> Response:
-    """The job's whole result table as a file in ``fmt``.
-
-    The export streams the table in chunks into a temporary file (in a worker thread, so the
-    event loop stays free), which is then streamed to the client and deleted.
-    """
+    """The job's whole result table as a file in ``fmt``, with its provenance."""
     table = result_table(job["result"])
     if table is None:
         raise NoSuchJob(f"job {job['id']} has no result table to download", field="jobID")
-    tmpdir = Path(tempfile.mkdtemp(prefix="geojobs-export-"))
-    path = tmpdir / f"{table.rpartition('.')[2]}{fmt.suffix}"
-    try:
-        await run_in_threadpool(_export_to, job, table, fmt, path, dsn)
-    except BaseException:
-        shutil.rmtree(tmpdir, ignore_errors=True)
-        raise
-    return FileResponse(path, media_type=fmt.media_type, filename=path.name, headers=NO_STORE,
-                        background=BackgroundTask(shutil.rmtree, tmpdir, ignore_errors=True))
+    return await download_table(table, fmt, dsn, provenance(job), field="jobID",
+                                name=table.rpartition(".")[2])
 
 
 @dataclass

@@ -121,6 +121,12 @@ class Store:
         self._keys_generation = 0
 
     @property
+    def polling(self) -> bool:
+        """Whether job changes must be polled for: a transaction pooler carries no NOTIFY and
+        there is no direct ``GEOJOBS_LISTEN_URL`` (known once started)."""
+        return self.pooled and self.listen_dsn is None
+
+    @property
     def pool(self) -> asyncpg.Pool:
         assert self._pool is not None, "store not started"
         return self._pool

@@ -148,6 +148,15 @@ FROM (SELECT coalesce(result ->> 'output_table', result ->> 'output_view') AS ta
 WHERE target IS NOT NULL AND (%(tables)s::text[] IS NULL OR target = ANY (%(tables)s))
 ORDER BY target, id DESC;
 
+-- name: layer_fingerprint
+-- How many completed jobs name a table that is served as a layer, and the sum of their ids: it
+-- changes when such a job completes, is dismissed, deleted or expires. The layer catalog's
+-- polling fallback behind PgBouncer when no direct connection carries NOTIFY geojobs_jobs.
+SELECT count(*) AS jobs, coalesce(sum(id), 0) AS ids
+FROM background_jobs
+WHERE status = 'completed' AND NOT coalesce(result ? 'expired_at', false)
+  AND coalesce(result ->> 'output_table', result ->> 'output_view') IS NOT NULL;
+
 -- name: job_layer
 -- The table or view a job's result names (NULL: none, or no such job).
 SELECT coalesce(result ->> 'output_table', result ->> 'output_view') FROM background_jobs
