@@ -22,21 +22,21 @@ from geojobs.config import DEFAULT_DATABASE_URL
 
 BASE_URL = os.environ.get("DATABASE_URL") or DEFAULT_DATABASE_URL
 
-SLOWEST_FIRST = (
-    "tests/test_wheel.py",
-    "tests/test_notebooks.py",
-    "tests/test_console.py",
-    "tests/test_soak.py",
-    "tests/test_job_control.py",
-    "tests/test_layers.py",
-    "tests/test_api.py",
-)
-"""The modules that take longest, longest first (measured with ``--durations``). They start
-first so that no long module begins near the end of a parallel run (``make test``)."""
+SLOWEST_FIRST = tuple(f"tests/{name}.py" for name in (
+    "test_wheel", "test_distributed", "test_pgbouncer", "test_notebooks", "test_bench_smoke",
+    "test_pipelines", "test_cli_and_schema", "test_provenance", "test_bad_input", "analysis/test_jit",
+    "test_create_view", "test_hotspot_timeseries", "test_raster_clip", "test_dissolve",
+    "test_console", "test_janitor", "test_nearest", "test_clip_erase", "test_layers", "test_hotspot",
+    "test_warm", "test_operations", "test_queue", "test_outlier", "test_soak", "test_api",
+    "test_layers_download", "test_job_control",
+))
+"""The modules that take longest, longest first (summed ``--durations`` of a whole run; the
+wheel first, as its one test is the longest). They start first so that no long module begins
+near the end of a parallel run (``make test``); the others follow in their usual order."""
 
-SPLIT_ACROSS_PROCESSES = frozenset({"tests/test_notebooks.py"})
-"""Modules without module-scoped fixtures whose tests are long: under ``--dist loadfile`` their
-tests go to whichever process is free rather than all to one."""
+SPLIT_ACROSS_PROCESSES = frozenset({"tests/test_notebooks.py", "tests/test_bench_smoke.py"})
+"""Long modules without module-scoped fixtures or shared state between their tests: under
+``--dist loadfile`` their tests go to whichever process is free rather than all to one."""
 
 
 def _rank(nodeid: str) -> int:
