@@ -47,7 +47,9 @@ demo: db
 	$(VENV)/bin/geojobs demo
 
 # Test modules run in parallel processes (one module stays in one process, so a module's server
-# starts once); most of the suite waits on servers and workers rather than computing.
+# starts once); most of the suite waits on servers and workers rather than computing. The longest
+# modules start first and the notebooks and benchmark smoke tests spread over the processes
+# (tests/conftest.py: SLOWEST_FIRST, SPLIT_ACROSS_PROCESSES).
 TEST_JOBS ?= 3
 
 test: install
