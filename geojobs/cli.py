@@ -10,10 +10,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-from geojobs import db, export, health, janitor, pipelines, queue, registry, rerun, top, units
-from geojobs.client import no_worker_message
+from geojobs import db, formats, health, janitor, pipelines, queue, registry, rerun, top, units
 from geojobs.config import lease_seconds
-from geojobs.demo import run_demo
 from geojobs.errors import GeojobsError
 from geojobs.params import validate_params
 from geojobs.report import describe_types, print_jobs
@@ -72,6 +70,8 @@ def cmd_enqueue(args: argparse.Namespace) -> int:
         print(job_id)
         if args.wait:
             if queue.live_workers(conn, args.job_type, lease_seconds()) == 0:
+                from geojobs.client import no_worker_message  # loads geopandas: only here
+
                 print(f"{no_worker_message(args.job_type)} (the job stays queued)", file=sys.stderr)
             return _follow(conn, job_id)
     return 0
@@ -102,8 +102,10 @@ def _follow(conn: Any, job_id: int) -> int:
 
 def cmd_export(args: argparse.Namespace) -> int:
     """Write a job's result table (or ``--table``) to a file, as the API's downloads do."""
+    from geojobs import export  # the writers (pyarrow, pyogrio, ADBC): only for this command
+
     fmt_name = args.format or Path(args.output).suffix.lstrip(".").replace("geoparquet", "parquet")
-    fmt = export.check_format(fmt_name, field="--format")
+    fmt = formats.check_format(fmt_name, field="--format")
     if (args.job_id is None) == (args.table is None):
         raise GeojobsError("export needs either JOB_ID or --table (not both)", field="JOB_ID")
     path = Path(args.output)
@@ -119,10 +121,10 @@ def cmd_export(args: argparse.Namespace) -> int:
             if job["status"] != "completed":
                 raise GeojobsError(f"JOB_ID: job {args.job_id} is {job['status']}, not completed",
                                    field="JOB_ID")
-            table = export.result_table(job.get("result"))
+            table = formats.result_table(job.get("result"))
             if table is None:
                 raise GeojobsError(f"JOB_ID: job {args.job_id} wrote no table", field="JOB_ID")
-            metadata = export.provenance(job)
+            metadata = formats.provenance(job)
         path.unlink(missing_ok=True)
         try:
             count = export.export_table(conn, table, fmt, path, metadata,
@@ -274,6 +276,8 @@ def cmd_top(args: argparse.Namespace) -> int:
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
+    from geojobs.demo import run_demo
+
     return run_demo()
 
 
@@ -425,7 +429,7 @@ def build_parser() -> argparse.ArgumentParser:
     p_export.add_argument("job_id", nargs="?", type=int, metavar="JOB_ID",
                           help="a completed job whose result table to export")
     p_export.add_argument("--table", help="export this table or view instead (schema.name)")
-    p_export.add_argument("--format", choices=sorted(export.FORMATS),
+    p_export.add_argument("--format", choices=sorted(formats.FORMATS),
                           help="file format (default: from the -o suffix)")
     p_export.add_argument("-o", "--output", required=True, help="the file to write")
     p_export.add_argument("--overwrite", action="store_true", help="replace an existing file")

@@ -24,7 +24,6 @@ import os
 import sys
 from collections.abc import Generator, Iterator, Mapping
 from contextlib import closing
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, BinaryIO, cast
 
@@ -41,38 +40,13 @@ from psycopg.conninfo import make_conninfo
 
 from geojobs import layer_sql as q
 from geojobs.db import connect
-from geojobs.errors import GeojobsError, InvalidInput
+from geojobs.errors import GeojobsError
+from geojobs.formats import FORMATS, METADATA_ENV, ExportFormat, check_format, provenance, result_table
 from geojobs.layers import _NATIVE, Layer, describe_layer
 
 __all__ = ["FORMATS", "ExportFormat", "export_table", "provenance", "result_table", "check_format",
            "METADATA_ENV", "main"]
 
-
-@dataclass(frozen=True)
-class ExportFormat:
-    """A download format: its GDAL driver (None: Parquet via pyarrow), media type and suffix;
-    ``streams``: its writer only appends, so the file can be sent while it is written."""
-
-    key: str
-    driver: str | None
-    media_type: str
-    suffix: str
-    layer_options: tuple[tuple[str, str], ...] = ()
-    streams: bool = False
-
-
-FORMATS: dict[str, ExportFormat] = {
-    "gpkg": ExportFormat("gpkg", "GPKG", "application/geopackage+sqlite3", ".gpkg"),
-    "parquet": ExportFormat("parquet", None, "application/vnd.apache.parquet", ".parquet",
-                            streams=True),
-    "fgb": ExportFormat("fgb", "FlatGeobuf", "application/flatgeobuf", ".fgb",
-                        (("SPATIAL_INDEX", "YES"),)),
-    "geojson": ExportFormat("geojson", "GeoJSON", "application/geo+json", ".geojson",
-                            (("RFC7946", "NO"),), streams=True),
-    "csv": ExportFormat("csv", "CSV", "text/csv", ".csv", (("GEOMETRY", "AS_WKT"),),
-                        streams=True),
-}
-"""Every format, by the name ``f`` / ``--format`` takes."""
 
 CHUNK_ROWS = 65_536
 """Most rows in one record batch handed to a writer (batches are also capped at BATCH_BYTES)."""
@@ -80,37 +54,6 @@ BATCH_BYTES = 8 << 20
 """Size hint for the ADBC driver's record batches, in bytes."""
 _BBOX = ("xmin", "ymin", "xmax", "ymax")
 _WKB = {b"ARROW:extension:name": b"geoarrow.wkb"}
-METADATA_ENV = "GEOJOBS_EXPORT_METADATA"
-"""Environment variable with the provenance (a JSON object) :func:`main` writes into the file."""
-
-
-def check_format(name: str, *, field: str = "f") -> ExportFormat:
-    """The format called ``name``, or an error naming ``field`` and listing the formats."""
-    fmt = FORMATS.get(name)
-    if fmt is None:
-        raise InvalidInput(f"{field}: unknown format {name!r}; use one of {sorted(FORMATS)}",
-                           field=field)
-    return fmt
-
-
-def result_table(result: Mapping[str, Any] | None) -> str | None:
-    """The table or view a job's result names, if any."""
-    result = result or {}
-    table = result.get("output_table") or result.get("output_view")
-    return str(table) if table else None
-
-
-def provenance(job: Mapping[str, Any], params: Any = None) -> dict[str, str]:
-    """Key-value provenance of a job's result: job id, type, parameters, finish time, table."""
-    finished = job.get("finished_at")
-    return {
-        "geojobs_job_id": str(job["id"]),
-        "geojobs_job_type": str(job["job_type"]),
-        "geojobs_params": json.dumps(params if params is not None else job.get("params"),
-                                     sort_keys=True, default=str),
-        "geojobs_finished_at": finished.isoformat() if finished is not None else "",
-        "geojobs_table": result_table(job.get("result")) or "",
-    }
 
 
 def _conninfo(conn: psycopg.Connection[Any]) -> str:

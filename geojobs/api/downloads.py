@@ -29,7 +29,7 @@ from starlette.background import BackgroundTask
 
 from geojobs import errors
 from geojobs.db import connect
-from geojobs.export import METADATA_ENV, ExportFormat, export_table
+from geojobs.formats import METADATA_ENV, ExportFormat
 
 __all__ = ["download_table"]
 
@@ -52,6 +52,9 @@ async def download_table(table: str, fmt: ExportFormat, dsn: str, metadata: Mapp
 
 def _export(table: str, fmt: ExportFormat, path: Path, dsn: str, metadata: dict[str, str],
             field: str) -> None:
+    # The writers (pyarrow, pyogrio, ADBC) load with the first such download, not with the API.
+    from geojobs.export import export_table
+
     with connect(dsn) as conn:  # direct or through PgBouncer (no prepared statements then)
         export_table(conn, table, fmt, path, metadata, field=field)
 

@@ -69,7 +69,7 @@ from geojobs.api.errors import BadRequest, NotFound, problem
 from geojobs.api.settings import ApiSettings
 from geojobs.api.store import Store
 from geojobs.config import output_schemas
-from geojobs.export import FORMATS, ExportFormat, provenance
+from geojobs.formats import FORMATS, ExportFormat, provenance
 
 __all__ = ["LayerCatalog", "ServedLayer", "NoSuchCollection", "mount_layers", "start_layers",
            "stop_layers", "check_cql", "check_bbox", "DOWNLOADS", "TileCacheMiddleware"]

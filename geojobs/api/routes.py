@@ -54,7 +54,7 @@ from geojobs.api.jobs import (
 from geojobs.api.settings import ApiSettings
 from geojobs.api.store import Store
 from geojobs.errors import InvalidParams
-from geojobs.export import FORMATS, ExportFormat, provenance, result_table
+from geojobs.formats import FORMATS, ExportFormat, provenance, result_table
 from geojobs.params import validate_params
 
 __all__ = ["ProcessesEndpoints", "CONFORMANCE", "base_url", "NO_STORE"]
