@@ -71,8 +71,8 @@ def test_completion_commits_the_jobs_writes_only_while_it_holds_the_lease(
             if job_id == lost:  # taken over meanwhile, as if this worker had been presumed dead
                 conn.execute("UPDATE background_jobs SET worker_id = 'w2', attempts = attempts + 1 "
                              "WHERE id = %s", (job_id,))
-            done = queue.complete_and_commit(job_conn, job, {"output_table": table})
-            assert done is (job_id == kept)
+            done, nxt = queue.complete_and_commit(job_conn, job, {"output_table": table})
+            assert done is (job_id == kept) and nxt is None
             assert job_conn.info.transaction_status == psycopg.pq.TransactionStatus.IDLE
     exists = conn.execute("SELECT to_regclass('public.perf_kept') IS NOT NULL, "
                           "to_regclass('public.perf_lost') IS NOT NULL").fetchone()
