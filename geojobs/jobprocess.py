@@ -123,8 +123,8 @@ class JobSlot:
     """
 
     _JOB = struct.Struct("<qiiddd")
-    _SEQ, _JOB_AT, _PROGRESS, _RUN, _BACKEND, _STOP = 0, 8, 48, 56, 64, 72
-    SIZE = 80
+    _SEQ, _JOB_AT, _PROGRESS, _RUN, _BACKEND, _STOP, _PARENT_RSS = 0, 8, 48, 56, 64, 72, 80
+    SIZE = 88
 
     def __init__(self) -> None:
         self._mem = mmap.mmap(-1, self.SIZE)  # MAP_SHARED | MAP_ANONYMOUS: shared across fork
@@ -205,6 +205,14 @@ class JobSlot:
         """True once the parent asked the child to claim no more."""
         return bool(self._i64.unpack_from(self._mem, self._STOP)[0])
 
+    def set_parent_rss(self, mb: float) -> None:
+        """The parent's resident memory (MB), which counts towards the worker's cap."""
+        self._f64.pack_into(self._mem, self._PARENT_RSS, mb)
+
+    def parent_rss(self) -> float:
+        """The parent's resident memory as it last wrote it (MB)."""
+        return float(self._f64.unpack_from(self._mem, self._PARENT_RSS)[0])
+
 
 class JobProcess:
     """One forked child and the parent's end of its pipe."""
@@ -281,6 +289,9 @@ class _Child:
         self.conn: psycopg.Connection[Any] | None = None
         self.files: list[str] = []
         self.tried_claim = False  # the completing transaction claimed (or found nothing)
+        self.over_cap: float | None = None  # resident MB of worker + child, once past the cap
+        self._statm = os.open("/proc/self/statm", os.O_RDONLY)  # kept open: read per job
+        self._page_mb = os.sysconf("SC_PAGE_SIZE") / 2**20
 
     def main(self) -> None:
         """A job in from the parent; jobs claimed here after it; "idle" out; until EOF."""
@@ -311,7 +322,7 @@ class _Child:
                 self._drop_connection()
                 self.pipe.send(("db_down", str(exc).strip()))
                 continue
-            self.pipe.send(("idle",))
+            self.pipe.send(("idle", self.over_cap))
 
     # -- the connection ----------------------------------------------------------------
 
@@ -336,8 +347,16 @@ class _Child:
     # -- one job -----------------------------------------------------------------------
 
     def _claim_next(self) -> bool:
-        """Whether to claim a next job in the completing transaction."""
-        return not self.slot.stopping()
+        """Whether to claim a next job: not when the parent asked to stop, nor when the
+        worker (parent and child) is over ``GEOJOBS_MEMORY_CAP_MB``: it exits between jobs."""
+        if self.slot.stopping() or self.over_cap is not None:
+            return False
+        rss_mb = int(os.pread(self._statm, 64, 0).split()[1]) * self._page_mb
+        total = rss_mb + self.slot.parent_rss()
+        if total > self.settings.memory_cap_mb:
+            self.over_cap = total
+            return False
+        return True
 
     def _report(self, fraction: float) -> None:
         self.slot.set_progress(fraction)

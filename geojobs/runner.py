@@ -330,12 +330,19 @@ class Worker:
         if now - self._last_cap_check < 1.0 or self._cap_exceeded:
             return
         self._last_cap_check = now
+        self._slot.set_parent_rss(self._process.memory_info().rss / 2**20)
         rss_mb = self._rss_mb()
         if rss_mb > self.settings.memory_cap_mb:
-            log.warning("resident memory %.0f MB is over the cap of %.0f MB: exiting so the "
-                        "service restarts with a clean heap", rss_mb, self.settings.memory_cap_mb)
-            self._cap_exceeded = True
-            self._slot.request_stop()
+            self._over_cap(rss_mb)
+
+    def _over_cap(self, rss_mb: float) -> None:
+        """Stop claiming; exit once the job process is idle."""
+        if self._cap_exceeded:
+            return
+        log.warning("resident memory %.0f MB is over the cap of %.0f MB: exiting so the "
+                    "service restarts with a clean heap", rss_mb, self.settings.memory_cap_mb)
+        self._cap_exceeded = True
+        self._slot.request_stop()
 
     def _requeue_stale(self, control: psycopg.Connection[Any]) -> None:
         now = time.monotonic()
@@ -392,6 +399,7 @@ class Worker:
                      job.max_attempts)
         if once or self._stopping.is_set():
             self._slot.request_stop()
+        self._slot.set_parent_rss(self._process.memory_info().rss / 2**20)
         self._busy = True
         try:
             child = self._job_process()
@@ -538,6 +546,8 @@ class Worker:
                     self._child_died(child)
                     return
                 if message[0] == "idle":
+                    if message[1] is not None:
+                        self._over_cap(message[1])
                     return
                 if message[0] == "db_down":
                     raise psycopg.OperationalError(message[1])  # reconnect; the lease brings
