@@ -82,6 +82,31 @@ def test_completion_commits_the_jobs_writes_only_while_it_holds_the_lease(
     assert (row["status"], row["worker_id"], row["result"]) == ("running", "w2", None)
 
 
+def test_completion_claims_the_next_job_in_the_same_transaction(
+        db_url: str, conn: psycopg.Connection[Any]) -> None:
+    """complete_and_commit(claim_next=...) completes a job and claims the next one, a dependent
+    made ready by that very completion included, with one COMMIT; a lost lease claims nothing
+    (oracle: the rows, read on another connection)."""
+    first = queue.enqueue(conn, "noop", {})
+    dependent = queue.enqueue(conn, "noop", {}, depends_on=[first])
+    job = queue.claim(conn, "noop", "w1")
+    assert job is not None and job.id == first
+    with psycopg.connect(db_url, autocommit=True) as job_conn:
+        queue.begin(job_conn)
+        done, nxt = queue.complete_and_commit(job_conn, job, {}, claim_next="noop")
+        assert done and nxt is not None and (nxt.id, nxt.worker_id, nxt.attempt) == (dependent, "w1", 1)
+        assert job_conn.info.transaction_status == psycopg.pq.TransactionStatus.INTRANS
+        a, b = job_row(conn, first), job_row(conn, dependent)
+        assert (a["status"], b["status"], b["worker_id"]) == ("completed", "running", "w1")
+        assert b["started_at"] >= a["finished_at"]
+        later = queue.enqueue(conn, "noop", {})
+        conn.execute("UPDATE background_jobs SET worker_id = 'w2' WHERE id = %s", (dependent,))
+        assert queue.complete_and_commit(job_conn, nxt, {}, claim_next="noop") == (False, None)
+        assert job_conn.info.transaction_status == psycopg.pq.TransactionStatus.IDLE
+    assert job_row(conn, dependent)["status"] == "running"
+    assert job_row(conn, later)["status"] == "queued"
+
+
 def test_stale_job_with_spent_attempts_fails(conn: psycopg.Connection[Any]) -> None:
     job_id = queue.enqueue(conn, "noop", {}, max_attempts=1)
     assert queue.claim(conn, "noop", "w1") is not None
