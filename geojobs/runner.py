@@ -498,8 +498,13 @@ class Worker:
                      f"{final.attempt}/{final.max_attempts}")
             with logs.job_fields(final.job_id, self.settings.job_type, final.attempt,
                                  self.worker_id):
+                now = queue.job_state(control, final.job_id)
                 if outcome[0] == "cancelled":
                     log.warning("%s stopped after %.2f s: the job was cancelled", label, elapsed)
+                elif now is not None and now[0] == "completed" and now[1:] == (self.worker_id,
+                                                                               final.attempt):
+                    log.info("%s completed before its job process was stopped (%s)", label,
+                             outcome[1])
                 else:
                     log.warning("%s stopped after %.2f s: %s (the job was no longer ours)", label,
                                 elapsed, outcome[1])
