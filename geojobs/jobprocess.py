@@ -38,7 +38,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from multiprocessing.connection import Connection, Pipe
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 import psycopg
 
@@ -50,10 +50,7 @@ from geojobs.errors import GeojobsError
 from geojobs.jobtype import JobType
 from geojobs.params import validate_params
 
-if TYPE_CHECKING:
-    from geojobs.runner import WorkerSettings
-
-__all__ = ["JobProcess", "JobSlot", "SlotState", "classify_failure", "remove_job_files",
+__all__ = ["ChildSettings", "JobProcess", "JobSlot", "SlotState", "classify_failure", "remove_job_files",
            "backend_tag"]
 
 log = logging.getLogger("geojobs.worker")
@@ -65,6 +62,16 @@ _INHERITED: list[Any] = []
 # The backend notices a vanished client (a killed child, or PgBouncer closing the server
 # connection behind it) within a second, even in the middle of a long statement.
 _SESSION = {"client_connection_check_interval": "1000"}
+
+
+class ChildSettings(Protocol):
+    """What the job process reads of the worker's settings (``runner.WorkerSettings``)."""
+
+    database_url: str
+    memory_cap_mb: float
+
+    def retry_delay(self, attempt: int) -> float:
+        """Seconds before retrying after failed attempt ``attempt``."""
 
 
 def classify_failure(exc: BaseException) -> tuple[str, bool]:
@@ -217,7 +224,7 @@ class JobSlot:
 class JobProcess:
     """One forked child and the parent's end of its pipe."""
 
-    def __init__(self, module: JobType, settings: WorkerSettings, worker_id: str, slot: JobSlot,
+    def __init__(self, module: JobType, settings: ChildSettings, worker_id: str, slot: JobSlot,
                  limits: Callable[[queue.ClaimedJob], tuple[float, float]],
                  keep: list[Any]) -> None:
         self.module = module
@@ -277,7 +284,7 @@ class JobProcess:
 class _Child:
     """The child's side: run the job handed over, then every job it claims after it."""
 
-    def __init__(self, pipe: Connection, module: JobType, settings: WorkerSettings,
+    def __init__(self, pipe: Connection, module: JobType, settings: ChildSettings,
                  worker_id: str, slot: JobSlot,
                  limits: Callable[[queue.ClaimedJob], tuple[float, float]]) -> None:
         self.pipe = pipe
