@@ -33,7 +33,7 @@ __all__ = ["ClaimedJob", "queries", "claim", "complete", "begin", "complete_and_
            "register_worker", "touch_worker", "unregister_worker", "prune_workers",
            "list_workers", "live_workers", "enqueue_controlled", "pin", "insert_rerun",
            "named_queries", "worker_of_job",
-           "janitor_next_expired", "janitor_mark_expired", "janitor_delete_jobs"]
+           "janitor_next_expired", "running_of_worker", "janitor_mark_expired", "janitor_delete_jobs"]
 
 # The migrations' triggers name both channels too, as SQL cannot import these constants.
 NOTIFY_CHANNEL = "geojobs"
@@ -81,7 +81,11 @@ class ClaimedJob:
 
 def claim(conn: psycopg.Connection, job_type: str, worker_id: str) -> ClaimedJob | None:
     """Claim the next ready job of ``job_type``, or return None."""
-    row = _run(conn, "claim_job", {"job_type": job_type, "worker_id": worker_id}).fetchone()
+    return _claimed(_run(conn, "claim_job", {"job_type": job_type, "worker_id": worker_id}
+                         ).fetchone(), worker_id)
+
+
+def _claimed(row: Any, worker_id: str) -> ClaimedJob | None:
     if row is None:
         return None
     job_id, jtype, params, attempts, max_attempts, timeout_seconds, memory_limit_mb, rerun_of = row
@@ -110,20 +114,37 @@ def begin(conn: psycopg.Connection) -> None:
     conn.execute("BEGIN")
 
 
-def complete_and_commit(conn: psycopg.Connection, job: ClaimedJob, result: dict[str, Any]) -> bool:
+def complete_and_commit(conn: psycopg.Connection, job: ClaimedJob, result: dict[str, Any], *,
+                        claim_next: str | None = None) -> tuple[bool, ClaimedJob | None]:
     """Mark the job completed and COMMIT the transaction :func:`begin` opened, in one round trip
-    (pipelined); returns once the commit is durable. False when this worker no longer holds the
-    job: the statement raises, and the whole transaction (the job's writes too) is rolled back."""
+    (pipelined); returns once the commit is durable. With ``claim_next`` (a job type), the same
+    transaction also claims the next ready job of that type and, after the COMMIT, a
+    transaction is begun for it: (True, next job or None; then the connection is inside an
+    empty transaction to roll back). (False, None) when this worker no longer holds the job:
+    the statement raises, and the whole transaction (the job's writes, and no claim) is rolled
+    back."""
+    claimed: psycopg.Cursor[Any] | None = None
     try:
         with conn.pipeline():
             _run(conn, "complete_job_or_raise", {**_lease(job), "result": Jsonb(result)})
+            if claim_next is not None:
+                claimed = _run(conn, "claim_job", {"job_type": claim_next,
+                                                   "worker_id": job.worker_id})
             conn.execute("COMMIT")
+            if claim_next is not None:
+                conn.execute("BEGIN")
     except psycopg.Error as exc:
         if exc.sqlstate != LEASE_LOST:
             raise
         rollback(conn)
-        return False
-    return True
+        return False, None
+    return True, (_claimed(claimed.fetchone(), job.worker_id) if claimed is not None else None)
+
+
+def running_of_worker(conn: psycopg.Connection, worker_id: str) -> list[ClaimedJob]:
+    """The jobs the database says ``worker_id`` is running (params not read)."""
+    return [ClaimedJob(r[0], r[1], None, r[2], r[3], worker_id)
+            for r in _run(conn, "running_of_worker", {"worker_id": worker_id})]
 
 
 def rollback(conn: psycopg.Connection) -> None:

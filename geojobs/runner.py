@@ -1,12 +1,16 @@
-"""The worker (the supervisor): claim, hand the job to its job process, watch it, record.
+"""The worker (the supervisor): hand jobs to its job process, watch it, stop it when needed.
 
 One worker runs one job type, one job at a time. Each job runs in a child forked from the
-warmed worker (:mod:`geojobs.jobprocess`); the worker keeps the control connection, LISTENs
-(on the control connection, or through PgBouncer on a direct ``GEOJOBS_LISTEN_URL`` one, or
-polls when there is none), heartbeats, registers itself in ``geojobs_workers`` and stops the
-child with SIGKILL when the job is cancelled, times out or passes its memory limit. A
-handler's writes and the job's completion are one transaction in the child, so a result table
-exists exactly when its job is completed; a killed child's transaction rolls back.
+warmed worker (:mod:`geojobs.jobprocess`). When the child is idle the worker claims a job and
+hands it over; from then on the child claims its next jobs itself, in the transaction that
+completes the one before, until nothing is queued. The worker keeps the control connection,
+LISTENs (on the control connection, or through PgBouncer on a direct ``GEOJOBS_LISTEN_URL``
+one, or polls when there is none), heartbeats the job the child publishes in shared memory,
+registers itself in ``geojobs_workers`` and stops the child with SIGKILL when the job is
+cancelled, times out or passes its memory limit; then the database says which jobs the child
+held, and each is failed or given back. A handler's writes and the job's completion are one
+transaction in the child, so a result table exists exactly when its job is completed; a killed
+child's transaction rolls back.
 """
 
 from __future__ import annotations
@@ -15,23 +19,21 @@ import logging
 import os
 import random
 import select
-import shutil
 import signal
 import socket
 import threading
 import time
 import uuid
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import psutil
 import psycopg
 
 from geojobs import __version__, logs, queue, registry, sdnotify, staging
-from geojobs.config import database_url, job_scratch_dir, listen_url, output_dir, pooled_poll_interval
+from geojobs.config import database_url, listen_url, pooled_poll_interval
 from geojobs.db import connect, pooled
-from geojobs.jobprocess import JobProcess
+from geojobs.jobprocess import JobProcess, JobSlot, SlotState, backend_tag, remove_job_files
 from geojobs.jobtype import JobType
 
 __all__ = ["WorkerSettings", "Worker"]
@@ -102,16 +104,31 @@ class Worker:
         # PgBouncer a direct connection to GEOJOBS_LISTEN_URL, or None (then the worker polls).
         self._listener: psycopg.Connection[Any] | None = None
         self._child: JobProcess | None = None
+        self._slot = JobSlot()  # what the job process is doing; shared with every child
+        self._busy = False  # from a hand-over to the child's "idle": it holds or claims jobs
         self._stopping = threading.Event()
         self._abandoning = threading.Event()
-        self._current: queue.ClaimedJob | None = None
-        self._current_lock = threading.Lock()
         self._last_stale_check = 0.0
         self._last_touch = 0.0
         self._last_cap_check = 0.0
-        self.jobs_run = 0
+        self._cap_exceeded = False
+        self._killed = 0  # jobs stopped with their process (the slot counts the others)
         self._process = psutil.Process()
-        self._job_files: list[str] = []  # file outputs the current job announced
+        self._files: dict[int, list[str]] = {}  # file outputs announced, by job
+        self._cancels: dict[int, float] = {}  # cancelled job ids noted, and when
+        # A stopped job process whose jobs are not yet failed or given back: (the job it was
+        # stopped for, why, the job it was running when it died).
+        self._unsettled: tuple[SlotState, tuple[Any, ...], SlotState] | None = None
+
+    @property
+    def jobs_run(self) -> int:
+        """Jobs this worker has run, whatever their outcome."""
+        return self._slot.jobs_run() + self._killed
+
+    def job_limits(self, job: queue.ClaimedJob) -> tuple[float, float]:
+        """(time limit in s, memory limit in MB) of a job: its own or the defaults."""
+        return (float(job.timeout_seconds or default_timeout(self.jobtype)),
+                self.settings.job_memory_limit(job))
 
     # -- connections and the registry ----------------------------------------------------
 
@@ -163,13 +180,13 @@ class Worker:
                 pass
         return rss / 2**20
 
-    def _touch(self, control: psycopg.Connection[Any], current: int | None, *,
-               force: bool = False) -> None:
+    def _touch(self, control: psycopg.Connection[Any], *, force: bool = False) -> None:
         """Refresh this worker's registry row, at most once per heartbeat interval."""
         now = time.monotonic()
         if not force and now - self._last_touch < self.settings.heartbeat_seconds:
             return
         self._last_touch = now
+        current = self._slot.read().job_id or None
         if not queue.touch_worker(control, self.worker_id, current_job=current,
                                   jobs_run=self.jobs_run, rss_mb=self._rss_mb()):
             queue.register_worker(control, worker_id=self.worker_id,
@@ -203,46 +220,52 @@ class Worker:
             if not data or data[0] not in (signal.SIGTERM, signal.SIGINT):
                 continue
             signum = data[0]
-            with self._current_lock:
-                job = self._current
-            if self._stopping.is_set() and job is not None:
-                log.warning("second signal %s: giving job %s back now", signum, job.id)
-                self._abandon(job)
+            busy = self._busy
+            if self._stopping.is_set() and busy:
+                log.warning("second signal %s: giving the job back now", signum)
+                self._abandon()
             self._stopping.set()
+            self._slot.request_stop()  # the job process finishes its job and claims no other
             sdnotify.notify("STOPPING=1")
-            if job is None:
+            if not busy:
                 log.info("signal %s: stopping (no job running)", signum)
                 continue
-            log.info("signal %s: job %s has %.0f s to finish", signum, job.id,
-                     self.settings.grace_seconds)
+            log.info("signal %s: job %s has %.0f s to finish", signum,
+                     self._slot.read().job_id or "(starting)", self.settings.grace_seconds)
             deadline = time.monotonic() + self.settings.grace_seconds
             while time.monotonic() < deadline:
-                with self._current_lock:
-                    if self._current is not job:
-                        break
+                if not self._busy:
+                    break
                 time.sleep(0.05)
             else:
-                self._abandon(job)
+                self._abandon()
 
-    def _abandon(self, job: queue.ClaimedJob) -> None:
-        """Past the grace period: kill the job process, give the job back unspent, exit."""
+    def _abandon(self) -> None:
+        """Past the grace period: kill the job process, give its jobs back unspent, exit."""
         self._abandoning.set()  # the main loop must not record the child's death as a failure
         child = self._child
         try:
             if child is not None:
                 os.kill(child.pid, signal.SIGKILL)
-            with connect(self.settings.database_url, connect_timeout=5) as conn:
-                if child is not None and child.backend_pid:
-                    queue.terminate_backend(conn, child.backend_pid, child.backend_tag)
-                released = queue.release(conn, job)
-                queue.unregister_worker(conn, self.worker_id)
             if child is not None:
-                child.reap(timeout=2.0)  # dead, so it writes no more files
-            self._remove_files(job)
-            log.warning("job %s %s: grace period over; %s", job.id, job.job_type,
-                        "put back in the queue" if released else "already finished elsewhere")
+                child.reap(timeout=2.0)  # dead, so it claims and writes no more
+            state = self._slot.read(dead=True)
+            with connect(self.settings.database_url, connect_timeout=5) as conn:
+                if child is not None:
+                    self._end_session(conn, child, state)
+                held = queue.running_of_worker(conn, self.worker_id)
+                released = [job for job in held if queue.release(conn, job)]
+                queue.unregister_worker(conn, self.worker_id)
+            for job_id in {state.job_id, *self._files} - {0}:
+                remove_job_files(job_id, self._files.get(job_id, []))
+            for job in released:
+                log.warning("job %s %s: grace period over; put back in the queue", job.id,
+                            job.job_type)
+            if state.job_id and state.job_id not in {job.id for job in released}:
+                log.warning("job %s %s: grace period over; already finished elsewhere",
+                            state.job_id, self.settings.job_type)
         except Exception:  # noqa: BLE001 - the lease will expire and the job be taken back
-            log.exception("job %s: could not give it back; its lease will expire", job.id)
+            log.exception("could not give the running job back; its lease will expire")
         logging.shutdown()
         os._exit(0)
 
@@ -261,12 +284,14 @@ class Worker:
         sdnotify.notify("READY=1", f"STATUS=worker for {self.settings.job_type}")
         failures = 0
         try:
-            while not self._stopping.is_set():
+            while not self._stopping.is_set() and not self._cap_exceeded:
                 sdnotify.watchdog()
                 try:
                     control = self._connections()
+                    if self._unsettled is not None:
+                        self._settle(control)
                     self._requeue_stale(control)
-                    self._touch(control, None)
+                    self._touch(control)
                     job = queue.claim(control, self.settings.job_type, self.worker_id)
                     failures = 0
                     if job is None:
@@ -274,18 +299,10 @@ class Worker:
                             break
                         self._wait(control)
                         continue
-                    self._run_job(job)
+                    self._hand_over(job, once=once)
                     if once:
                         break
-                    if time.monotonic() - self._last_cap_check < 1.0:
-                        continue  # at most once a second: a /proc read per job costs throughput
-                    self._last_cap_check = time.monotonic()
-                    rss_mb = self._rss_mb()
-                    if rss_mb > self.settings.memory_cap_mb:
-                        log.warning("resident memory %.0f MB is over the cap of %.0f MB: exiting "
-                                    "so the service restarts with a clean heap", rss_mb,
-                                    self.settings.memory_cap_mb)
-                        break
+                    self._check_cap(time.monotonic())
                 except psycopg.OperationalError as exc:
                     failures += 1
                     delay = min(30.0, 0.5 * 2 ** min(failures, 6)) * random.uniform(0.8, 1.2)
@@ -306,6 +323,26 @@ class Worker:
             pass
         self._drop_connections()
         return 0
+
+    def _check_cap(self, now: float) -> None:
+        """At most once a second: past ``GEOJOBS_MEMORY_CAP_MB`` the worker stops claiming and
+        exits between jobs, so the service restarts with a clean heap."""
+        if now - self._last_cap_check < 1.0 or self._cap_exceeded:
+            return
+        self._last_cap_check = now
+        self._slot.set_parent_rss(self._process.memory_info().rss / 2**20)
+        rss_mb = self._rss_mb()
+        if rss_mb > self.settings.memory_cap_mb:
+            self._over_cap(rss_mb)
+
+    def _over_cap(self, rss_mb: float) -> None:
+        """Stop claiming; exit once the job process is idle."""
+        if self._cap_exceeded:
+            return
+        log.warning("resident memory %.0f MB is over the cap of %.0f MB: exiting so the "
+                    "service restarts with a clean heap", rss_mb, self.settings.memory_cap_mb)
+        self._cap_exceeded = True
+        self._slot.request_stop()
 
     def _requeue_stale(self, control: psycopg.Connection[Any]) -> None:
         now = time.monotonic()
@@ -334,7 +371,7 @@ class Worker:
             if remaining <= 0:
                 return
             sdnotify.watchdog()
-            self._touch(control, None)
+            self._touch(control)
             if listener is None:
                 self._stopping.wait(min(remaining, 0.5))
                 continue
@@ -342,7 +379,7 @@ class Worker:
                 if note.channel == queue.NOTIFY_CHANNEL and note.payload == self.settings.job_type:
                     return
 
-    # -- one job -------------------------------------------------------------------------
+    # -- the job process -----------------------------------------------------------------
 
     def _job_process(self) -> JobProcess:
         """The live child, forked now if there is none."""
@@ -350,53 +387,41 @@ class Worker:
             self._child.reap()
             self._child = None
         if self._child is None:
-            self._child = JobProcess(self.jobtype, self.settings.database_url,
-                                     keep=[self._control])
+            self._child = JobProcess(self.jobtype, self.settings, self.worker_id, self._slot,
+                                     self.job_limits, keep=[self._control, self._listener])
         return self._child
 
-    def _run_job(self, job: queue.ClaimedJob) -> None:
+    def _hand_over(self, job: queue.ClaimedJob, *, once: bool) -> None:
+        """Give a job claimed here to the job process and watch it (and the jobs it claims
+        after it) until it is idle again or stopped."""
         with logs.job_fields(job.id, job.job_type, job.attempt, job.worker_id):
-            self._run_job_logged(job)
-
-    def _run_job_logged(self, job: queue.ClaimedJob) -> None:
-        control = self._connections()
-        with self._current_lock:
-            self._current = job
-        started = time.monotonic()
-        label = f"job {job.id} {job.job_type} attempt {job.attempt}/{job.max_attempts}"
-        log.info("%s started", label)
-        self._job_files = []
+            log.info("job %s %s attempt %s/%s started", job.id, job.job_type, job.attempt,
+                     job.max_attempts)
+        if once or self._stopping.is_set():
+            self._slot.request_stop()
+        self._slot.set_parent_rss(self._process.memory_info().rss / 2**20)
+        self._busy = True
         try:
             child = self._job_process()
             try:
                 child.pipe.send(job)
-                outcome = self._supervise(job, child, started)
-            except (BrokenPipeError, EOFError, ConnectionResetError):
-                outcome = self._child_died(child)
+            except (BrokenPipeError, ConnectionResetError, OSError):
+                self._child_died(child, job)
+                return
+            try:
+                self._supervise(child)
+            except psycopg.OperationalError:
+                raise
             except BaseException:
-                self._kill(child)  # never leave a child working on a job nobody watches
+                if self._child is child:  # never leave a child working on jobs nobody watches
+                    self._stop(child, self._slot.read(), ("interrupted", "the worker failed"))
                 raise
         finally:
-            self.jobs_run += 1
-            with self._current_lock:
-                self._current = None
-        if outcome[0] != "completed":
-            self._remove_files(job)
-        self._record(control, job, outcome, label, time.monotonic() - started)
+            self._busy = False
 
-    def _remove_files(self, job: queue.ClaimedJob) -> None:
-        """Remove what a job that did not complete left on disk: the file outputs it announced
-        (only inside ``GEOJOBS_OUTPUT_DIR``) and its scratch directory."""
-        root = output_dir().resolve()
-        for name in self._job_files:
-            path = Path(name).resolve()
-            if path.is_relative_to(root) and path.is_file():
-                path.unlink(missing_ok=True)
-                log.info("job %s: removed %s (the job did not complete)", job.id, path)
-        self._job_files = []
-        shutil.rmtree(job_scratch_dir(job.id), ignore_errors=True)
-
-    def _child_died(self, child: JobProcess) -> tuple[Any, ...]:
+    def _child_died(self, child: JobProcess, handed: queue.ClaimedJob | None = None) -> None:
+        """The job process exited on its own (a crash, SIGKILL from outside): a failed attempt
+        of the job it was running."""
         while self._abandoning.is_set():  # the signal thread is giving the job back: wait
             time.sleep(1)
         status = child.reap()
@@ -406,158 +431,247 @@ class Worker:
             how = f" (killed by {signal.Signals(os.WTERMSIG(status)).name})"
         elif status is not None and os.WIFEXITED(status):
             how = f" (exit status {os.WEXITSTATUS(status)})"
-        return ("failed", f"the job process died{how}", True, "")
+        state = self._slot.read(dead=True)
+        self._after_kill(child, state, ("failed", f"the job process died{how}", True, ""), state)
 
-    def _kill(self, child: JobProcess) -> None:
-        """SIGKILL the job process and end its database session now."""
+    def _stop(self, child: JobProcess, target: SlotState, outcome: tuple[Any, ...]) -> None:
+        """SIGKILL the job process (stopping ``target``), end its database session, and settle
+        the jobs the database says it held."""
         child.kill()
-        self._child = None
-        if child.backend_pid and self._control is not None and not self._control.broken:
-            try:
-                queue.terminate_backend(self._control, child.backend_pid, child.backend_tag)
-            except psycopg.Error as exc:
-                log.warning("could not end the killed job's session %s: %s", child.backend_pid,
-                            exc)
+        self._after_kill(child, target, outcome, self._slot.read(dead=True))
 
-    def _supervise(self, job: queue.ClaimedJob, child: JobProcess,
-                   started: float) -> tuple[Any, ...]:
-        """Wait for the child's outcome; stop it on cancel, timeout, memory or a lost lease."""
+    def _after_kill(self, child: JobProcess, target: SlotState, outcome: tuple[Any, ...],
+                    final: SlotState) -> None:
+        self._child = None
+        if final.job_id:
+            self._killed += 1
+        control = self._control
+        if control is not None and not control.broken:
+            self._end_session(control, child, final)
+        self._slot.clear()
+        self._unsettled = (target, outcome, final)
+        self._settle(self._connections())
+
+    def _end_session(self, conn: psycopg.Connection[Any], child: JobProcess,
+                     final: SlotState) -> None:
+        """End the killed child's database session now (its transaction rolls back). Through
+        PgBouncer only while the server process still runs that job's transaction."""
+        backend = self._slot.backend()
+        if not backend:
+            return
+        tag = None
+        if pooled(conn):
+            if not final.job_id:
+                return  # the server connection serves other clients now
+            tag = backend_tag(final.job_id, final.attempt, child.pid)
+        try:
+            queue.terminate_backend(conn, backend, tag)
+        except psycopg.Error as exc:
+            log.warning("could not end the killed job's session %s: %s", backend, exc)
+
+    def _settle(self, control: psycopg.Connection[Any]) -> None:
+        """After a job process was stopped: the database says which jobs it held. The one it was
+        running gets the outcome (failed, cancelled, or given back when it was stopped for
+        another job); a job it had claimed and not begun is given back unspent."""
+        assert self._unsettled is not None
+        target, outcome, final = self._unsettled
+        held = queue.running_of_worker(control, self.worker_id)
+        if final.job_id and final.job_id != target.job_id:
+            outcome = ("interrupted", f"its job process was stopped for job {target.job_id}")
+        elapsed = time.monotonic() - final.started if final.job_id else 0.0
+        for job in held:
+            label = f"job {job.id} {job.job_type} attempt {job.attempt}/{job.max_attempts}"
+            with logs.job_fields(job.id, job.job_type, job.attempt, job.worker_id):
+                if (job.id, job.attempt) != (final.job_id, final.attempt):
+                    queue.release(control, job)
+                    log.info("job %s %s: claimed by the stopped job process before it began; put "
+                             "back in the queue", job.id, job.job_type)
+                elif outcome[0] == "failed":
+                    _, message, retry, tb = outcome
+                    self._record_failure(control, job, message, retry, tb, label, elapsed)
+                else:
+                    queue.release(control, job)
+                    log.warning("%s stopped after %.2f s: %s; put back in the queue", label,
+                                elapsed, outcome[1] if len(outcome) > 1 else outcome[0])
+        if final.job_id and (final.job_id, final.attempt) not in {(j.id, j.attempt) for j in held}:
+            label = (f"job {final.job_id} {self.settings.job_type} attempt "
+                     f"{final.attempt}/{final.max_attempts}")
+            with logs.job_fields(final.job_id, self.settings.job_type, final.attempt,
+                                 self.worker_id):
+                now = queue.job_state(control, final.job_id)
+                if outcome[0] == "cancelled":
+                    log.warning("%s stopped after %.2f s: the job was cancelled", label, elapsed)
+                elif now is not None and now[0] == "completed" and now[1:] == (self.worker_id,
+                                                                               final.attempt):
+                    log.info("%s completed before its job process was stopped (%s)", label,
+                             outcome[1])
+                else:
+                    log.warning("%s stopped after %.2f s: %s (the job was no longer ours)", label,
+                                elapsed, outcome[1])
+        for state in {target, final}:
+            if state.job_id:
+                remove_job_files(state.job_id, self._files.get(state.job_id, []))
+                self._drop_staging(control, state)
+        self._files.clear()
+        self._unsettled = None
+
+    def _drop_staging(self, control: psycopg.Connection[Any], state: SlotState) -> None:
+        """Drop the parts this attempt's Dask tasks wrote (none unless it ran partitioned):
+        the attempt is over, so a task still running elsewhere will not write again."""
+        try:
+            dropped = staging.drop_parts(control, state.job_id, attempt=state.attempt)
+        except psycopg.Error as exc:
+            log.warning("job %s: could not drop its staging tables: %s", state.job_id, exc)
+            return
+        if dropped:
+            log.info("job %s: dropped %d staging table(s) of attempt %d", state.job_id, dropped,
+                     state.attempt)
+
+    # -- watching ------------------------------------------------------------------------
+
+    def _supervise(self, child: JobProcess) -> None:
+        """Watch the job process until it is idle: read its slot every
+        ``memory_check_seconds``; stop it on cancel, timeout, memory or a lost lease."""
         settings = self.settings
-        timeout = float(job.timeout_seconds or default_timeout(self.jobtype))
-        deadline = started + timeout
-        limit_mb = settings.job_memory_limit(job)
-        child_ps: psutil.Process | None = None  # made at the first check: most jobs end before
-        progress: float | None = None
-        last_write = last_beat = started
-        next_memory_check = started + settings.memory_check_seconds
-        next_cancel_poll = started + settings.pooled_poll_interval  # without a listener only
+        child_ps: psutil.Process | None = None
+        beat_job = (0, 0)  # the job the lease clock below belongs to
+        last_write = last_beat = time.monotonic()
+        written_progress: float | None = None
+        next_cancel_poll = last_write + settings.pooled_poll_interval  # without a listener
         pipe_fd = child.pipe.fileno()
         while True:
-            now = time.monotonic()
-            wait = min(deadline, next_memory_check,
-                       last_write + settings.heartbeat_seconds * 0.9) - now
             listener = self._listener
             up = listener is not None and not listener.closed
             fds = [pipe_fd, listener.fileno()] if up and listener is not None else [pipe_fd]
-            ready, _, _ = select.select(fds, [], [], max(wait, 0.0))
+            ready, _, _ = select.select(fds, [], [], settings.memory_check_seconds)
             if pipe_fd in ready:
-                message = child.pipe.recv()
-                if message[0] == "backend":
-                    child.backend_pid, child.backend_tag = message[1], message[2]
-                elif message[0] == "file":
-                    self._job_files.append(message[1])
-                elif message[0] == "progress":
-                    progress = message[1]
-                    if time.monotonic() - last_write >= 0.5:
-                        last_write = started - settings.heartbeat_seconds  # beat below, now
-                else:
-                    return message
+                try:
+                    message = child.pipe.recv()
+                except (EOFError, OSError):
+                    self._child_died(child)
+                    return
+                if message[0] == "idle":
+                    if message[1] is not None:
+                        self._over_cap(message[1])
+                    return
+                if message[0] == "db_down":
+                    raise psycopg.OperationalError(message[1])  # reconnect; the lease brings
+                if message[0] == "file":                      # the job back
+                    self._files.setdefault(message[1], []).append(message[2])
+            if listener is not None and up and listener.fileno() in ready:
+                self._note_cancels(listener)
             now = time.monotonic()
-            if listener is not None and (len(ready) > 1 or (pipe_fd not in ready and ready)):
-                if self._cancel_noted(listener, job):
-                    self._kill(child)
-                    return ("cancelled",)
-            elif listener is None and now >= next_cancel_poll:
+            sdnotify.watchdog()
+            self._check_cap(now)
+            state = self._slot.read()
+            if not state.job_id:
+                continue
+            if (state.job_id, state.attempt) != beat_job:
+                beat_job = (state.job_id, state.attempt)
+                last_beat = max(last_beat, state.started)
+                written_progress = None
+            if self._cancels:
+                if self._cancels.pop(state.job_id, None) is not None:
+                    self._stop(child, state, ("cancelled",))
+                    return
+                for job_id, noted in list(self._cancels.items()):
+                    if now - noted > settings.lease_seconds:
+                        del self._cancels[job_id]
+            if listener is None and now >= next_cancel_poll:
                 next_cancel_poll = now + settings.pooled_poll_interval
-                if self._cancel_polled(job):
-                    self._kill(child)
-                    return ("cancelled",)
-            if now >= next_memory_check:
-                next_memory_check = now + settings.memory_check_seconds
-                try:
-                    child_ps = child_ps or psutil.Process(child.pid)
-                    rss_mb = child_ps.memory_info().rss / 2**20
-                except psutil.Error:
-                    rss_mb = 0.0
-                if rss_mb > limit_mb:
-                    self._kill(child)
-                    return ("failed", f"used more than {limit_mb:.0f} MB", False,
-                            f"resident memory {rss_mb:.0f} MB")
-            if now >= deadline:
-                self._kill(child)
-                retry = self.jobtype.TIMEOUTS_ARE_TRANSIENT
-                return ("failed", f"timed out after {timeout:.0f} s", retry, "")
-            if now - last_write >= settings.heartbeat_seconds * 0.9:
-                last_write = now
-                sdnotify.watchdog()
-                try:
-                    control = self._connections()  # again, if the database dropped it
-                    held = queue.heartbeat(control, job, progress)
-                    self._touch(control, job.id)
-                except psycopg.OperationalError as exc:
-                    log.warning("job %s: heartbeat failed (%s); will retry", job.id,
-                                str(exc).strip().splitlines()[0] if str(exc) else exc)
-                    self._drop_connections()
-                    if now - last_beat > settings.lease_seconds * 0.75:
-                        # Fence ourselves off before the lease runs out and another worker
-                        # takes the job: its work must never run twice at the same time.
-                        self._kill(child)
-                        return ("interrupted", f"could not renew the lease for "
-                                               f"{now - last_beat:.1f} s")
-                    continue
-                last_beat = now
-                if not held:
-                    state = queue.job_state(control, job.id)
-                    if state == ("completed", job.worker_id, job.attempt):
-                        # The job process completed it while this heartbeat waited for the
-                        # row lock of its completing transaction: its outcome is on the way.
-                        continue
-                    self._kill(child)
-                    if state is not None and state[0] == "cancelled":
-                        return ("cancelled",)
-                    return ("interrupted", "the lease was lost (another worker holds the job)")
+                if self._cancel_polled(state.job_id):
+                    self._stop(child, state, ("cancelled",))
+                    return
+            try:
+                child_ps = child_ps or psutil.Process(child.pid)
+                rss_mb = child_ps.memory_info().rss / 2**20
+            except psutil.Error:
+                rss_mb = 0.0
+            if rss_mb > state.memory_limit_mb:
+                self._stop(child, state, ("failed", f"used more than {state.memory_limit_mb:.0f} MB",
+                                          False, f"resident memory {rss_mb:.0f} MB"))
+                return
+            if now >= state.started + state.timeout:
+                self._stop(child, state, ("failed", f"timed out after {state.timeout:.0f} s",
+                                          self.jobtype.TIMEOUTS_ARE_TRANSIENT, ""))
+                return
+            progress = self._slot.progress()
+            due = now - last_write >= settings.heartbeat_seconds * 0.9 or (
+                progress != written_progress and now - last_write >= 0.5)
+            if not due:
+                continue
+            last_write = now
+            job = state.job(self.settings.job_type, self.worker_id)
+            try:
+                control = self._connections()  # again, if the database dropped it
+                held = queue.heartbeat(control, job, progress)
+                self._touch(control)
+                self._requeue_stale(control)
+            except psycopg.OperationalError as exc:
+                log.warning("job %s: heartbeat failed (%s); will retry", job.id,
+                            str(exc).strip().splitlines()[0] if str(exc) else exc)
+                self._drop_connections()
+                if now - last_beat > settings.lease_seconds * 0.75:
+                    # Fence ourselves off before the lease runs out and another worker takes
+                    # the job: its work must never run twice at the same time.
+                    self._stop(child, state, ("interrupted", f"could not renew the lease for "
+                                                             f"{now - last_beat:.1f} s"))
+                    return
+                continue
+            last_beat = now
+            written_progress = progress
+            if not held:
+                current = queue.job_state(control, job.id)
+                if current is not None and current[0] == "completed":
+                    continue  # completed meanwhile by the job process: it has moved on
+                if self._slot.read().job_id != job.id:
+                    continue  # finished meanwhile (failed, refused): not ours to stop
+                if current is not None and current[0] == "cancelled":
+                    self._stop(child, state, ("cancelled",))
+                else:
+                    self._stop(child, state, ("interrupted",
+                                              "the lease was lost (another worker holds the job)"))
+                return
 
-    def _cancel_polled(self, job: queue.ClaimedJob) -> bool:
+    def _note_cancels(self, listener: psycopg.Connection[Any]) -> None:
+        """Drain the listening connection's notifications, noting the cancelled job ids."""
+        try:
+            notes = list(listener.notifies(timeout=0))
+        except psycopg.OperationalError as exc:
+            log.warning("control connection lost (%s)", exc)
+            self._drop_connections()
+            return
+        now = time.monotonic()
+        for note in notes:
+            if note.channel != queue.CANCEL_CHANNEL or not note.payload.isdigit():
+                continue
+            job_id = int(note.payload)
+            if self._slot.read().job_id == job_id or self._holds(job_id):
+                self._cancels[job_id] = now
+
+    def _holds(self, job_id: int) -> bool:
+        """Whether this worker held the (cancelled) job: its job process may have claimed it
+        and not yet published it. Another worker's job is not ours to watch for."""
+        control = self._control
+        if control is None or control.closed or control.broken:
+            return False
+        try:
+            state = queue.job_state(control, job_id)
+        except psycopg.OperationalError:
+            return False
+        return state is not None and state[1] == self.worker_id
+
+    def _cancel_polled(self, job_id: int) -> bool:
         """Without notifications: read the job's status; True when it was cancelled."""
         control = self._control
         if control is None or control.closed or control.broken:
             return False
         try:
-            state = queue.job_state(control, job.id)
+            state = queue.job_state(control, job_id)
         except psycopg.OperationalError as exc:
-            log.warning("job %s: control connection lost (%s)", job.id, exc)
+            log.warning("job %s: control connection lost (%s)", job_id, exc)
             return False
         return state is not None and state[0] == "cancelled"
-
-    def _cancel_noted(self, listener: psycopg.Connection[Any], job: queue.ClaimedJob) -> bool:
-        """Drain the listening connection's notifications; True when this job was cancelled."""
-        try:
-            notes = list(listener.notifies(timeout=0))
-        except psycopg.OperationalError as exc:
-            log.warning("job %s: control connection lost (%s)", job.id, exc)
-            return False
-        return any(n.channel == queue.CANCEL_CHANNEL and n.payload == str(job.id) for n in notes)
-
-    def _record(self, control: psycopg.Connection[Any], job: queue.ClaimedJob,
-                outcome: tuple[Any, ...], label: str, elapsed: float) -> None:
-        """Log the outcome and, for a failure, record it on the job (compare-and-set)."""
-        kind = outcome[0]
-        if kind == "completed":
-            log.info("%s completed in %.2f s: %s", label, elapsed, outcome[1])
-        elif kind == "cancelled":
-            log.warning("%s stopped after %.2f s: the job was cancelled", label, elapsed)
-        elif kind == "interrupted":
-            log.warning("%s stopped after %.2f s: %s", label, elapsed, outcome[1])
-        elif kind == "db_down":
-            log.warning("%s stopped after %.2f s: its connection was lost", label, elapsed)
-            raise psycopg.OperationalError(outcome[1])  # reconnect; the lease brings it back
-        else:
-            _, message, retry, tb = outcome
-            self._record_failure(control, job, message, retry, tb, label, elapsed)
-        if kind != "completed":
-            self._drop_staging(control, job)
-
-    def _drop_staging(self, control: psycopg.Connection[Any], job: queue.ClaimedJob) -> None:
-        """Drop the parts this attempt's Dask tasks wrote (none unless it ran partitioned):
-        the attempt is over, so a task still running elsewhere will not write again."""
-        try:
-            dropped = staging.drop_parts(control, job.id, attempt=job.attempt)
-        except psycopg.Error as exc:
-            log.warning("job %s: could not drop its staging tables: %s", job.id, exc)
-            return
-        if dropped:
-            log.info("job %s: dropped %d staging table(s) of attempt %d", job.id, dropped,
-                     job.attempt)
 
     def _record_failure(
         self, control: psycopg.Connection[Any], job: queue.ClaimedJob, message: str, retry: bool,

@@ -221,3 +221,35 @@ def test_bad_limits_are_refused_naming_the_column(conn: psycopg.Connection[Any],
         conn.execute(sql.SQL("INSERT INTO background_jobs (job_type, {}) VALUES ('noop', %s)")
                      .format(sql.Identifier(column)), (value,))
     assert conn.execute("SELECT count(*) FROM background_jobs").fetchone() == before
+
+
+def test_a_job_claimed_but_not_begun_by_a_killed_job_process_is_given_back(
+        db_url: str, conn: psycopg.Connection[Any]) -> None:
+    """The job process claims its next job in the transaction that completes the one before and
+    publishes it to the worker just after the commit; a kill in between leaves a job running in
+    the database that the worker never saw. That state is made here by hand (oracle: the row,
+    and the worker's log). After the kill the worker reads the database: the job it never saw
+    goes back to the queue unspent and then runs exactly once; the one it saw is a failed
+    attempt."""
+    seen = _insert(conn, "noop", {"sleep_seconds": 60, "steps": 60})
+    worker = _worker(db_url, "noop")
+    try:
+        wait_for(lambda: job_row(conn, seen)["status"] == "running", timeout=60)
+        worker_id = job_row(conn, seen)["worker_id"]
+        with conn.transaction():  # claimed by the job process, as far as the database knows
+            unseen = _insert(conn, "noop", {})
+            conn.execute("UPDATE background_jobs SET status = 'running', attempts = 1, "
+                         "worker_id = %s, started_at = now(), heartbeat_at = now() "
+                         "WHERE id = %s", (worker_id, unseen))
+        wait_for(lambda: _children(worker), timeout=10)
+        os.kill(_children(worker)[0].pid, signal.SIGKILL)
+        wait_for(lambda: job_row(conn, unseen)["status"] == "completed", timeout=30)
+        row = job_row(conn, unseen)
+        assert (row["attempts"], row["worker_id"], row["error"]) == (1, worker_id, None)
+        row = job_row(conn, seen)
+        assert (row["status"], row["attempts"]) == ("queued", 1)
+        assert row["error"] == "the job process died (killed by SIGKILL)"
+    finally:
+        err = _stop(worker)
+    assert err.count(f"job {unseen} noop attempt 1/3 started") == 1
+    assert f"job {unseen} noop: claimed by the stopped job process before it began" in err

@@ -369,7 +369,9 @@ def test_top_under_tmux_shows_every_state_and_quits_on_q(
     for _ in range(3):
         queue.enqueue(conn, "dissolve", {"input_table": "public.us_states"})
     slow = queue.enqueue(conn, "noop", {"sleep_seconds": 20, "steps": 40})
-    worker = start_worker(db_url, "noop", GEOJOBS_GRACE_SECONDS="0.2")
+    # A busy worker prunes registry rows older than its lease (5 s in the tests) while it runs
+    # jobs; the hand-made "h1:1:live" row must outlive the screen's first draw on a slow host.
+    worker = start_worker(db_url, "noop", GEOJOBS_GRACE_SECONDS="0.2", GEOJOBS_LEASE_SECONDS="600")
     session = f"top{os.getpid()}"
     tmux = ["tmux", "-L", session]  # a server of our own: nobody else's kill-server reaches it
     env = worker_env(db_url)

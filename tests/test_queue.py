@@ -71,8 +71,8 @@ def test_completion_commits_the_jobs_writes_only_while_it_holds_the_lease(
             if job_id == lost:  # taken over meanwhile, as if this worker had been presumed dead
                 conn.execute("UPDATE background_jobs SET worker_id = 'w2', attempts = attempts + 1 "
                              "WHERE id = %s", (job_id,))
-            done = queue.complete_and_commit(job_conn, job, {"output_table": table})
-            assert done is (job_id == kept)
+            done, nxt = queue.complete_and_commit(job_conn, job, {"output_table": table})
+            assert done is (job_id == kept) and nxt is None
             assert job_conn.info.transaction_status == psycopg.pq.TransactionStatus.IDLE
     exists = conn.execute("SELECT to_regclass('public.perf_kept') IS NOT NULL, "
                           "to_regclass('public.perf_lost') IS NOT NULL").fetchone()
@@ -80,6 +80,31 @@ def test_completion_commits_the_jobs_writes_only_while_it_holds_the_lease(
     assert job_row(conn, kept)["status"] == "completed"
     row = job_row(conn, lost)
     assert (row["status"], row["worker_id"], row["result"]) == ("running", "w2", None)
+
+
+def test_completion_claims_the_next_job_in_the_same_transaction(
+        db_url: str, conn: psycopg.Connection[Any]) -> None:
+    """complete_and_commit(claim_next=...) completes a job and claims the next one, a dependent
+    made ready by that very completion included, with one COMMIT; a lost lease claims nothing
+    (oracle: the rows, read on another connection)."""
+    first = queue.enqueue(conn, "noop", {})
+    dependent = queue.enqueue(conn, "noop", {}, depends_on=[first])
+    job = queue.claim(conn, "noop", "w1")
+    assert job is not None and job.id == first
+    with psycopg.connect(db_url, autocommit=True) as job_conn:
+        queue.begin(job_conn)
+        done, nxt = queue.complete_and_commit(job_conn, job, {}, claim_next="noop")
+        assert done and nxt is not None and (nxt.id, nxt.worker_id, nxt.attempt) == (dependent, "w1", 1)
+        assert job_conn.info.transaction_status == psycopg.pq.TransactionStatus.INTRANS
+        a, b = job_row(conn, first), job_row(conn, dependent)
+        assert (a["status"], b["status"], b["worker_id"]) == ("completed", "running", "w1")
+        assert b["started_at"] >= a["finished_at"]
+        later = queue.enqueue(conn, "noop", {})
+        conn.execute("UPDATE background_jobs SET worker_id = 'w2' WHERE id = %s", (dependent,))
+        assert queue.complete_and_commit(job_conn, nxt, {}, claim_next="noop") == (False, None)
+        assert job_conn.info.transaction_status == psycopg.pq.TransactionStatus.IDLE
+    assert job_row(conn, dependent)["status"] == "running"
+    assert job_row(conn, later)["status"] == "queued"
 
 
 def test_stale_job_with_spent_attempts_fails(conn: psycopg.Connection[Any]) -> None:

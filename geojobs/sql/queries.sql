@@ -5,17 +5,20 @@
 -- Take the next ready job of one type and mark it running (one statement, SKIP LOCKED).
 -- Jobs with dependencies get their {"output_of": id} parameters resolved to those jobs'
 -- output tables (their dependencies are completed, or they would still be waiting).
+-- statement_timestamp(), not now(): a job process claims its next job at the end of the
+-- transaction of the job it completes, which began when that job began.
 UPDATE background_jobs AS j
 SET status = 'running',
     attempts = j.attempts + 1,
     worker_id = %(worker_id)s,
-    started_at = now(),
-    heartbeat_at = now(),
+    started_at = statement_timestamp(),
+    heartbeat_at = statement_timestamp(),
     finished_at = NULL,
     progress = 0
 WHERE j.id = (
     SELECT id FROM background_jobs
-    WHERE status = 'queued' AND job_type = %(job_type)s AND available_at <= now()
+    WHERE status = 'queued' AND job_type = %(job_type)s
+      AND available_at <= statement_timestamp()
     ORDER BY priority DESC, available_at, id
     LIMIT 1
     FOR UPDATE SKIP LOCKED
@@ -133,6 +136,13 @@ SET status = 'queued', attempts = 0, available_at = now(), finished_at = NULL, s
     worker_id = NULL, error = NULL, result = NULL, progress = NULL
 WHERE id = %(id)s AND status IN ('failed', 'cancelled')
 RETURNING id;
+
+-- name: running_of_worker
+-- The jobs one worker holds as running: after its job process was killed, the database says
+-- which jobs that process had claimed (one may not have been announced yet).
+SELECT id, job_type, attempts, max_attempts FROM background_jobs
+WHERE worker_id = %(worker_id)s AND status = 'running'
+ORDER BY id;
 
 -- name: job_state
 -- Status and holder of one job: why a heartbeat was refused (cancelled, or the lease lost).
