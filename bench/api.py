@@ -6,7 +6,7 @@
   CPU time per submit (its process and children, from /proc).
 - Submits per second with 1 and 16 concurrent clients: asyncio with N keep-alive HTTP
   connections (API) against asyncio with N psycopg async connections (SQL), both in this one
-  client process.
+  client process; the client process's CPU per request on each side (``client_cpu_ms_*``).
 - ``GET /jobs/{id}`` per second with 16 clients.
 - Completion to SSE event: a noop worker runs each job; a client follows ``/jobs/{id}/events``;
   the time from the job's ``finished_at`` (set in the worker's completion transaction, just
@@ -231,7 +231,9 @@ async def throughput(target: Target, client: str, db_url: str, total: int,
     with psycopg.connect(db_url, autocommit=True) as admin:
         admin.execute("DELETE FROM background_jobs")
     rates = _api_rates_raw if client == "raw" else _api_rates_httpx
+    cpu = time.process_time()
     api_rate, get_rate = await rates(target, total, clients)
+    api_client_cpu = (time.process_time() - cpu) / (2 * total)  # submits and GETs
     with psycopg.connect(db_url, autocommit=True) as admin:
         admin.execute("DELETE FROM background_jobs")
     conns = [await psycopg.AsyncConnection.connect(db_url, autocommit=True) for _ in range(clients)]
@@ -239,13 +241,16 @@ async def throughput(target: Target, client: str, db_url: str, total: int,
         async def insert(i: int) -> None:
             await (await conns[i].execute(INSERT, ("noop", Jsonb({})))).fetchone()
 
+        cpu = time.process_time()
         sql_rate = await _spread(total, clients, insert)
+        sql_client_cpu = (time.process_time() - cpu) / total
     finally:
         for conn in conns:
             await conn.close()
     return {"clients": clients, "http_client": client, "submits": total,
             "api_submits_per_s": api_rate, "sql_inserts_per_s": sql_rate,
             "api_vs_sql": api_rate / sql_rate, "api_get_job_per_s": get_rate,
+            "client_cpu_ms_api": _ms(api_client_cpu), "client_cpu_ms_sql": _ms(sql_client_cpu),
             "load_1m": f"{load:.2f}-{os.getloadavg()[0]:.2f}"}
 
 
