@@ -194,6 +194,15 @@ async def _job(store: Store, user: User, jid: int) -> asyncpg.Record:
     return row
 
 
+async def _job_status(store: Store, user: User, jid: int) -> asyncpg.Record:
+    """The columns statusInfo shows, without the job's params and result (they can be large,
+    and a client polling a job's status reads them for nothing)."""
+    row = await store.fetchrow("get_job_status", id=jid, username=user.scope)
+    if row is None:
+        raise NoSuchJob(f"jobID: no job {jid}", field="jobID")
+    return row
+
+
 def _export_to(job: dict[str, Any], table: str, fmt: ExportFormat, path: Path, dsn: str) -> None:
     with connect(dsn) as conn:  # direct or through PgBouncer (no prepared statements then)
         export_table(conn, table, fmt, path, provenance(job), field="jobID")
@@ -478,7 +487,7 @@ class ProcessesEndpoints:
                    "error": None, "result": None, "created_at": row["created_at"],
                    "started_at": None, "finished_at": None, "updated_at": row["created_at"]}
         else:
-            job = await _job(store, user, jid)
+            job = await _job_status(store, user, jid)
         applied = []
         if preference.wait is not None and created:
             job = await self._wait(store, user, jid, job, preference.wait)
@@ -494,7 +503,7 @@ class ProcessesEndpoints:
 
     async def status(self, request: Request, jid: int, user: User, store: Store) -> Response:
         """``GET /jobs/{jobID}`` once its dependencies are solved: the job's statusInfo."""
-        job = await _job(store, user, jid)
+        job = await _job_status(store, user, jid)
         return FastJSONResponse(status_info(job, _base(request)), headers=NO_STORE)
 
     async def _check_overwrite(self, store: Store, user: User, params: Any) -> None:
@@ -517,7 +526,7 @@ class ProcessesEndpoints:
         """The job once it is final, or as it is after ``seconds``; woken by NOTIFY."""
         deadline = time.monotonic() + seconds
         async with store.watch(jid) as changes:
-            job = await _job(store, user, jid)
+            job = await _job_status(store, user, jid)
             while job["status"] not in FINAL:
                 remaining = deadline - time.monotonic()
                 if remaining <= 0:
@@ -528,7 +537,7 @@ class ProcessesEndpoints:
                     break
                 if change.get("status") not in FINAL and job_from_change(change) is not None:
                     continue  # progress or running: nothing to answer yet
-                job = await _job(store, user, jid)
+                job = await _job_status(store, user, jid)
         return job
 
     async def _events(self, request: Request, store: Store, user: User, jid: int,
