@@ -60,7 +60,7 @@ def _stop_spy(spy: subprocess.Popen[bytes] | None) -> None:
         spy.wait()
 
 
-def measure(n: int, profile_dir: Path | None = None) -> dict[str, float]:
+def measure(n: int, profile_dir: Path | None = None, log_level: str = "warning") -> dict[str, float]:
     """Server CPU milliseconds per submit and per GET /jobs/{id}."""
     with bench_database(prefix="geojobs_bench_api_cpu") as db_url, \
             tempfile.TemporaryDirectory() as tmp:
@@ -73,7 +73,7 @@ def measure(n: int, profile_dir: Path | None = None) -> dict[str, float]:
         with open(Path(tmp) / "api.log", "w") as log:
             # cwd and PYTHONPATH as given: run from another checkout to measure its code
             server = subprocess.Popen([sys.executable, "-m", "geojobs.cli", "serve", "--port",
-                                       str(port), "--log-level", "warning"], env=env, text=True,
+                                       str(port), "--log-level", log_level], env=env, text=True,
                                       stdout=log, stderr=subprocess.STDOUT)
             try:
                 client = _connect(port, server)
@@ -109,11 +109,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.api_cpu", description=__doc__)
     parser.add_argument("--requests", type=int, default=400, help="submits, then GETs (400)")
     parser.add_argument("--py-spy", type=Path, help="write py-spy raw profiles to this directory")
+    parser.add_argument("--log-level", default="warning",
+                        help="the server's (warning: no access log; info: one line per request, "
+                             "as the systemd unit runs it)")
     args = parser.parse_args(argv)
     load = os.getloadavg()[0]
-    out = measure(args.requests, args.py_spy)
+    out = measure(args.requests, args.py_spy, args.log_level)
     fast = os.environ.get("GEOJOBS_API_FAST_ROUTES", "true")
-    print(f"GEOJOBS_API_FAST_ROUTES={fast} load {load:.2f}-{os.getloadavg()[0]:.2f}: "
+    print(f"GEOJOBS_API_FAST_ROUTES={fast} --log-level {args.log_level} "
+          f"load {load:.2f}-{os.getloadavg()[0]:.2f}: "
           + ", ".join(f"{k} {v:.3f}" for k, v in out.items()))
     return 0
 
