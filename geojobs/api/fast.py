@@ -9,8 +9,8 @@ would, by calling the same functions of :mod:`geojobs.api.deps`, then runs the s
 become the same RFC 7807 documents as through FastAPI's handlers; anything else goes on to
 Starlette's server-error handler as before. What it saves per request is FastAPI's route
 matching over every router, its dependency solving (signature analysis, a cache key per
-dependency, parameter validation) and two middleware layers: about half of the server's
-CPU per submit (bench/README.md, "HTTP API").
+dependency, parameter validation) and two middleware layers: a third to nearly half of
+the server's CPU per submit, and half per status read (bench/README.md, "HTTP API").
 """
 
 from __future__ import annotations

@@ -50,7 +50,7 @@ class ApiSettings(BaseSettings):
     api_max_wait: int = Field(default=60, ge=0, le=600, description="Largest Prefer: wait, seconds.")
     api_fast_routes: bool = Field(
         default=True, description="Serve submit and GET /jobs/{id} without FastAPI's routing and "
-        "dependency solver (same answers, half the CPU); false only to compare.")
+        "dependency solver (same answers, a third less CPU per submit); false only to compare.")
     api_pool_size: int = Field(default=10, ge=1, le=200, description="Database connections per process.")
     layer_schemas: CommaList = Field(
         default_factory=list,
