@@ -527,7 +527,8 @@ def test_fast_routes_answer_as_fastapi_does(api: ApiServer) -> None:
                 answers[name] += [_same_answer(http.post(post[1], headers=key,
                                                          content=b'{"inputs": {}}'), url)
                                   for _ in range(2)]
-        for case, fast, oracle in zip(cases, answers["fast"], answers["fastapi"]):
+        for case, fast, oracle in zip(cases, answers["fast"][:-2], answers["fastapi"][:-2],
+                                      strict=True):
             assert fast == oracle, case
         # the same Idempotency-Key twice: the job may have run meanwhile (a worker is up)
         for fast, oracle in zip(answers["fast"][-2:], answers["fastapi"][-2:], strict=True):
