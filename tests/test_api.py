@@ -456,3 +456,85 @@ def test_server_sent_events_match_the_job_document(api: ApiServer) -> None:
             finished = conn.execute("SELECT finished_at FROM background_jobs WHERE id = %s",
                                     (int(job),)).fetchone()[0]  # type: ignore[index]
         assert datetime.fromisoformat(events[-1]["finished"].replace("Z", "+00:00")) == finished
+
+
+def _same_answer(response: httpx.Response, base: str) -> tuple[Any, ...]:
+    """A response with what differs between two servers on one database taken out: the base
+    URL, the job id, timestamps, and the headers every response carries."""
+    text = response.text.replace(base, "BASE")
+    body = json.loads(text) if text else None
+    if isinstance(body, dict) and "jobID" in body:
+        text = text.replace(f"/jobs/{body['jobID']}", "/jobs/ID")
+        body = json.loads(text)
+        body["jobID"] = "ID"
+        for name in ("created", "started", "finished", "updated"):
+            body[name] = body[name] is not None
+    skip = {"date", "server", "content-length"}
+    headers = sorted((k, v.replace(base, "BASE").rsplit("/jobs/", 1)[0] if k == "location" else v)
+                     for k, v in response.headers.items() if k not in skip)
+    return response.status_code, headers, body
+
+
+def test_fast_routes_answer_as_fastapi_does(api: ApiServer) -> None:
+    """Submit and GET /jobs/{id} answer exactly as FastAPI's routes do: a second server on the
+    same database with GEOJOBS_API_FAST_ROUTES=false (FastAPI's routing, dependencies and
+    JSON encoder) is the oracle, request by request: statuses, headers, problem documents and
+    statusInfo bodies, the order of the checks included (no key and an unknown process: 401;
+    a non-numeric job id without a key: 404)."""
+    from tests.api_support import start_server, stop
+
+    slow = start_server(api.db_url, api.output_dir, GEOJOBS_CORS_ORIGINS="http://maps.example",
+                        GEOJOBS_API_FAST_ROUTES="false")
+    try:
+        servers = {"fast": api.url, "fastapi": f"http://127.0.0.1:{slow.port}"}  # type: ignore[attr-defined]
+        alice = {"Authorization": f"Bearer {api.keys['alice']}", "Origin": "http://maps.example"}
+        bob = {"Authorization": f"Bearer {api.keys['bob']}"}
+        json_type = {"Content-Type": "application/json"}
+        with api.client("alice") as client:
+            job = submit(client, "noop", {}).json()["jobID"]
+        post = "POST", "/processes/noop/execution"
+        cases: list[tuple[str, str, dict[str, str], bytes]] = [
+            (*post, {**alice, **json_type}, b'{"inputs": {}}'),
+            (*post, {**alice, **json_type, "Prefer": "respond-async"}, b'{"inputs": {"steps": 2}}'),
+            (*post, {**alice, **json_type, "Prefer": "wait=30"}, b'{"inputs": {}}'),
+            (*post, {**json_type}, b'{"inputs": {}}'),
+            (*post, {"Authorization": "Bearer wrong", **json_type}, b'{"inputs": {}}'),
+            ("POST", "/processes/nope/execution", {**json_type}, b'{"inputs": {}}'),
+            ("POST", "/processes/nope/execution", {**alice, **json_type}, b'{"inputs": {}}'),
+            (*post, {**alice, "Content-Type": "text/plain"}, b'{"inputs": {}}'),
+            (*post, {**alice, **json_type}, b'{"inputs": '),
+            (*post, {**alice, **json_type}, b'{"inputs": {"sleep_seconds": "x"}}'),
+            (*post, {**alice, **json_type}, b'{"inputs": {"nope": 1}}'),
+            (*post, {**alice, **json_type}, b'{"inputs": {}, "extra": 1}'),
+            (*post, {**alice, **json_type, "Prefer": "wait=10000"}, b'{"inputs": {}}'),
+            (*post, {**alice, **json_type, "Idempotency-Key": "a b"}, b'{"inputs": {}}'),
+            (*post, {**alice, **json_type},
+             b'{"inputs": {}, "subscriber": {"successUri": "http://10.1.2.3/x"}}'),
+            ("GET", f"/jobs/{job}", alice, b""),
+            ("GET", f"/jobs/{job}", bob, b""),
+            ("GET", f"/jobs/{job}", {}, b""),
+            ("GET", "/jobs/abc", {}, b""),
+            ("GET", "/jobs/0", alice, b""),
+            ("GET", "/jobs/99999999999", alice, b""),
+        ]
+        answers: dict[str, list[tuple[Any, ...]]] = {}
+        for name, url in servers.items():
+            with httpx.Client(base_url=url, timeout=60, trust_env=False) as http:
+                answers[name] = [_same_answer(http.request(method, path, headers=headers,
+                                                           content=body), url)
+                                 for method, path, headers, body in cases]
+                key = {**alice, **json_type, "Idempotency-Key": f"same-{name}"}
+                answers[name] += [_same_answer(http.post(post[1], headers=key,
+                                                         content=b'{"inputs": {}}'), url)
+                                  for _ in range(2)]
+        for case, fast, oracle in zip(cases, answers["fast"][:-2], answers["fastapi"][:-2],
+                                      strict=True):
+            assert fast == oracle, case
+        # the same Idempotency-Key twice: the job may have run meanwhile (a worker is up)
+        for fast, oracle in zip(answers["fast"][-2:], answers["fastapi"][-2:], strict=True):
+            assert fast[:2] == oracle[:2] and fast[2]["processID"] == oracle[2]["processID"]
+        statuses = [answer[0] for answer in answers["fast"]]
+        assert statuses == [201, 201, 201, 401, 401, 401, 404, 415, 400, 400, 400, 400, 400, 400,
+                            400, 200, 404, 401, 404, 404, 404, 201, 200]
+    finally:
+        stop(slow)

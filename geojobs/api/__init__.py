@@ -22,6 +22,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from geojobs.api.callbacks import Dispatcher
 from geojobs.api.console import mount_console
 from geojobs.api.errors import install_handlers
+from geojobs.api.fast import FastRoutes
 from geojobs.api.layers import mount_layers, start_layers, stop_layers
 from geojobs.api.oas import document_to_oas30
 from geojobs.api.pipelines import PipelineEndpoints
@@ -91,7 +92,10 @@ def create_app(settings: ApiSettings | None = None) -> FastAPI:
     app.state.conformance = []
     app.state.landing_links = []
     install_handlers(app)
-    app.include_router(ProcessesEndpoints().router)
+    processes = ProcessesEndpoints()
+    app.include_router(processes.router)
+    if settings.api_fast_routes:  # the innermost middleware: submit and status skip FastAPI
+        app.add_middleware(FastRoutes, endpoints=processes)
     app.include_router(PipelineEndpoints().router)
     app.include_router(OperationsEndpoints(database_url=settings.database_url).router)
     mount_layers(app, settings)  # OGC API - Features and Tiles (tipg) over the result tables

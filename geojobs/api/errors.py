@@ -19,7 +19,8 @@ from geojobs.errors import GeojobsError, InvalidParams, OutputExists
 
 __all__ = ["ApiError", "BadRequest", "Unauthorized", "Forbidden", "NotFound", "NoSuchProcess",
            "NoSuchJob", "ResultNotReady", "PayloadTooLarge", "UnsupportedMediaType",
-           "TooManyQueued", "JobFailed", "STATUS_CODES", "problem", "install_handlers"]
+           "TooManyQueued", "JobFailed", "STATUS_CODES", "problem", "geojobs_error",
+           "install_handlers"]
 
 log = logging.getLogger("geojobs.api")
 
@@ -137,7 +138,8 @@ def _location(loc: tuple[Any, ...]) -> str:
     return ".".join(where)
 
 
-async def _geojobs_error(request: Request, exc: Exception) -> JSONResponse:
+async def geojobs_error(request: Request, exc: Exception) -> JSONResponse:
+    """The problem document of an error of our tree (also used by :mod:`geojobs.api.fast`)."""
     assert isinstance(exc, GeojobsError)
     status = status_of(exc)
     if status >= 500 and not isinstance(exc, JobFailed):
@@ -176,7 +178,7 @@ async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
 
 def install_handlers(app: FastAPI) -> None:
     """Answer every error of the app as an RFC 7807 problem document."""
-    app.add_exception_handler(GeojobsError, _geojobs_error)
+    app.add_exception_handler(GeojobsError, geojobs_error)
     app.add_exception_handler(RequestValidationError, _validation_error)
     app.add_exception_handler(StarletteHTTPException, _http_error)
     app.add_exception_handler(Exception, _unexpected)

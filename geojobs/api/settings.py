@@ -48,6 +48,9 @@ class ApiSettings(BaseSettings):
     api_max_queued: int = Field(default=100, ge=1, description="Queued jobs allowed per user.")
     api_max_body: int = Field(default=1 << 20, ge=1024, description="Request body limit in bytes.")
     api_max_wait: int = Field(default=60, ge=0, le=600, description="Largest Prefer: wait, seconds.")
+    api_fast_routes: bool = Field(
+        default=True, description="Serve submit and GET /jobs/{id} without FastAPI's routing and "
+        "dependency solver (same answers, a third less CPU per submit); false only to compare.")
     api_pool_size: int = Field(default=10, ge=1, le=200, description="Database connections per process.")
     layer_schemas: CommaList = Field(
         default_factory=list,

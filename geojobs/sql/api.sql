@@ -39,6 +39,13 @@ SELECT id, job_type, params, status, progress, error, result, created_at, starte
 FROM background_jobs
 WHERE id = %(id)s AND (%(username)s::text IS NULL OR submitted_by = %(username)s);
 
+-- name: get_job_status
+-- One job's statusInfo columns (get_job without params and result, which can be large).
+SELECT id, job_type, status, progress, error, created_at, started_at, finished_at,
+       greatest(created_at, started_at, finished_at, heartbeat_at) AS updated_at
+FROM background_jobs
+WHERE id = %(id)s AND (%(username)s::text IS NULL OR submitted_by = %(username)s);
+
 -- name: list_jobs
 -- A user's jobs (NULL user: all), newest first, keyset-paged on id, with the filters of /jobs.
 SELECT id, job_type, status, progress, error, result, created_at, started_at, finished_at,
