@@ -6,8 +6,12 @@
 -- 4,500 queued jobs. Now a partial index holds only queued jobs, by submitter, and the count
 -- stops at max_queued (the only question is whether the user has reached it).
 
+-- "submitted_by IS NOT NULL" keeps the claim off this index: the claim's WHERE does not imply
+-- it, so the claim cannot pick it over background_jobs_claim_idx and sort every queued job
+-- (which it did, with statistics taken when no job was queued), while the quota count's
+-- submitted_by = username implies it.
 CREATE INDEX IF NOT EXISTS background_jobs_queued_by_idx
-    ON background_jobs (submitted_by) WHERE status = 'queued';
+    ON background_jobs (submitted_by) WHERE status = 'queued' AND submitted_by IS NOT NULL;
 
 -- As 0003, but the quota count reads at most max_queued entries of the partial index.
 CREATE OR REPLACE FUNCTION geojobs_submit_as(
