@@ -222,13 +222,26 @@ def _bbox(conn: psycopg.Connection[Any], layer: Layer) -> list[float] | None:
 
 def main(argv: list[str] | None = None) -> int:
     """``python -m geojobs.export FORMAT TABLE FIELD``: stream ``TABLE`` to standard output in a
-    streaming format (``DATABASE_URL``; provenance from :data:`METADATA_ENV`). A
-    :class:`GeojobsError` is written to standard error as one JSON object, exit status 2."""
-    key, table, field = argv if argv is not None else sys.argv[1:]
+    streaming format (``DATABASE_URL``; provenance from :data:`METADATA_ENV`). With ``--stdin``
+    instead, the process loads its writers first, then reads that request as one JSON line
+    (``format``, ``table``, ``field``, ``database_url``, ``metadata``) from standard input: a
+    spare the API starts ahead of the next download. A :class:`GeojobsError` is written to
+    standard error as one JSON object, exit status 2."""
+    args = argv if argv is not None else sys.argv[1:]
+    if args == ["--stdin"]:
+        line = sys.stdin.readline()
+        if not line:
+            return 0  # the API went away before it needed this spare
+        request = json.loads(line)
+        os.environ["DATABASE_URL"] = request["database_url"]
+        key, table, field = request["format"], request["table"], request["field"]
+        metadata = request["metadata"]
+    else:
+        key, table, field = args
+        metadata = json.loads(os.environ.get(METADATA_ENV) or "{}")
     fmt = FORMATS[key]
     if not fmt.streams:
         raise SystemExit(f"{key} cannot be streamed")
-    metadata = json.loads(os.environ.get(METADATA_ENV) or "{}")
     try:
         with connect() as conn:
             export_table(conn, table, fmt, "/vsistdout/" if fmt.driver else sys.stdout.buffer,

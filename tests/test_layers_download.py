@@ -294,3 +294,35 @@ def test_cli_export_bad_input(api: ApiServer, job_id: str, tmp_path: Path) -> No
     done = run_cli(api, job_id, "-o", str(existing))
     assert done.returncode != 0 and "--overwrite" in done.stderr
     assert existing.read_text() == "keep"
+
+
+def _export_children(api: ApiServer) -> dict[int, list[str]]:
+    """The API process's child processes running ``geojobs.export``: pid -> command line."""
+    children = {}
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit():
+            continue
+        try:
+            ppid = int((proc / "stat").read_text().rsplit(")", 1)[1].split()[1])
+            argv = (proc / "cmdline").read_bytes().decode().split("\0")[:-1]
+        except (OSError, IndexError, ValueError):
+            continue
+        if ppid == api.process.pid and "geojobs.export" in argv:
+            children[int(proc.name)] = argv
+    return children
+
+
+def test_a_spare_export_process_takes_the_next_download(api: ApiServer, job_id: str) -> None:
+    """After a streamed download one export process waits, its imports done, with nothing on its
+    command line but ``--stdin`` (the request, database URL included, comes on its standard
+    input); the next download takes it and another spare is started."""
+    with api.client("alice") as http:
+        assert http.get(f"/jobs/{job_id}/results", params={"f": "csv"}).status_code == 200
+        spares = _export_children(api)
+        assert [argv[-2:] for argv in spares.values()] == [["geojobs.export", "--stdin"]]
+        response = http.get(f"/jobs/{job_id}/results", params={"f": "geojson"})
+        assert response.status_code == 200 and response.json()["type"] == "FeatureCollection"
+    deadline = time.monotonic() + 20
+    while len(after := _export_children(api)) != 1 and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert len(after) == 1 and not set(after) & set(spares), (spares, after)

@@ -4,8 +4,10 @@ Formats whose writer only appends (GeoJSON, CSV, GeoParquet) are streamed: a chi
 (``python -m geojobs.export``) writes the file to its standard output as the rows leave PostGIS,
 and each chunk is sent as it comes, so the first byte goes out at once and the API's memory
 does not grow with the table. A child process, because GDAL streams only to ``/vsistdout/``
-(the standard output of the process); the database URL reaches it in its environment, never on
-its command line. A client that goes away ends the child. GeoPackage (SQLite) and FlatGeobuf
+(the standard output of the process). The child is started ahead of the download (a spare with
+its writers loaded, so a download does not wait for their imports) and reads its request, the
+database URL included, on its standard input, never on its command line. A client that goes
+away ends the child. GeoPackage (SQLite) and FlatGeobuf
 (its spatial index precedes the features) need a seekable, finished file: they are written to a
 temporary file in a worker thread, then sent and deleted.
 """
@@ -29,7 +31,7 @@ from starlette.background import BackgroundTask
 
 from geojobs import errors
 from geojobs.db import connect
-from geojobs.formats import METADATA_ENV, ExportFormat
+from geojobs.formats import ExportFormat
 
 __all__ = ["download_table"]
 
@@ -73,16 +75,46 @@ async def _temporary_file(table: str, fmt: ExportFormat, dsn: str, metadata: dic
                         background=BackgroundTask(shutil.rmtree, tmpdir, ignore_errors=True))
 
 
-async def _stream(table: str, fmt: ExportFormat, dsn: str, metadata: dict[str, str], field: str,
-                  filename: str) -> Response:
-    env = dict(os.environ, DATABASE_URL=dsn, **{METADATA_ENV: json.dumps(metadata)})
+_spare: tuple[asyncio.AbstractEventLoop, asyncio.subprocess.Process] | None = None
+"""An export process started ahead of the next streamed download, its writers already loaded
+(they take about 2 s to import): it waits for its request on standard input."""
+
+
+async def _start_export() -> asyncio.subprocess.Process:
     # C's stdout stays buffered: unbuffered (Python's -u, as systemd units often set), GDAL's
     # /vsistdout/ would make one write(2) per feature and per attribute
-    env.pop("PYTHONUNBUFFERED", None)
-    child = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "geojobs.export", fmt.key, table, field, env=env,
-        stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.PIPE,
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONUNBUFFERED"}
+    return await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "geojobs.export", "--stdin", env=env,
+        stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE,
         stderr=asyncio.subprocess.PIPE)
+
+
+async def _export_process() -> asyncio.subprocess.Process:
+    """The spare export process (or a new one when there is none, or it died), and a new spare
+    for the next download."""
+    global _spare
+    loop = asyncio.get_running_loop()
+    child = None
+    if _spare is not None:
+        spare_loop, spare = _spare
+        if spare_loop is loop and spare.returncode is None:
+            child = spare
+        elif spare.returncode is None:
+            with contextlib.suppress(ProcessLookupError):
+                spare.kill()
+    _spare = (loop, await _start_export())
+    return child or await _start_export()
+
+
+async def _stream(table: str, fmt: ExportFormat, dsn: str, metadata: dict[str, str], field: str,
+                  filename: str) -> Response:
+    child = await _export_process()
+    assert child.stdin is not None
+    request = {"format": fmt.key, "table": table, "field": field, "database_url": dsn,
+               "metadata": metadata}
+    child.stdin.write(json.dumps(request).encode() + b"\n")  # never on a command line
+    child.stdin.close()
     assert child.stdout is not None and child.stderr is not None
     stderr = asyncio.ensure_future(child.stderr.read())  # read as it comes: a full pipe blocks
     try:
