@@ -74,6 +74,22 @@ class ChildSettings(Protocol):
         """Seconds before retrying after failed attempt ``attempt``."""
 
 
+def record_failure(conn: psycopg.Connection[Any], job: queue.ClaimedJob, message: str, *,
+                   retry: bool, tb: str, label: str, elapsed: float,
+                   delay_seconds: float) -> None:
+    """Fail the attempt (compare-and-set: queued again after ``delay_seconds`` when ``retry`` and
+    attempts remain) and log the outcome, the traceback ``tb`` with it unless the error is a
+    parameter error (not retried)."""
+    outcome = queue.fail(conn, job, message, retry=retry, delay_seconds=delay_seconds)
+    if outcome is None:
+        log.warning("%s failed after %.2f s but was no longer ours: %s", label, elapsed, message)
+    elif outcome[0] == "queued":
+        log.error("%s failed after %.2f s, retry at %s: %s\n%s", label, elapsed,
+                  outcome[1].isoformat(timespec="seconds"), message, tb)
+    else:
+        log.error("%s failed after %.2f s: %s\n%s", label, elapsed, message, tb if retry else "")
+
+
 def classify_failure(exc: BaseException) -> tuple[str, bool]:
     """The error text recorded on the job, and whether a retry may help."""
     if isinstance(exc, GeojobsError):
@@ -457,18 +473,9 @@ class _Child:
     def _fail(self, conn: psycopg.Connection[Any], job: queue.ClaimedJob, label: str,
               message: str, retry: bool, tb: str, begun: float) -> None:
         """Record a failure (compare-and-set) and clean up after the attempt."""
-        elapsed = time.monotonic() - begun
-        outcome = queue.fail(conn, job, message, retry=retry,
-                             delay_seconds=self.settings.retry_delay(job.attempt))
-        if outcome is None:
-            log.warning("%s failed after %.2f s but was no longer ours: %s", label, elapsed,
-                        message)
-        elif outcome[0] == "queued":
-            log.error("%s failed after %.2f s, retry at %s: %s\n%s", label, elapsed,
-                      outcome[1].isoformat(timespec="seconds"), message, tb)
-        else:
-            log.error("%s failed after %.2f s: %s\n%s", label, elapsed, message,
-                      tb if retry else "")
+        record_failure(conn, job, message, retry=retry, tb=tb, label=label,
+                       elapsed=time.monotonic() - begun,
+                       delay_seconds=self.settings.retry_delay(job.attempt))
         self._discard(conn, job)
 
     def _discard(self, conn: psycopg.Connection[Any], job: queue.ClaimedJob) -> None:

@@ -33,7 +33,7 @@ import psycopg
 from geojobs import __version__, logs, queue, registry, sdnotify, staging
 from geojobs.config import database_url, listen_url, pooled_poll_interval
 from geojobs.db import connect, pooled
-from geojobs.jobprocess import JobProcess, JobSlot, SlotState, backend_tag, remove_job_files
+from geojobs.jobprocess import JobProcess, JobSlot, SlotState, backend_tag, record_failure, remove_job_files
 from geojobs.jobtype import JobType
 
 __all__ = ["WorkerSettings", "Worker"]
@@ -488,7 +488,9 @@ class Worker:
                              "back in the queue", job.id, job.job_type)
                 elif outcome[0] == "failed":
                     _, message, retry, tb = outcome
-                    self._record_failure(control, job, message, retry, tb, label, elapsed)
+                    record_failure(control, job, message, retry=retry, tb=tb, label=label,
+                                   elapsed=elapsed,
+                                   delay_seconds=self.settings.retry_delay(job.attempt))
                 else:
                     queue.release(control, job)
                     log.warning("%s stopped after %.2f s: %s; put back in the queue", label,
@@ -673,17 +675,3 @@ class Worker:
             return False
         return state is not None and state[0] == "cancelled"
 
-    def _record_failure(
-        self, control: psycopg.Connection[Any], job: queue.ClaimedJob, message: str, retry: bool,
-        tb: str, label: str, elapsed: float,
-    ) -> None:
-        delay = self.settings.retry_delay(job.attempt)
-        outcome = queue.fail(control, job, message, retry=retry, delay_seconds=delay)
-        if outcome is None:
-            log.warning("%s failed after %.2f s but was no longer ours: %s", label, elapsed, message)
-        elif outcome[0] == "queued":
-            log.error("%s failed after %.2f s, retry at %s: %s\n%s", label, elapsed,
-                      outcome[1].isoformat(timespec="seconds"), message, tb)
-        else:
-            log.error("%s failed after %.2f s: %s\n%s", label, elapsed, message,
-                      tb if retry else "")
