@@ -93,6 +93,8 @@ class BackgroundJob(Base):
                                name="background_jobs_rerun_of_fkey"))
     """The job this one re-runs (migration 0008; ``geojobs jobs rerun``)."""
     depends_on: Mapped[list[int] | None] = mapped_column(ARRAY(BigInteger))
+    has_dependents: Mapped[bool] = mapped_column(Boolean, server_default=text("false"))
+    """Some job depends on this one (migration 0017; set by the dependent's insert)."""
 
     def __repr__(self) -> str:
         return f"<BackgroundJob {self.id} {self.job_type} {self.status}>"

@@ -79,7 +79,11 @@ class _Databases:
                                    "(SELECT ST_Extent(geom) AS e FROM public.georgia_counties) s"
                                    ).fetchone()
         _write_dem(self.root / "rasters" / "georgia_dem.tif", extent)
-        worker = Worker(WorkerSettings(job_type=job_type, database_url=as_role(url)))
+        # The worker runs inside the test process, which other modules' tests have grown (and whose
+        # job processes, forked from it, count it again): its memory cap would end its runs, and
+        # this module reuses it for every case. Caps are tested with worker processes elsewhere.
+        worker = Worker(WorkerSettings(job_type=job_type, database_url=as_role(url),
+                                       memory_cap_mb=1e9))
         return SimpleNamespace(name=name, url=url, admin=admin, worker=worker)
 
     def close(self) -> None:

@@ -83,7 +83,11 @@ def test_queue_benchmark_smoke() -> None:
         row = qbench.throughput(system, 1, 20, timeout=120)
         assert row["jobs"] == 20 and row["jobs_per_s"] > 0  # throughput() checks all 20 ran
     lat = qbench.latency(peers.GEOJOBS, 5, timeout=120)
-    assert lat["jobs"] == 5 and 0 <= lat["p50_ms"] <= lat["p95_ms"] < 5_000
+    # "From commit" is from the moment the inserting client saw its COMMIT return: a worker woken
+    # by the NOTIFY may start the job before that (the client waited for a core), so only the
+    # latency from the insert call is sure to be positive.
+    assert lat["jobs"] == 5 and 0 <= lat["p50_from_insert_call_ms"]
+    assert lat["p50_ms"] <= lat["p95_ms"] < 5_000
     fair = qbench.fairness(60, workers=4, timeout=120)
     assert (fair["completed"], fair["left"], fair["max_attempts"]) == (60, 0, 1)
     assert fair["run_twice_by_logs"] == 0 and fair["started_by_logs"] == 60

@@ -62,7 +62,7 @@ from tipg.factory import COMMON_CONFORMS, Endpoints, OGCFeaturesFactory, OGCTile
 from tipg.resources.enums import MediaType
 from tipg.settings import DatabaseSettings, FeaturesSettings, MVTSettings
 
-from geojobs.api import fastlayers
+import geojobs.api.fastlayers as fastlayers
 from geojobs.api.deps import User, current_user, settings_dep
 from geojobs.api.downloads import download_table
 from geojobs.api.errors import BadRequest, NotFound, problem
