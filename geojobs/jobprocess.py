@@ -159,15 +159,17 @@ class JobSlot:
     # -- the child's side --------------------------------------------------------------
 
     def publish(self, job: queue.ClaimedJob | None, timeout: float = 0.0,
-                memory_limit_mb: float = 0.0) -> None:
-        """Name the job now running (None: no job), with its effective limits."""
+                memory_limit_mb: float = 0.0, since: float | None = None) -> None:
+        """Name the job now running (None: no job), with its effective limits; its time limit
+        counts from ``since`` (``time.monotonic()``, default now)."""
         seq = self._u64.unpack_from(self._mem, self._SEQ)[0]
         self._u64.pack_into(self._mem, self._SEQ, seq + 1)
         if job is None:
             self._JOB.pack_into(self._mem, self._JOB_AT, 0, 0, 0, 0.0, 0.0, 0.0)
         else:
             self._JOB.pack_into(self._mem, self._JOB_AT, job.id, job.attempt, job.max_attempts,
-                                time.monotonic(), timeout, memory_limit_mb)
+                                time.monotonic() if since is None else since, timeout,
+                                memory_limit_mb)
         self.set_progress(None)
         self._u64.pack_into(self._mem, self._SEQ, seq + 2)
 
@@ -329,15 +331,16 @@ class _Child:
             return
         while True:
             try:
-                job: queue.ClaimedJob | None = self.pipe.recv()
+                handed: tuple[queue.ClaimedJob, float] = self.pipe.recv()
             except (EOFError, OSError):
                 return
-            logged = True  # the parent logged "started" for the job it claimed
+            job: queue.ClaimedJob | None = handed[0]
+            since: float | None = handed[1]  # when the parent claimed it: its clock runs
             try:
                 while job is not None:
                     conn = self._connection()
-                    job = self._run(job, conn, logged)
-                    logged = False
+                    job = self._run(job, conn, since)
+                    since = None
             except psycopg.OperationalError as exc:
                 # The connection broke: the job's transaction is gone; its row stays running
                 # until the lease takes it back.
@@ -389,13 +392,14 @@ class _Child:
         self.pipe.send(("file", job_id, path))
 
     def _run(self, job: queue.ClaimedJob, conn: psycopg.Connection[Any],
-             logged: bool) -> queue.ClaimedJob | None:
-        """Run one job in one transaction with its completion; the next job it claimed."""
+             handed_at: float | None) -> queue.ClaimedJob | None:
+        """Run one job in one transaction with its completion; the next job it claimed.
+        ``handed_at``: the parent claimed the job (and logged its start) at that moment."""
         timeout, limit = self.limits(job)
-        self.slot.publish(job, timeout, limit)
+        self.slot.publish(job, timeout, limit, since=handed_at)
         label = f"job {job.id} {job.job_type} attempt {job.attempt}/{job.max_attempts}"
         with logs.job_fields(job.id, job.job_type, job.attempt, job.worker_id):
-            if not logged:
+            if handed_at is None:
                 log.info("%s started", label)
             begun = time.monotonic()
             self.files = []

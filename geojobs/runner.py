@@ -397,15 +397,21 @@ class Worker:
         with logs.job_fields(job.id, job.job_type, job.attempt, job.worker_id):
             log.info("job %s %s attempt %s/%s started", job.id, job.job_type, job.attempt,
                      job.max_attempts)
+        claimed = time.monotonic()
         if once or self._stopping.is_set():
             self._slot.request_stop()
         self._slot.set_parent_rss(self._process.memory_info().rss / 2**20)
         self._busy = True
         try:
             child = self._job_process()
+            # Published here too, so its time limit runs even while the child is slow to
+            # take it (a fresh fork connecting on a loaded host); the child is idle, so the
+            # slot has one writer at a time.
+            self._slot.publish(job, *self.job_limits(job), since=claimed)
             try:
-                child.pipe.send(job)
+                child.pipe.send((job, claimed))
             except (BrokenPipeError, ConnectionResetError, OSError):
+                self._slot.publish(None)  # it never began: given back, not failed
                 self._child_died(child, job)
                 return
             try:

@@ -81,6 +81,7 @@ def _worker(db_url: str, job_type: str) -> subprocess.Popen[str]:
 def _stop(worker: subprocess.Popen[str]) -> str:
     worker.send_signal(signal.SIGTERM)
     _, err = worker.communicate(timeout=30)
+    print(err[-6000:])  # the worker's log, shown when the test fails
     assert worker.returncode == 0, err
     return err
 
