@@ -20,7 +20,8 @@
   and run with its own migrations and worker), alternated, best of two each; pickup latency;
   claim latency and no-op throughput (1 worker) with ``--history-rows`` (1,000,000) finished
   rows in ``background_jobs`` (loaded with one INSERT ... SELECT generate_series, then VACUUM
-  ANALYZE) against an empty table, alternated.
+  ANALYZE and CHECKPOINT) against an empty table: five pairs (empty, loaded), each timed just
+  after a VACUUM and a CHECKPOINT, the median of the per-pair ratios and every pair.
 
 Every measurement gets a fresh database, so no run sees another's dead rows (the long-history
 case excepted: its table is loaded once and reused by both of its rounds).
@@ -37,7 +38,7 @@ import tempfile
 import time
 from collections import Counter
 from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager, nullcontext
+from contextlib import ExitStack, contextmanager, nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
@@ -60,8 +61,8 @@ from bench.report import print_table, write_json
 from geojobs import queue as gq
 
 __all__ = ["throughput", "bare_loop", "latency", "fairness", "commit_latency",
-           "dependency_overhead", "chain", "against_baseline", "history", "control", "run",
-           "main"]
+           "dependency_overhead", "chain", "against_baseline", "history", "print_history", "control",
+           "run", "main"]
 
 _DEPENDENCY_TRIGGERS = ("background_jobs_dependencies_insert", "background_jobs_dependencies_requeue",
                         "background_jobs_dependencies_cascade")
@@ -449,8 +450,8 @@ def idle_latency(n: int, rev: str = BASELINE, interval: float = 0.25,
 
 def _load_history(url: str, rows: int) -> None:
     """``rows`` finished no-op jobs, as a long history leaves them, in one INSERT ... SELECT;
-    then VACUUM ANALYZE (what autovacuum does after such a load, at 1 % of the table) and a
-    CHECKPOINT, so that writing the load out does not fall into the timed rounds."""
+    then VACUUM ANALYZE (what autovacuum does after such a load) and a CHECKPOINT, so that
+    writing the load out does not fall into the timed rounds."""
     with psycopg.connect(url, autocommit=True) as conn:
         conn.execute("ALTER TABLE background_jobs DISABLE TRIGGER USER")  # no NOTIFY per row
         conn.execute(
@@ -465,7 +466,16 @@ def _load_history(url: str, rows: int) -> None:
             {"rows": rows}, prepare=False)
         conn.execute("ALTER TABLE background_jobs ENABLE TRIGGER USER")
         conn.execute("VACUUM ANALYZE background_jobs")
-        conn.execute("CHECKPOINT")  # so the load's writes are not flushed during the timed rounds
+        conn.execute("CHECKPOINT")
+
+
+def _settle(url: str) -> None:
+    """What autovacuum does between two bursts of jobs, done now so every timed round starts
+    alike: VACUUM with the table's own settings (its reloptions decide whether the index pass
+    runs), then a CHECKPOINT so that the vacuum's writes are not flushed during the round."""
+    with psycopg.connect(url, autocommit=True) as conn:
+        conn.execute("VACUUM background_jobs")
+        conn.execute("CHECKPOINT")
 
 
 def _claim_latency(url: str, n: int) -> dict[str, Any]:
@@ -487,13 +497,18 @@ def _claim_latency(url: str, n: int) -> dict[str, Any]:
     return {"claim_p50_ms": p50, "claim_p95_ms": p95, "claims": len(times) - 1}
 
 
-def _history_throughput(url: str, n: int, timeout: float = 3600) -> float:
+def _history_throughput(system: QueueSystem, url: str, n: int, timeout: float = 3600) -> float:
     with psycopg.connect(url, autocommit=True) as conn:
-        before = GEOJOBS.done(conn)
+        before = system.done(conn)
         first = conn.execute("SELECT coalesce(max(id), 0) FROM background_jobs").fetchone()
-    _fill_and_drain(url, n, timeout)
+    system.fill(url, n)
+    group = _Workers(system, url, 1, drain=True)
+    try:
+        group.wait(timeout)
+    finally:
+        group.close()
     with psycopg.connect(url, autocommit=True) as conn:
-        done = GEOJOBS.done(conn) - before
+        done = system.done(conn) - before
         row = conn.execute("SELECT extract(epoch FROM max(finished_at) - min(started_at)) "
                            "FROM background_jobs WHERE id > %s", (first[0] if first else 0,)
                            ).fetchone()
@@ -502,32 +517,81 @@ def _history_throughput(url: str, n: int, timeout: float = 3600) -> float:
     return n / float(row[0])
 
 
-def history(rows: int, n: int, claims: int, rounds: int = 2) -> list[dict[str, Any]]:
+@contextmanager
+def _schema_database(system: QueueSystem) -> Iterator[str]:
+    """A fresh benchmark database with ``system``'s own migrations."""
+    with bench_database(migrate=system is GEOJOBS) as url:
+        if system is not GEOJOBS:
+            system.install(url)
+        yield url
+
+
+def history(rows: int, n: int, claims: int, rounds: int = 5,
+            rev: str | None = None) -> list[dict[str, Any]]:
     """Claim latency and no-op throughput (1 worker) with ``rows`` finished jobs in the table
-    and with none, alternating (empty, full, empty, full); each the better of ``rounds``."""
-    best: dict[int, dict[str, Any]] = {}
-    with bench_database() as full:
-        started = time.perf_counter()
-        _load_history(full, rows)
-        print(f"  loaded {rows:,} finished rows in {time.perf_counter() - started:.0f} s",
-              flush=True)
-        for _ in range(rounds):
-            for size in (0, rows):
-                with (bench_database() if size == 0 else nullcontext(full)) as url:
-                    latency_row = _claim_latency(url, claims)
-                    rate = _history_throughput(url, n)
-                row = {"finished_rows": size, **latency_row, "jobs": n, "jobs_per_s_1_worker": rate}
-                print(f"  {size:,} finished rows: claim p50 {row['claim_p50_ms']:.3f} ms, "
-                      f"{rate:.0f} jobs/s", flush=True)
-                mine = best.setdefault(size, row)
-                if row["claim_p50_ms"] < mine["claim_p50_ms"]:
-                    mine.update({k: row[k] for k in ("claim_p50_ms", "claim_p95_ms")})
-                mine["jobs_per_s_1_worker"] = max(mine["jobs_per_s_1_worker"], rate)
-    empty, full_row = best[0], best[rows]
-    full_row["claim_ratio_to_empty"] = full_row["claim_p50_ms"] / empty["claim_p50_ms"]
-    full_row["throughput_ratio_empty_to_full"] = (empty["jobs_per_s_1_worker"]
-                                                  / full_row["jobs_per_s_1_worker"])
-    return [empty, full_row]
+    against an empty table, in pairs: each round times a fresh empty database, then the loaded
+    one (loaded once, kept across rounds as a real history is), both just after a VACUUM and a
+    CHECKPOINT (:func:`_settle`). A pair's ratios are full / empty (claim p50) and empty / full
+    (jobs per second); the figure is the median over the ``rounds`` pairs, every pair listed.
+
+    With ``rev``, the schema and worker of that commit (``git archive``) are measured the same
+    way, alternated with this code's in every round (the claim statement is this code's in
+    both: the claim-latency loop calls :func:`geojobs.queue.claim`).
+    """
+    with ExitStack() as stack:
+        systems: list[QueueSystem] = [GEOJOBS]
+        if rev is not None:
+            tree = stack.enter_context(baseline_tree(rev))
+            systems.append(Baseline("geojobs", f"geojobs at {rev}", tree=tree))
+        full: dict[str, str] = {}
+        for system in systems:
+            full[system.label] = stack.enter_context(_schema_database(system))
+            started = time.perf_counter()
+            _load_history(full[system.label], rows)
+            print(f"  {system.label}: loaded {rows:,} finished rows in "
+                  f"{time.perf_counter() - started:.0f} s", flush=True)
+        pairs: dict[str, list[dict[str, Any]]] = {system.label: [] for system in systems}
+        for round_no in range(1, rounds + 1):
+            for system in systems:
+                measured = {}
+                for size in (0, rows):
+                    with (_schema_database(system) if size == 0
+                          else nullcontext(full[system.label])) as url:
+                        _settle(url)
+                        latency_row = _claim_latency(url, claims)
+                        rate = _history_throughput(system, url, n)
+                    measured[size] = {**latency_row, "jobs_per_s": rate}
+                    print(f"  {system.label}, round {round_no}, {size:,} finished rows: claim "
+                          f"p50 {latency_row['claim_p50_ms']:.3f} ms, {rate:.0f} jobs/s",
+                          flush=True)
+                empty, loaded = measured[0], measured[rows]
+                pairs[system.label].append({
+                    "round": round_no,
+                    "empty_claim_p50_ms": empty["claim_p50_ms"],
+                    "full_claim_p50_ms": loaded["claim_p50_ms"],
+                    "claim_ratio": loaded["claim_p50_ms"] / empty["claim_p50_ms"],
+                    "empty_jobs_per_s": empty["jobs_per_s"],
+                    "full_jobs_per_s": loaded["jobs_per_s"],
+                    "throughput_ratio": empty["jobs_per_s"] / loaded["jobs_per_s"]})
+    out = []
+    for label, rows_of in pairs.items():
+        out.append({"system": label, "finished_rows": rows, "claims": claims, "jobs": n,
+                    "pairs": len(rows_of),
+                    "claim_ratio_median": statistics.median(p["claim_ratio"] for p in rows_of),
+                    "throughput_ratio_median": statistics.median(p["throughput_ratio"]
+                                                                 for p in rows_of),
+                    "every_pair": rows_of})
+    return out
+
+
+def print_history(hist: Sequence[dict[str, Any]]) -> None:
+    """The medians of :func:`history`, then every pair."""
+    print_table("claim latency (p50) and no-op throughput (1 worker) with a long history of "
+                "finished rows against an empty table: median of the per-pair ratios "
+                "(goal: within 1.2x)",
+                [{k: v for k, v in row.items() if k != "every_pair"} for row in hist])
+    print_table("every pair (empty, then loaded)",
+                [{"system": row["system"], **pair} for row in hist for pair in row["every_pair"]])
 
 
 def control(*, jobs: int, latency_jobs: int, history_rows: int, history_jobs: int,
@@ -543,9 +607,7 @@ def control(*, jobs: int, latency_jobs: int, history_rows: int, history_jobs: in
                 "at each insert), this code and the code before job control "
                 "(goal: p50 < 1 ms from commit)", lat)
     hist = history(history_rows, history_jobs, claims=min(history_jobs, 2000))
-    print_table(f"claim latency and no-op throughput (1 worker), {history_jobs:,} jobs, with "
-                f"{history_rows:,} finished rows in background_jobs and with none "
-                "(goal: within 1.2x)", hist)
+    print_history(hist)
     return {"baseline": side, "latency": lat, "history": hist}
 
 

@@ -101,9 +101,12 @@ def test_job_control_benchmark_smoke() -> None:
 
     [side] = qbench.against_baseline(20, worker_counts=(1,), rounds=1)
     assert side["workers"] == 1 and side["old_jobs_per_s"] > 0 and side["new_jobs_per_s"] > 0
-    empty, full = qbench.history(3000, 20, 20, rounds=1)
-    assert (empty["finished_rows"], full["finished_rows"]) == (0, 3000)
-    assert full["claims"] == 20 and full["claim_ratio_to_empty"] > 0
+    [hist] = qbench.history(3000, 20, 20, rounds=2)
+    assert hist["finished_rows"] == 3000 and hist["claims"] == 20 and hist["pairs"] == 2
+    assert [p["round"] for p in hist["every_pair"]] == [1, 2]
+    assert all(p["claim_ratio"] == p["full_claim_p50_ms"] / p["empty_claim_p50_ms"]
+               for p in hist["every_pair"])
+    assert hist["claim_ratio_median"] > 0 and hist["throughput_ratio_median"] > 0
 
 
 @pytest.mark.db
