@@ -104,7 +104,7 @@ def test_job_control_benchmark_smoke() -> None:
     [hist] = qbench.history(3000, 20, 20, rounds=2)
     assert hist["finished_rows"] == 3000 and hist["claims"] == 20 and hist["pairs"] == 2
     assert [p["round"] for p in hist["every_pair"]] == [1, 2]
-    assert all(p["full_claim_index_buffers"] >= 1 for p in hist["every_pair"])
+    assert all(p["full_claim_lookup_buffers"] >= 1 for p in hist["every_pair"])
     assert all(p["claim_ratio"] == p["full_claim_p50_ms"] / p["empty_claim_p50_ms"]
                for p in hist["every_pair"])
     assert hist["claim_ratio_median"] > 0 and hist["throughput_ratio_median"] > 0
