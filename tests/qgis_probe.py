@@ -5,8 +5,8 @@ built for, not the project's virtualenv) and ``QT_QPA_PLATFORM=offscreen``. It i
 from the project: QGIS is the independent client here.
 
 Input, one JSON object on stdin: ``url`` (the landing page), ``user``, ``key``, ``open`` (the
-collection ids to open as layers), ``page_size`` (features per ``items`` request, or null for QGIS's default), ``rect`` (optional:
-xmin, ymin, xmax, ymax of an extent to read), ``profile``
+collection ids to open as layers), ``page_size`` (features per ``items`` request, or null for
+QGIS's default), ``rect`` (optional: xmin, ymin, xmax, ymax of an extent to read), ``profile``
 (an empty directory for QGIS's profile, settings and authentication database) and ``auth``:
 ``uri`` (``username``/``password`` in the data source URI) or ``authcfg`` (a Basic configuration
 in QGIS's authentication database, as the desktop's Authentication tab makes it).
@@ -14,8 +14,7 @@ in QGIS's authentication database, as the desktop's Authentication tab makes it)
 Output: ``qgis`` (version), ``listed`` (the collections a saved connection shows in QGIS's
 browser, with each one's provider and URI), ``layers`` (per collection: ``valid``, ``count``
 (QGIS's featureCount), ``crs``, ``fields``, ``features`` (attributes by field name and WKT),
-``in_rect``) and
-``requests`` (every URL QGIS asked for).
+``in_rect``) and ``requests`` (every URL QGIS asked for).
 """
 
 from __future__ import annotations
@@ -103,7 +102,7 @@ def read_layer(uri: str, name: str, rect: list[float] | None) -> dict[str, Any]:
     for feature in layer.getFeatures():
         geometry = feature.geometry()
         features.append({
-            "attributes": {n: plain(v) for n, v in zip(fields, feature.attributes())},
+            "attributes": {n: plain(v) for n, v in zip(fields, feature.attributes(), strict=True)},
             "wkt": None if geometry.isNull() else geometry.asWkt(17),
         })
     out.update(count=layer.featureCount(), crs=layer.crs().authid(), fields=fields,

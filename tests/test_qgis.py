@@ -119,7 +119,7 @@ def _same(got: Any, want: Any) -> bool:
     if isinstance(want, decimal.Decimal):
         return decimal.Decimal(got) == want
     if isinstance(want, dt.datetime):
-        return dt.datetime.fromisoformat(got).replace(tzinfo=dt.timezone.utc) == want
+        return dt.datetime.fromisoformat(got).replace(tzinfo=dt.UTC) == want
     if isinstance(want, dt.date):
         return dt.date.fromisoformat(got) == want
     return type(got) is type(want) and got == want
@@ -142,7 +142,7 @@ def oracle(api: ApiServer, table: str) -> tuple[str, list[dict[str, Any]]]:
             sql.Identifier(found[0]), sql.Identifier(schema, name)))
         names = [d.name for d in cur.description or []]
         singles = {d.name for d in cur.description or [] if d.type_code == FLOAT4}
-        rows = [dict(zip(names, values)) for values in cur.fetchall()]
+        rows = [dict(zip(names, values, strict=True)) for values in cur.fetchall()]
     for row in rows:
         wkb = row.pop("oracle_wkb")
         row[found[0]] = None if wkb is None else shapely.from_wkb(bytes(wkb))
