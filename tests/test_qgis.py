@@ -35,6 +35,7 @@ PROBE = ROOT / "tests" / "qgis_probe.py"
 
 
 def _has_qgis() -> bool:
+    """Whether Debian's python can import QGIS's bindings (python3-qgis)."""
     if not os.access(SYSTEM_PYTHON, os.X_OK):
         return False
     done = subprocess.run([SYSTEM_PYTHON, "-c", "import qgis.core"], capture_output=True,
@@ -50,12 +51,7 @@ def _env() -> dict[str, str]:
     return env
 
 
-pytestmark = [
-    pytest.mark.db,
-    pytest.mark.skipif(not _has_qgis(), reason=(
-        f"QGIS's Python bindings are missing from {SYSTEM_PYTHON}: `make install` installs them "
-        "(or `apt-get install python3-qgis`)")),
-]
+pytestmark = pytest.mark.db
 
 ALICE = "results.qa_grid"
 BOB = "results.qb_grid"
@@ -66,6 +62,9 @@ RECT = [0.5, 40.5, 2.5, 41.5]
 
 @pytest.fixture(scope="module")
 def api(template_db: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[ApiServer]:
+    if not _has_qgis():
+        pytest.skip(f"QGIS's Python bindings are missing from {SYSTEM_PYTHON}: `make install` "
+                    "installs them (or `apt-get install python3-qgis`)")
     for server in api_server(template_db, tmp_path_factory.mktemp("qgis"),
                              users={"alice": False, "bob": False}, workers=("dissolve",)):
         with server.connect() as conn:
