@@ -116,7 +116,7 @@ def _same(got: Any, want: Any) -> bool:
     if isinstance(want, np.float32):
         return type(got) is float and np.float32(got) == want and float(want) == got
     if isinstance(want, decimal.Decimal):
-        return decimal.Decimal(got) == want
+        return decimal.Decimal(str(got)) == want
     if isinstance(want, dt.datetime):
         return dt.datetime.fromisoformat(got).replace(tzinfo=dt.UTC) == want
     if isinstance(want, dt.date):
