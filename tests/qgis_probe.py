@@ -14,7 +14,10 @@ in QGIS's authentication database, as the desktop's Authentication tab makes it)
 Output: ``qgis`` (version), ``listed`` (the collections a saved connection shows in QGIS's
 browser, with each one's provider and URI), ``layers`` (per collection: ``valid``, ``count``
 (QGIS's featureCount), ``crs``, ``fields``, ``features`` (attributes by field name and WKT),
-``in_rect``) and ``requests`` (every URL QGIS asked for).
+``in_rect``) and ``requests`` (every URL QGIS asked for). With ``postgres`` (``host``, ``port``,
+``dbname``, ``user`` and ``layers``: pairs of table and key column, "" to let QGIS find it),
+``postgres`` reports the same of those tables opened by QGIS's PostGIS provider (as a desktop
+user adds them with Add PostGIS Layers), keyed "table key".
 """
 
 from __future__ import annotations
@@ -83,17 +86,18 @@ def browse(url: str, user: str, key: str, authcfg: str) -> list[dict[str, str]]:
     return listed
 
 
-def read_layer(uri: str, name: str, rect: list[float] | None) -> dict[str, Any]:
+def read_layer(uri: str, name: str, rect: list[float] | None,
+               provider: str = PROVIDER) -> dict[str, Any]:
     """What QGIS reads from one layer: validity, counts, fields, every feature and, first (so
     that QGIS asks the server for that extent rather than filtering what it already holds), the
     ``fid`` of the features QGIS gives for ``rect``, as when it draws that extent."""
     out: dict[str, Any] = {}
     if rect is not None:
-        layer = QgsVectorLayer(uri, name, PROVIDER)
+        layer = QgsVectorLayer(uri, name, provider)
         if layer.isValid():
             request = QgsFeatureRequest().setFilterRect(QgsRectangle(*rect))
             out["in_rect"] = sorted(feature["fid"] for feature in layer.getFeatures(request))
-    layer = QgsVectorLayer(uri, name, PROVIDER)
+    layer = QgsVectorLayer(uri, name, provider)
     out["valid"] = layer.isValid()
     if not layer.isValid():
         return out
@@ -138,6 +142,14 @@ def main() -> int:
             uri.setUsername(user)
             uri.setPassword(key)
         report["layers"][collection] = read_layer(uri.uri(False), collection, request.get("rect"))
+    postgres = request.get("postgres") or {}
+    report["postgres"] = {}
+    for table, key in postgres.get("layers", []):
+        uri = QgsDataSourceUri()
+        uri.setConnection(postgres["host"], postgres["port"], postgres["dbname"], postgres["user"], "")
+        uri.setDataSource(*table.split("."), "geom", "", key)
+        report["postgres"][f"{table} {key}".strip()] = read_layer(uri.uri(False), table, None,
+                                                                 "postgres")
     QCoreApplication.processEvents()  # the requests' signals come queued from QGIS's threads
     report["requests"] = urls
     print(json.dumps(report))

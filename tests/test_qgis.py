@@ -25,8 +25,9 @@ import numpy as np
 import pytest
 import shapely
 from psycopg import sql
+from psycopg.conninfo import conninfo_to_dict
 
-from tests.api_support import ApiServer, api_server
+from tests.api_support import API_ROLE, ApiServer, api_server
 from tests.layer_support import complete_job, make_layer
 from tests.support import ROOT, WORKER_ROLE, wait_for
 
@@ -57,6 +58,7 @@ ALICE = "results.qa_grid"
 BOB = "results.qb_grid"
 REGIONS = "results.qa_regions"
 TYPES = "results.qa_types"
+VIEW = "results.qa_view"
 RECT = [0.5, 40.5, 2.5, 41.5]
 
 
@@ -81,6 +83,7 @@ def api(template_db: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[
                 " 'é \"q\"', 0.1, ST_Point(1.123456789012345, 2, 4326)), "
                 "(2, 0.0000001, NULL, NULL, NULL, NULL, NULL, ST_Point(-3, -4.5, 4326)), "
                 "(3, NULL, NULL, NULL, -5, '', 3.5, NULL)")
+            conn.execute(f"CREATE VIEW {VIEW} AS SELECT * FROM {ALICE} WHERE v > 30")  # noqa: S608
             conn.execute("RESET ROLE")
             complete_job(conn, TYPES, "alice")
         with server.client("alice") as http:
@@ -94,12 +97,15 @@ def api(template_db: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[
 
 
 def qgis(api: ApiServer, tmp_path: Path, user: str, layers: list[str], *, auth: str = "uri",
-         page_size: int | None = None, key: str | None = None) -> dict[str, Any]:
-    """What QGIS sees (tests/qgis_probe.py's report) as ``user``."""
+         page_size: int | None = None, key: str | None = None,
+         postgres: dict[str, Any] | None = None) -> dict[str, Any]:
+    """What QGIS sees (tests/qgis_probe.py's report) as ``user``, and through its PostGIS
+    provider the ``postgres`` layers."""
     profile = tmp_path / f"profile-{uuid.uuid4().hex[:8]}"
     profile.mkdir()
     request = {"url": api.url, "user": user, "key": key or api.keys[user], "open": layers,
-               "auth": auth, "page_size": page_size, "rect": RECT, "profile": str(profile)}
+               "auth": auth, "page_size": page_size, "rect": RECT, "profile": str(profile),
+               "postgres": postgres}
     done = subprocess.run([SYSTEM_PYTHON, str(PROBE)], input=json.dumps(request), text=True,
                           capture_output=True, env=_env(), timeout=300, check=False)
     assert done.returncode == 0, done.stderr
@@ -221,3 +227,17 @@ def test_another_user_and_a_wrong_key_see_none_of_alices_layers(api: ApiServer,
     assert report["layers"][ALICE] == report["layers"][REGIONS] == {"valid": False}
     wrong = qgis(api, tmp_path, "alice", [ALICE], key=api.keys["bob"])
     assert wrong["listed"] == [] and wrong["layers"][ALICE] == {"valid": False}
+
+
+def test_qgis_opens_results_directly_from_postgis(api: ApiServer, tmp_path: Path) -> None:
+    """QGIS's PostGIS provider as a role that may read ``results`` (the API's): a result table
+    (QGIS finds its primary key) and a view (none) with ``fid`` as its key hold the rows; the
+    view without a key does not open."""
+    conninfo = conninfo_to_dict(api.db_url)
+    postgres = {"host": conninfo["host"], "port": str(conninfo["port"]),
+                "dbname": conninfo["dbname"], "user": API_ROLE,
+                "layers": [[ALICE, ""], [VIEW, "fid"], [VIEW, ""]]}
+    report = qgis(api, tmp_path, "alice", [], postgres=postgres)["postgres"]
+    same_as_postgis(api, ALICE, report[ALICE])
+    same_as_postgis(api, VIEW, report[f"{VIEW} fid"])
+    assert report[VIEW] == {"valid": False}
