@@ -7,22 +7,26 @@ from the project: QGIS is the independent client here.
 Input, one JSON object on stdin: ``url`` (the landing page), ``user``, ``key``, ``open`` (the
 collection ids to open as layers), ``page_size`` (features per ``items`` request, or null for
 QGIS's default), ``rect`` (optional: xmin, ymin, xmax, ymax of an extent to read), ``profile``
-(an empty directory for QGIS's profile, settings and authentication database) and ``auth``:
+(an empty directory for QGIS's profile, settings, authentication database and network cache) and ``auth``:
 ``uri`` (``username``/``password`` in the data source URI) or ``authcfg`` (a Basic configuration
 in QGIS's authentication database, as the desktop's Authentication tab makes it).
 
 Output: ``qgis`` (version), ``listed`` (the collections a saved connection shows in QGIS's
 browser, with each one's provider and URI), ``layers`` (per collection: ``valid``, ``count``
 (QGIS's featureCount), ``crs``, ``fields``, ``features`` (attributes by field name and WKT),
-``in_rect``) and ``requests`` (every URL QGIS asked for). With ``postgres`` (``host``, ``port``,
-``dbname``, ``user`` and ``layers``: pairs of table and key column, "" to let QGIS find it),
-``postgres`` reports the same of those tables opened by QGIS's PostGIS provider (as a desktop
-user adds them with Add PostGIS Layers), keyed "table key".
+``in_rect``) and ``requests`` (every URL QGIS asked for, and the HTTP status).
+
+With ``postgres`` (``host``, ``port``, ``dbname``, ``user`` and ``layers``: pairs of table and
+key column, "" to let QGIS find it), ``postgres`` reports the same of those tables opened by
+QGIS's PostGIS provider (as a desktop user adds them with Add PostGIS Layers), keyed "table key".
+With ``tiles`` (``collection``, ``extent`` in longitude/latitude, ``size`` in pixels; needs
+``postgres``), ``tiles`` reports what :func:`draw_tiles` counts.
 """
 
 from __future__ import annotations
 
 import json
+import os
 import sys
 from typing import Any
 
@@ -30,16 +34,31 @@ from qgis.core import (
     Qgis,
     QgsApplication,
     QgsAuthMethodConfig,
+    QgsCoordinateReferenceSystem,
+    QgsCoordinateTransform,
     QgsDataSourceUri,
     QgsFeatureRequest,
+    QgsFillSymbol,
+    QgsMapLayer,
+    QgsMapRendererSequentialJob,
+    QgsMapSettings,
     QgsNetworkAccessManager,
+    QgsProject,
     QgsRectangle,
     QgsSettings,
+    QgsSingleSymbolRenderer,
     QgsVectorLayer,
+    QgsVectorTileBasicRenderer,
+    QgsVectorTileBasicRendererStyle,
+    QgsVectorTileLayer,
+    QgsWkbTypes,
 )
-from qgis.PyQt.QtCore import QCoreApplication, QDate, QDateTime, QSettings, Qt, QVariant
+from qgis.PyQt.QtCore import QCoreApplication, QDate, QDateTime, QSettings, QSize, Qt, QVariant
+from qgis.PyQt.QtGui import QColor, QImage
+from qgis.PyQt.QtNetwork import QNetworkRequest
 
 PROVIDER = "OAPIF"
+_STATUS = QNetworkRequest.HttpStatusCodeAttribute
 
 
 def plain(value: Any) -> Any:
@@ -114,9 +133,64 @@ def read_layer(uri: str, name: str, rect: list[float] | None,
     return out
 
 
+def postgres_uri(postgres: dict[str, Any], table: str, pk: str) -> str:
+    """The PostGIS provider's URI of ``table`` (geometry ``geom``; ``pk`` "" lets QGIS find it)."""
+    uri = QgsDataSourceUri()
+    uri.setConnection(postgres["host"], postgres["port"], postgres["dbname"], postgres["user"], "")
+    uri.setDataSource(*table.split("."), "geom", "", pk)
+    return str(uri.uri(False))
+
+
+def render(layer: QgsMapLayer, extent: list[float], size: int) -> QImage:
+    """``layer`` drawn in Web Mercator over ``extent`` (lon/lat), white background, no
+    antialiasing."""
+    wgs84, mercator = QgsCoordinateReferenceSystem("EPSG:4326"), QgsCoordinateReferenceSystem("EPSG:3857")
+    settings = QgsMapSettings()
+    settings.setLayers([layer])
+    settings.setDestinationCrs(mercator)
+    settings.setExtent(QgsCoordinateTransform(wgs84, mercator, QgsProject.instance())
+                       .transformBoundingBox(QgsRectangle(*extent)))
+    settings.setOutputSize(QSize(size, size))
+    settings.setBackgroundColor(QColor(255, 255, 255))
+    settings.setFlag(QgsMapSettings.Antialiasing, False)
+    job = QgsMapRendererSequentialJob(settings)
+    job.start()
+    job.waitForFinished()
+    return job.renderedImage()
+
+
+def _red(image: QImage, x: int, y: int) -> bool:
+    color = QColor(image.pixel(x, y))
+    return color.red() > 200 and color.green() < 80 and color.blue() < 80
+
+
+def draw_tiles(url: str, tiles: dict[str, Any], postgres: dict[str, Any], authcfg: str) -> dict[str, Any]:
+    """The collection's vector tiles drawn by QGIS's vector tile layer (Basic ``authcfg``), and
+    the same table drawn through the PostGIS provider with the same red fill: the red pixels
+    of each and the pixels where the two differ."""
+    collection, extent, size = tiles["collection"], tiles["extent"], tiles["size"]
+    template = f"{url}/collections/{collection}/tiles/WebMercatorQuad/{{z}}/{{x}}/{{y}}"
+    layer = QgsVectorTileLayer(f"type=xyz&url={template}&zmin=0&zmax=14&authcfg={authcfg}", collection)
+    fill = QgsFillSymbol.createSimple({"color": "255,0,0,255", "outline_style": "no"})
+    style = QgsVectorTileBasicRendererStyle("all", "default", QgsWkbTypes.PolygonGeometry)
+    style.setSymbol(fill.clone())
+    renderer = QgsVectorTileBasicRenderer()
+    renderer.setStyles([style])
+    layer.setRenderer(renderer)
+    reference = QgsVectorLayer(postgres_uri(postgres, collection, ""), collection, "postgres")
+    reference.setRenderer(QgsSingleSymbolRenderer(fill.clone()))
+    drawn, wanted = render(layer, extent, size), render(reference, extent, size)
+    pixels = [(x, y) for x in range(size) for y in range(size)]
+    return {"valid": layer.isValid(), "drawn": sum(_red(drawn, *p) for p in pixels),
+            "reference": sum(_red(wanted, *p) for p in pixels),
+            "differ": sum(_red(drawn, *p) != _red(wanted, *p) for p in pixels)}
+
+
 def main() -> int:
     """Read the request on stdin, open the layers, print the JSON report."""
     request = json.load(sys.stdin)
+    # Qt's network disk cache (tiles) goes to $XDG_CACHE_HOME when the application has no name
+    os.environ["XDG_CACHE_HOME"] = os.path.join(request["profile"], "cache")
     for settings_format in (QSettings.NativeFormat, QSettings.IniFormat):
         QSettings.setPath(settings_format, QSettings.UserScope, request["profile"])
     app = QgsApplication([], False, request["profile"])
@@ -124,7 +198,7 @@ def main() -> int:
     app.initQgis()
     urls: list[str] = []
     QgsNetworkAccessManager.instance().finished.connect(
-        lambda reply: urls.append(reply.request().url().toString()))
+        lambda reply: urls.append(f"{reply.request().url().toString()} {reply.attribute(_STATUS)}"))
     user, key = request["user"], request["key"]
     authcfg = basic_authcfg(user, key) if request["auth"] == "authcfg" else ""
     report: dict[str, Any] = {"qgis": Qgis.QGIS_VERSION,
@@ -144,12 +218,12 @@ def main() -> int:
         report["layers"][collection] = read_layer(uri.uri(False), collection, request.get("rect"))
     postgres = request.get("postgres") or {}
     report["postgres"] = {}
-    for table, key in postgres.get("layers", []):
-        uri = QgsDataSourceUri()
-        uri.setConnection(postgres["host"], postgres["port"], postgres["dbname"], postgres["user"], "")
-        uri.setDataSource(*table.split("."), "geom", "", key)
-        report["postgres"][f"{table} {key}".strip()] = read_layer(uri.uri(False), table, None,
-                                                                 "postgres")
+    for table, pk in postgres.get("layers", []):
+        uri = postgres_uri(postgres, table, pk)
+        report["postgres"][f"{table} {pk}".strip()] = read_layer(uri, table, None, "postgres")
+    if request.get("tiles"):
+        report["tiles"] = draw_tiles(request["url"], request["tiles"], postgres,
+                                     authcfg or basic_authcfg(user, key))
     QCoreApplication.processEvents()  # the requests' signals come queued from QGIS's threads
     report["requests"] = urls
     print(json.dumps(report))

@@ -98,14 +98,15 @@ def api(template_db: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[
 
 def qgis(api: ApiServer, tmp_path: Path, user: str, layers: list[str], *, auth: str = "uri",
          page_size: int | None = None, key: str | None = None,
-         postgres: dict[str, Any] | None = None) -> dict[str, Any]:
-    """What QGIS sees (tests/qgis_probe.py's report) as ``user``, and through its PostGIS
-    provider the ``postgres`` layers."""
+         postgres: dict[str, Any] | None = None,
+         tiles: dict[str, Any] | None = None) -> dict[str, Any]:
+    """What QGIS sees (tests/qgis_probe.py's report) as ``user``, through its PostGIS provider
+    (``postgres``), and of the vector ``tiles``."""
     profile = tmp_path / f"profile-{uuid.uuid4().hex[:8]}"
     profile.mkdir()
     request = {"url": api.url, "user": user, "key": key or api.keys[user], "open": layers,
                "auth": auth, "page_size": page_size, "rect": RECT, "profile": str(profile),
-               "postgres": postgres}
+               "postgres": postgres, "tiles": tiles}
     done = subprocess.run([SYSTEM_PYTHON, str(PROBE)], input=json.dumps(request), text=True,
                           capture_output=True, env=_env(), timeout=300, check=False)
     assert done.returncode == 0, done.stderr
@@ -229,15 +230,33 @@ def test_another_user_and_a_wrong_key_see_none_of_alices_layers(api: ApiServer,
     assert wrong["listed"] == [] and wrong["layers"][ALICE] == {"valid": False}
 
 
+def _postgres(api: ApiServer, layers: list[list[str]]) -> dict[str, Any]:
+    """The probe's PostGIS connection: the server's database as the API's role."""
+    conninfo = conninfo_to_dict(api.db_url)
+    return {"host": conninfo["host"], "port": str(conninfo["port"]), "dbname": conninfo["dbname"],
+            "user": API_ROLE, "layers": layers}
+
+
 def test_qgis_opens_results_directly_from_postgis(api: ApiServer, tmp_path: Path) -> None:
     """QGIS's PostGIS provider as a role that may read ``results`` (the API's): a result table
     (QGIS finds its primary key) and a view (none) with ``fid`` as its key hold the rows; the
     view without a key does not open."""
-    conninfo = conninfo_to_dict(api.db_url)
-    postgres = {"host": conninfo["host"], "port": str(conninfo["port"]),
-                "dbname": conninfo["dbname"], "user": API_ROLE,
-                "layers": [[ALICE, ""], [VIEW, "fid"], [VIEW, ""]]}
+    postgres = _postgres(api, [[ALICE, ""], [VIEW, "fid"], [VIEW, ""]])
     report = qgis(api, tmp_path, "alice", [], postgres=postgres)["postgres"]
     same_as_postgis(api, ALICE, report[ALICE])
     same_as_postgis(api, VIEW, report[f"{VIEW} fid"])
     assert report[VIEW] == {"valid": False}
+
+
+def test_qgis_draws_the_vector_tiles_where_it_draws_the_table(api: ApiServer,
+                                                              tmp_path: Path) -> None:
+    """QGIS's vector tile layer (Basic authcfg) draws alice's regions where QGIS draws the table
+    itself (PostGIS provider, the same fill): the two differ in under 2 % of the filled pixels
+    (edges: tiles are quantized); with bob's key nothing is drawn."""
+    tiles = {"collection": REGIONS, "extent": [-125, 24, -66, 50], "size": 256}
+    got = qgis(api, tmp_path, "alice", [], postgres=_postgres(api, []), tiles=tiles)["tiles"]
+    assert got["valid"] is True and got["reference"] > 0.1 * 256 * 256, got
+    assert got["differ"] < 0.02 * got["reference"], got
+    other = qgis(api, tmp_path, "bob", [], postgres=_postgres(api, []), tiles=tiles)
+    assert other["tiles"]["drawn"] == 0, other["requests"]
+    assert other["tiles"]["reference"] == got["reference"], other
