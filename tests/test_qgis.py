@@ -2,11 +2,12 @@
 server, as a desktop user opens them: a saved connection whose collections QGIS's browser lists,
 layers added with the user name and API key (in the URI, or as a Basic configuration of QGIS's
 authentication database), pages of features read through the ``next`` links, an extent read
-with ``bbox``.
+with ``bbox``; the same tables through QGIS's PostGIS provider; a layer's vector tiles drawn.
 
 QGIS is Debian's python3-qgis (installed by ``make install``), run headless by
 ``tests/qgis_probe.py`` under Debian's ``/usr/bin/python3``. Oracle: the tables as PostGIS
-returns them (psycopg; geometries as ``ST_AsBinary``).
+returns them (psycopg; geometries as ``ST_AsBinary``); for the tiles, the table drawn by QGIS
+from PostGIS.
 """
 
 from __future__ import annotations
