@@ -11,6 +11,8 @@ import importlib.metadata
 import json
 import subprocess
 import sys
+import threading
+import time
 from typing import Any
 
 import psycopg
@@ -19,7 +21,8 @@ import shapely
 from psycopg import sql
 
 from geojobs import provenance, queue
-from tests.support import ROOT, as_role, job_row, run_worker, worker_env
+from geojobs.params import InputTable, JobParams
+from tests.support import ROOT, as_role, job_row, run_worker, start_worker, wait_for, worker_env
 
 pytestmark = pytest.mark.db
 
@@ -306,3 +309,73 @@ def test_without_a_second_connection_the_job_fingerprints_in_its_own(db_url, con
     assert source["as_of"] == provenance.AFTER_HANDLER
     assert "too many connections" in source["note"], source
     assert (source["rows"], source["signature"]) == _plain_fingerprint(conn, "public.us_states")
+
+
+class _Inputs(JobParams):
+    """Parameters naming two input tables, for the tests that drive the side connection."""
+
+    input_table: InputTable
+    near_table: InputTable
+
+
+@pytest.mark.parametrize("how", ["held", "queued"])
+def test_a_side_waiting_for_the_jobs_own_lock_gives_way(db_url, conn, how):
+    """The job's transaction holds a lock the side's read of an input waits for: itself
+    (``held``: ACCESS EXCLUSIVE) or through another session whose ACCESS EXCLUSIVE request is
+    queued behind the job's read (``queued``). The job, waiting for the side, would wait for
+    ever; instead the side gives way and the job fingerprints in its own transaction."""
+    conn.execute("CREATE TABLE public.locked AS SELECT * FROM public.nc_counties")
+    params = _Inputs(input_table="public.us_states", near_table="public.locked")
+    side = provenance.SideConnection(db_url)
+    other: threading.Thread | None = None
+    with psycopg.connect(db_url, autocommit=True) as job, \
+            psycopg.connect(db_url, autocommit=True) as third:
+        job.execute("BEGIN")
+        if how == "held":
+            job.execute("LOCK TABLE public.locked IN ACCESS EXCLUSIVE MODE")
+        else:
+            job.execute("SELECT count(*) FROM public.locked")  # ACCESS SHARE until the end
+            other = threading.Thread(target=third.execute,
+                                     args=("BEGIN; LOCK TABLE public.locked IN ACCESS EXCLUSIVE MODE; "
+                                           "COMMIT",))
+            other.start()
+            wait_for(lambda: conn.execute(
+                "SELECT count(*) FROM pg_locks WHERE NOT granted AND mode = 'AccessExclusiveLock' "
+                "AND relation = 'public.locked'::regclass").fetchone() == (1,))
+        run = side.start(job, params)
+        assert run is not None
+        started = time.monotonic()
+        inputs = run.collect(job)
+        waited = time.monotonic() - started
+        job.execute("ROLLBACK")
+        if other is not None:
+            other.join(timeout=30)
+    assert waited < 10, waited  # half-second checks, a cancel, a fingerprint of 100 rows
+    states, locked = inputs
+    assert states["as_of"] == provenance.AT_START and states["rows"] == 48
+    assert locked["as_of"] == provenance.AFTER_HANDLER and locked["rows"] == 100
+    assert "lock the job's transaction holds" in locked["note"]
+    assert (locked["rows"], locked["signature"]) == _plain_fingerprint(conn, "public.locked")
+
+
+def test_a_failed_job_does_not_wait_for_its_fingerprint(db_url, conn):
+    """A job that fails at once on an input whose fingerprint takes 10 s: it fails in far less,
+    and the side's query is cancelled (no session of the worker reads the input any more)."""
+    conn.execute("CREATE VIEW public.very_slow AS SELECT s.*, pg_sleep(0.2) IS NULL AS nap "
+                 "FROM public.us_states AS s")
+    conn.execute("GRANT SELECT ON public.very_slow TO geojobs_worker")
+    job_id = queue.enqueue(conn, "dissolve", {"input_table": "public.very_slow",
+                                              "by": ["no_such_column"]}, max_attempts=1)
+    worker = start_worker(as_role(db_url), "dissolve")
+    try:
+        wait_for(lambda: job_row(conn, job_id)["status"] == "failed", timeout=120)
+        job = job_row(conn, job_id)
+        assert "no_such_column" in job["error"]
+        assert (job["finished_at"] - job["started_at"]).total_seconds() < 5, job
+        assert wait_for(lambda: conn.execute(
+            "SELECT count(*) FROM pg_stat_activity WHERE usename = 'geojobs_worker' "
+            "AND datname = current_database() AND query LIKE '%%very_slow%%' "
+            "AND state = 'active'").fetchone() == (0,), timeout=3)
+    finally:
+        worker.terminate()
+        worker.communicate(timeout=60)
