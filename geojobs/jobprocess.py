@@ -315,6 +315,7 @@ class _Child:
         self.side = provenance.SideConnection(settings.database_url)  # opened at first use
         self.files: list[str] = []
         self.tried_claim = False  # the completing transaction claimed (or found nothing)
+        self.claim_sent = 0.0  # time.monotonic() when the last claim's statement was sent
         self.over_cap: float | None = None  # resident MB of worker + child, once past the cap
         self._statm = os.open("/proc/self/statm", os.O_RDONLY)  # kept open: read per job
         self._page_mb = os.sysconf("SC_PAGE_SIZE") / 2**20
@@ -332,16 +333,15 @@ class _Child:
             return
         while True:
             try:
-                handed: tuple[queue.ClaimedJob, float] = self.pipe.recv()
+                job: queue.ClaimedJob | None = self.pipe.recv()
             except (EOFError, OSError):
                 return
-            job: queue.ClaimedJob | None = handed[0]
-            since: float | None = handed[1]  # when the parent claimed it: its clock runs
+            since: float | None = None  # handed over: the parent published it
             try:
                 while job is not None:
                     conn = self._connection()
                     job = self._run(job, conn, since)
-                    since = None
+                    since = self.claim_sent
             except psycopg.OperationalError as exc:
                 # The connection broke: the job's transaction is gone; its row stays running
                 # until the lease takes it back.
@@ -393,14 +393,18 @@ class _Child:
         self.pipe.send(("file", job_id, path))
 
     def _run(self, job: queue.ClaimedJob, conn: psycopg.Connection[Any],
-             handed_at: float | None) -> queue.ClaimedJob | None:
+             claimed: float | None) -> queue.ClaimedJob | None:
         """Run one job in one transaction with its completion; the next job it claimed.
-        ``handed_at``: the parent claimed the job (and logged its start) at that moment."""
+        ``claimed``: when its claim was sent (``time.monotonic()``); its time limit runs from
+        there, as its ``started_at`` does. None: the parent claimed it, published it and
+        logged its start."""
         timeout, limit = self.limits(job)
-        self.slot.publish(job, timeout, limit, since=handed_at)
+        handed = claimed is None
+        if not handed:
+            self.slot.publish(job, timeout, limit, since=claimed)
         label = f"job {job.id} {job.job_type} attempt {job.attempt}/{job.max_attempts}"
         with logs.job_fields(job.id, job.job_type, job.attempt, job.worker_id):
-            if handed_at is None:
+            if not handed:
                 log.info("%s started", label)
             begun = time.monotonic()
             self.files = []
@@ -419,6 +423,7 @@ class _Child:
         if nxt is None:
             queue.rollback(conn)  # the empty transaction begun for a next job, if any
             if not self.tried_claim and self._claim_next():
+                self.claim_sent = time.monotonic()
                 nxt = queue.claim(conn, self.module.JOB_TYPE, self.worker_id)
         return nxt
 
@@ -447,6 +452,7 @@ class _Child:
                 run_seconds=time.perf_counter() - run_from, fingerprints=fingerprints)
             # The completion, the next claim, the COMMIT and the next BEGIN: one round trip.
             claim = self._claim_next()
+            self.claim_sent = time.monotonic()
             done, nxt = queue.complete_and_commit(
                 conn, job, result, claim_next=self.module.JOB_TYPE if claim else None)
             self.tried_claim = claim and done

@@ -292,6 +292,7 @@ class Worker:
                         self._settle(control)
                     self._requeue_stale(control)
                     self._touch(control)
+                    asked = time.monotonic()  # the job's started_at is this statement's
                     job = queue.claim(control, self.settings.job_type, self.worker_id)
                     failures = 0
                     if job is None:
@@ -299,7 +300,7 @@ class Worker:
                             break
                         self._wait(control)
                         continue
-                    self._hand_over(job, once=once)
+                    self._hand_over(job, asked, once=once)
                     if once:
                         break
                     self._check_cap(time.monotonic())
@@ -391,13 +392,13 @@ class Worker:
                                      self.job_limits, keep=[self._control, self._listener])
         return self._child
 
-    def _hand_over(self, job: queue.ClaimedJob, *, once: bool) -> None:
-        """Give a job claimed here to the job process and watch it (and the jobs it claims
-        after it) until it is idle again or stopped."""
+    def _hand_over(self, job: queue.ClaimedJob, claimed: float, *, once: bool) -> None:
+        """Give a job claimed here (by a statement sent at ``claimed``, ``time.monotonic()``)
+        to the job process and watch it (and the jobs it claims after it) until it is idle
+        again or stopped."""
         with logs.job_fields(job.id, job.job_type, job.attempt, job.worker_id):
             log.info("job %s %s attempt %s/%s started", job.id, job.job_type, job.attempt,
                      job.max_attempts)
-        claimed = time.monotonic()
         if once or self._stopping.is_set():
             self._slot.request_stop()
         self._slot.set_parent_rss(self._process.memory_info().rss / 2**20)
@@ -409,7 +410,7 @@ class Worker:
             # slot has one writer at a time.
             self._slot.publish(job, *self.job_limits(job), since=claimed)
             try:
-                child.pipe.send((job, claimed))
+                child.pipe.send(job)
             except (BrokenPipeError, ConnectionResetError, OSError):
                 self._slot.publish(None)  # it never began: given back, not failed
                 self._child_died(child, job)
