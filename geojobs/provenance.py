@@ -1,20 +1,26 @@
 """Where a result came from: recorded in ``result.provenance`` and as the result's COMMENT.
 
 :func:`record` runs in the job process, inside the job's transaction, after the handler and
-before the completion (:mod:`geojobs.jobprocess`): it fingerprints the job's input tables,
-collects the versions of the libraries, and writes the same document as the COMMENT of the
-result table or view, so psql (``\\dt+``) and QGIS show it. The SQL is in
+before the completion (:mod:`geojobs.jobprocess`): it collects the fingerprints of the job's
+input tables, the versions of the libraries, and writes the same document as the COMMENT of
+the result table or view, so psql (``\\dt+``) and QGIS show it. The SQL is in
 ``geojobs/sql/provenance.sql``.
 
 The fingerprint of an input table is its row count and a content signature: the sum modulo
 2^64 of PostgreSQL's 64-bit ``hashtextextended`` of each row's text form (all columns, the
-geometry as hex EWKB). It changes when a row is added, removed or changed in any column; it
-does not change when rows are only reordered or rewritten identically (VACUUM FULL, CLUSTER),
-nor for a change of a column's type that prints the same text, and two different contents
-collide with a chance of about 2^-64. It costs one sequential scan of the input in the
-database (no sort, nothing sent to the worker), shared among parallel workers where the
-server allows them (the sum does not depend on which rows each one saw). See
-docs/jobs.md#provenance.
+geometry as hex EWKB, under fixed text settings). It changes when a row is added, removed or
+changed in any column; it does not change when rows are only reordered or rewritten
+identically (VACUUM FULL, CLUSTER), nor for a change of a column's type that prints the same
+text, and two different contents collide with a chance of about 2^-64. It costs one
+sequential scan of the input in the database (no sort, nothing sent to the worker), shared
+among parallel workers where the server allows them (the sum does not depend on which rows
+each one saw).
+
+That scan runs beside the handler: the job's transaction exports its snapshot first
+(:meth:`SideConnection.start`), a thread reads the fingerprints in it on a second connection
+of the job process while the handler works, and :func:`record` collects them
+(:meth:`Fingerprints.collect`), reading in the job's own transaction whatever the side could
+not. See docs/jobs.md#provenance-and-rerun.
 """
 
 from __future__ import annotations
@@ -141,8 +147,7 @@ def fingerprint(conn: psycopg.Connection[Any], table: str) -> dict[str, Any]:
     except psycopg.Error as exc:
         if conn.broken:
             raise
-        return {"table": table, "rows": None, "signature": None,
-                "error": f"{type(exc).__name__}: {str(exc).strip()}"}
+        return {"table": table, "rows": None, "signature": None, "error": _reason(exc)}
     assert row is not None
     return {"table": f"{schema}.{name}", "rows": int(row[0]),
             "signature": f"{int(row[1]) % 2**64:016x}"}
@@ -216,9 +221,10 @@ class SideConnection:
     def _give_back(self, conn: psycopg.Connection[Any]) -> None:
         """Keep ``conn`` (idle, outside any transaction) for the next job."""
         with self._lock:
-            if self._conn is None:
-                self._conn, conn = conn, None  # type: ignore[assignment]
-        if conn is not None:
+            kept = self._conn is None
+            if kept:
+                self._conn = conn
+        if not kept:
             conn.close()
 
 
