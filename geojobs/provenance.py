@@ -165,6 +165,8 @@ server connection, a database refusing one more connection)."""
 CANCEL_WAIT_SECONDS = 2.0
 """How long a stopped side computation may take to end before its connection is given up."""
 _BLOCK_CHECK_SECONDS = 0.5
+APPLICATION_NAME = "geojobs fingerprints"
+"""The side connection's ``application_name`` (``pg_stat_activity``)."""
 
 
 class SideConnection:
@@ -210,13 +212,13 @@ class SideConnection:
         self._last = run
         return run
 
-    def _take(self) -> psycopg.Connection[Any]:
-        """The kept connection (now the caller's alone), or a new one."""
+    def _take(self) -> tuple[psycopg.Connection[Any], bool]:
+        """The kept connection (now the caller's alone), or a new one; and whether it is new."""
         with self._lock:
             conn, self._conn = self._conn, None
         if conn is not None and not conn.closed and not conn.broken:
-            return conn
-        return connect(self._url, connect_timeout=10)
+            return conn, False
+        return connect(self._url, connect_timeout=10, application_name=APPLICATION_NAME), True
 
     def _give_back(self, conn: psycopg.Connection[Any]) -> None:
         """Keep ``conn`` (idle, outside any transaction) for the next job."""
@@ -264,17 +266,21 @@ class Fingerprints:
     def _work(self) -> None:
         conn: psycopg.Connection[Any] | None = None
         try:
-            conn = self._side._take()
-            with self._lock:
-                if self._stopped:
-                    return
-                self._conn = conn
-            conn.execute(_q("begin_beside"))
-            with psycopg.ClientCursor(conn) as cur:  # SET takes no server-side parameters
-                cur.execute(_q("import_snapshot"), {"snapshot": self._snapshot})
-            row = conn.execute(_q("beside_session")).fetchone()
-            assert row is not None
-            self._backend = int(row[0])
+            conn, new = self._side._take()
+            while True:
+                with self._lock:
+                    if self._stopped:
+                        return
+                    self._conn = conn
+                try:
+                    self._import(conn)
+                    break
+                except psycopg.OperationalError:
+                    if new or not conn.broken:
+                        raise
+                    # The kept connection died while idle (a database restart): once more.
+                    conn.close()
+                    conn, new = self._side._take()
             self._imported.set()
             for i, (_, table) in enumerate(self.tables):
                 found = fingerprint(conn, table)
@@ -291,6 +297,15 @@ class Fingerprints:
             self._end(conn)
             self._imported.set()
             self._done.set()
+
+    def _import(self, conn: psycopg.Connection[Any]) -> None:
+        """Begin the side transaction in the job's snapshot; note its server process."""
+        conn.execute(_q("begin_beside"))
+        with psycopg.ClientCursor(conn) as cur:  # SET takes no server-side parameters
+            cur.execute(_q("import_snapshot"), {"snapshot": self._snapshot})
+        row = conn.execute(_q("beside_session")).fetchone()
+        assert row is not None
+        self._backend = int(row[0])
 
     def _end(self, conn: psycopg.Connection[Any] | None) -> None:
         """Roll back the side transaction; keep the connection unless it broke or was given up."""

@@ -379,3 +379,24 @@ def test_a_failed_job_does_not_wait_for_its_fingerprint(db_url, conn):
     finally:
         worker.terminate()
         worker.communicate(timeout=60)
+
+
+def test_a_side_connection_lost_between_jobs_is_opened_again(db_url, conn):
+    """The kept side connection is ended while the worker waits (as by a database restart):
+    the next job opens another and still reads its fingerprint beside the handler."""
+    first = queue.enqueue(conn, "dissolve", {**DISSOLVE, "overwrite": True})
+    worker = start_worker(as_role(db_url), "dissolve")
+    try:
+        wait_for(lambda: job_row(conn, first)["status"] == "completed", timeout=120)
+        ended = conn.execute("SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity "
+                             "WHERE datname = current_database() AND application_name = %s",
+                             (provenance.APPLICATION_NAME,)).fetchone()
+        assert ended == (1,)
+        second = queue.enqueue(conn, "dissolve", {**DISSOLVE, "overwrite": True})
+        wait_for(lambda: job_row(conn, second)["status"] == "completed", timeout=120)
+    finally:
+        worker.terminate()
+        worker.communicate(timeout=60)
+    a, b = (job_row(conn, j)["result"]["provenance"]["inputs"][0] for j in (first, second))
+    assert a["as_of"] == b["as_of"] == provenance.AT_START, b
+    assert a == b
