@@ -283,6 +283,8 @@ class Fingerprints:
                     conn, new = self._side._take()
             self._imported.set()
             for i, (_, table) in enumerate(self.tables):
+                if self._stopped:
+                    break
                 found = fingerprint(conn, table)
                 with self._lock:
                     if self._stopped:
@@ -337,12 +339,17 @@ class Fingerprints:
             if self._reason is None:
                 self._reason = reason
             conn = self._conn
-        if conn is not None:
+        deadline = time.monotonic() + CANCEL_WAIT_SECONDS
+        while conn is not None and time.monotonic() < deadline:
+            # Again until it ends: a cancel that reaches the side between two statements
+            # is ignored by the server.
             try:
                 conn.cancel_safe(timeout=CANCEL_WAIT_SECONDS)
             except psycopg.Error:
                 pass
-        if not self._done.wait(CANCEL_WAIT_SECONDS):
+            if self._done.wait(min(0.25, max(deadline - time.monotonic(), 0.0))):
+                return
+        if not self._done.wait(max(deadline - time.monotonic(), 0.0)):
             with self._lock:
                 self._abandoned = True
 
