@@ -14,7 +14,7 @@ identically (VACUUM FULL, CLUSTER), nor for a change of a column's type that pri
 text, and two different contents collide with a chance of about 2^-64. It costs one
 sequential scan of the input in the database (no sort, nothing sent to the worker), shared
 among parallel workers where the server allows them (the sum does not depend on which rows
-each one saw).
+each one saw; not beside the handler, below).
 
 That scan runs beside the handler: the job's transaction exports its snapshot first
 (:meth:`SideConnection.start`), a thread reads the fingerprints in it on a second connection

@@ -41,8 +41,10 @@ SET TRANSACTION SNAPSHOT %(snapshot)s;
 
 -- name: beside_session
 -- The server process of the side transaction (its blockers are watched), and the setting a job's
--- session has (a killed job process's backend notices at once), for the transaction.
-SELECT pg_backend_pid(), set_config('client_connection_check_interval', '1000', true);
+-- session has (a killed job process's backend notices at once), for the transaction. No parallel
+-- workers: the scan runs while the handler works, and should take as little of its cores.
+SELECT pg_backend_pid(), set_config('client_connection_check_interval', '1000', true),
+       set_config('max_parallel_workers_per_gather', '0', true);
 
 -- name: blocked_by_job
 -- Whether the side transaction (%(side)s) waits, directly or through others, for a lock the job's
