@@ -21,11 +21,14 @@ postgis:
 # never downloads its own); gdal-bin: ogrinfo/ogr2ogr read the result layers over OGC API -
 # Features in the tests, and ogr2ogr is the floor of the download benchmark.
 # pgbouncer: tests/test_pgbouncer.py starts its own processes (never the system service).
+# python3-qgis: tests/test_qgis.py opens the result layers in QGIS's OGC API - Features provider,
+# run headless by Debian's /usr/bin/python3 (the bindings are built for it, not for the venv).
 tools:
 	@command -v logrotate >/dev/null && command -v tmux >/dev/null && command -v chromium >/dev/null \
 		&& command -v ogrinfo >/dev/null && { command -v pgbouncer || test -x /usr/sbin/pgbouncer; } >/dev/null \
+		&& test -d /usr/lib/python3/dist-packages/qgis \
 		|| { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq logrotate tmux \
-		chromium gdal-bin pgbouncer; }
+		chromium gdal-bin pgbouncer python3-qgis; }
 
 postgres:
 	@pg_isready -q -h 127.0.0.1 -p 5432 || pg_ctlcluster --skip-systemctl-redirect $(PG_VERSION) main start

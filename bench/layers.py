@@ -11,7 +11,9 @@ loopback. Each part is a function ``f(bench, args) -> rows`` registered in :data
   connection, no ``If-None-Match``) and built by ``ST_AsMVT`` run directly over psycopg (same
   rows: ``ST_Intersects`` with the tile, extent 4096, buffer 256, clipped), alternately, after
   one untimed pass. p50/p95 of each and their ratios, the API server's CPU per tile, and the
-  benchmark's own CPU per request on each side (httpx against psycopg).
+  benchmark's own CPU per request on each side. The HTTP client is :mod:`bench.rawhttp`
+  (``--client raw``, the default: tens of microseconds per request, like psycopg's side) or httpx
+  (``--client httpx``: about 1 ms of the client's CPU per request).
 - ``items``: ``/collections/{id}/items?limit=1000`` pages per second with 8 concurrent clients
   (httpx, one process), at offsets spread over the table; against 8 psycopg connections each
   building the same page as one GeoJSON FeatureCollection in SQL (``json_agg(ST_AsGeoJSON)``);
@@ -45,6 +47,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import httpx
 import morecantile
@@ -57,6 +60,7 @@ from psycopg.types.json import Jsonb
 
 from bench.database import bench_database
 from bench.measure import RssSampler, percentiles
+from bench.rawhttp import BlockingClient, request_bytes
 from bench.report import machine, print_table, write_json
 from geojobs.api.keys import create_key
 
@@ -210,6 +214,20 @@ def tile_rows(bench: LayerBench, args: argparse.Namespace) -> list[dict[str, Any
     rows = []
     schema, name = bench.table.split(".")
     query = _MVT.format(t=sql.Identifier(schema, name))
+    host, port = urlsplit(bench.url).hostname or "127.0.0.1", urlsplit(bench.url).port or 80
+    headers = {"Authorization": f"Bearer {bench.key}"}
+    raw = BlockingClient(host, port) if args.client == "raw" else None
+
+    def fetch(http: httpx.Client, path: str) -> bytes:
+        if raw is None:
+            response = http.get(path)
+            response.raise_for_status()
+            return response.content
+        answer = raw.send(request_bytes("GET", path, f"{host}:{port}", headers))
+        if answer.status != 200:
+            raise RuntimeError(f"GET {path}: {answer.status} {answer.body[:200]!r}")
+        return answer.body
+
     with bench.client() as http, psycopg.connect(bench.db_url, autocommit=True) as conn:
         for zoom in ZOOMS:
             tiles = covering_tiles(bench, zoom, args.tiles)
@@ -223,12 +241,11 @@ def tile_rows(bench: LayerBench, args: argparse.Namespace) -> list[dict[str, Any
                 for tile in tiles:
                     path = f"/collections/{bench.table}/tiles/WebMercatorQuad/{zoom}/{tile.x}/{tile.y}"
                     start, own = time.perf_counter(), time.thread_time()
-                    response = http.get(path)
+                    body = fetch(http, path)
                     elapsed, own = time.perf_counter() - start, time.thread_time() - own
-                    response.raise_for_status()
                     if timed:
                         api_ms.append(elapsed * 1000)
-                        api_bytes += len(response.content)
+                        api_bytes += len(body)
                         api_client += own
                     start, own = time.perf_counter(), time.thread_time()
                     row = conn.execute(query, {"z": zoom, "x": tile.x, "y": tile.y}).fetchone()
@@ -239,7 +256,7 @@ def tile_rows(bench: LayerBench, args: argparse.Namespace) -> list[dict[str, Any
                         sql_bytes += len(bytes(row[0])) if row and row[0] is not None else 0
             cpu = _cpu(bench.server.pid) - cpu
             (a50, a95), (s50, s95) = percentiles(api_ms), percentiles(sql_ms)
-            rows.append({"zoom": zoom, "tiles": len(tiles),
+            rows.append({"zoom": zoom, "tiles": len(tiles), "client": args.client,
                          "api_p50_ms": a50, "api_p95_ms": a95, "sql_p50_ms": s50, "sql_p95_ms": s95,
                          "ratio_p50": a50 / s50, "ratio_p95": a95 / s95,
                          "server_cpu_ms_per_tile": cpu * 1000 / len(tiles),
@@ -473,6 +490,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--tiles", type=int, help="tiles sampled per zoom (default 60)")
     parser.add_argument("--pages", type=int, help="item pages fetched (default 200)")
     parser.add_argument("--clients", type=int, default=8, help="concurrent clients for items")
+    parser.add_argument("--client", choices=["raw", "httpx"], default="raw",
+                        help="HTTP client of the tiles part (default raw: bench.rawhttp)")
     parser.add_argument("--only", choices=sorted(PARTS), action="append", help="run only these parts")
     parser.add_argument("--repeat", type=int, help="download runs per side; the fastest counts (3)")
     parser.add_argument("--memory-rows", type=int,

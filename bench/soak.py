@@ -2,14 +2,15 @@
 
 A supervisor (standing in for systemd: ``Restart=always``, ``RestartSec``) keeps worker
 processes of several job types running against one database, logged in as ``geojobs_worker``;
-the jobs are queued as ``geojobs_frontend``. While they work it SIGKILLs a random worker every
-few seconds, SIGTERMs another now and then, and once, midway, takes the database away: a real
-PostgreSQL restart (``--outage restart``, ``make soak``) or, on the soak's own database only,
-``pg_terminate_backend`` of every worker connection (``--outage terminate``, the short soak in
-``make test``). With ``--pgbouncer`` the workers and the front end go through a PgBouncer of the
-soak's own in transaction pooling mode (LISTEN over a direct ``GEOJOBS_LISTEN_URL``, or polling
-with ``--no-listen``), and the outage is that PgBouncer stopped and started again
-(``--outage proxy``). Then it checks, from the job rows, the result tables and the workers' logs:
+the jobs are queued as ``geojobs_frontend``. While they work it SIGKILLs a random worker (of
+those that got through their start) every few seconds, SIGTERMs another now and then, and once,
+midway, takes the database away: a real PostgreSQL restart (``--outage restart``, ``make soak``)
+or, on the soak's own database only, ``pg_terminate_backend`` of every worker connection
+(``--outage terminate``, the short soak in ``make test``). With ``--pgbouncer`` the workers and
+the front end go through a PgBouncer of the soak's own in transaction pooling mode (LISTEN over
+a direct ``GEOJOBS_LISTEN_URL``, or polling with ``--no-listen``), and the outage is that
+PgBouncer stopped and started again (``--outage proxy``). Then it checks, from the job rows, the
+result tables and the workers' logs:
 
 - every job is final (``completed``, or ``failed`` with its error); attempts <= max_attempts;
 - no job ran on two workers at once (each run's start and end, per worker and attempt, read
@@ -193,6 +194,7 @@ class _Proc:
     ended: float | None = None
     code: int | None = None
     sent: str | None = None  # the signal the soak sent it, if any
+    ready: bool = False  # it logged that it started
 
 
 class _Supervisor:
@@ -244,8 +246,16 @@ class _Supervisor:
                 del self.restart_at[key]
                 self.start(*key)
 
+    def ready(self, proc: _Proc) -> bool:
+        """Whether the worker got through its start (imports, connection): killing one that
+        has not tests nothing, and on a loaded host could starve a job type of workers."""
+        if not proc.ready:
+            proc.ready = f"for {proc.job_type} started".encode() in proc.log.read_bytes()
+        return proc.ready
+
     def send(self, signum: signal.Signals) -> None:
-        candidates = [p for p in self.live.values() if p.sent is None]
+        """Send ``signum`` to one running worker picked at random (none yet: to none)."""
+        candidates = [p for p in self.live.values() if p.sent is None and self.ready(p)]
         if candidates:
             proc = self.rng.choice(candidates)
             proc.sent = signum.name
@@ -533,7 +543,8 @@ def run_soak(url: str, config: SoakConfig, logs: Path | None = None, *,
                 if pending == 0:
                     break
                 if not outage_done and pending is not None and \
-                        pending <= (1 - config.outage_at) * len(ids):
+                        pending <= (1 - config.outage_at) * len(ids) and \
+                        any(supervisor.ready(p) for p in supervisor.live.values()):
                     report.outage_seconds = round(_outage(client_url, config, proxy_restart), 2)
                     outage_done = True
             time.sleep(0.05)

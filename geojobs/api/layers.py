@@ -21,8 +21,8 @@ on the API's own asyncpg pool and login role. What geojobs adds around it:
 - ``/collections/{id}/items?f=gpkg|parquet|fgb``: the whole layer as a file
   (:func:`geojobs.export.export_table`), with the writing job's provenance.
 - Views without a key get ``fid`` as their id column, so ``items/{itemId}`` works.
-- Tiles carry an ETag and a short private max-age; nothing else here is cacheable (tipg's own
-  hour-long cache middleware is not used).
+- Tiles carry an ETag and are private, revalidated by default; nothing else here is cacheable
+  (tipg's own hour-long cache middleware is not used).
 """
 
 from __future__ import annotations
@@ -850,13 +850,14 @@ def _without_html(scope: Scope) -> None:
 
 
 class TileCacheMiddleware:
-    """Vector tiles get an ETag (sha1 of the body) and ``Cache-Control: private, max-age=N``;
+    """Vector tiles get an ETag (sha1 of the body) and ``Cache-Control: private, no-cache`` (or
+    ``max-age=N`` when ``GEOJOBS_LAYER_MAX_AGE`` is set);
     ``If-None-Match`` with that ETag answers 304. Other responses pass through untouched.
     Layer requests also lose ``text/html`` from their Accept header (:func:`_without_html`)."""
 
-    def __init__(self, app: ASGIApp, max_age: int = 30) -> None:
+    def __init__(self, app: ASGIApp, max_age: int = 0) -> None:
         self.app = app
-        self.max_age = max_age
+        self.cache_control = (f"private, max-age={max_age}" if max_age else "private, no-cache").encode()
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http" or not _LAYER_PATH.match(scope["path"]):
@@ -886,7 +887,7 @@ class TileCacheMiddleware:
             headers = [(k, v) for k, v in headers
                        if k.lower() not in (b"cache-control", b"etag", b"content-length")]
             headers += [(b"etag", etag.encode()), (b"vary", b"Authorization"),
-                        (b"cache-control", f"private, max-age={self.max_age}".encode())]
+                        (b"cache-control", self.cache_control)]
             wanted = dict(scope.get("headers", [])).get(b"if-none-match", b"").decode("latin-1")
             if etag in [tag.strip() for tag in wanted.split(",")]:
                 status, body = 304, b""

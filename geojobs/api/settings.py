@@ -57,7 +57,9 @@ class ApiSettings(BaseSettings):
         description="Schemas served as layers besides the output schemas (GEOJOBS_OUTPUT_SCHEMAS, "
         "default results), comma-separated; none by default.")
     layer_max_age: int = Field(
-        default=30, ge=0, le=3600, description="max-age in seconds of a vector tile (with its ETag).")
+        default=0, ge=0, le=3600, description="max-age in seconds of a vector tile (with its ETag); "
+        "0: no-cache, clients revalidate each tile, so a cache shared by two users' keys (QGIS's "
+        "ignores Vary: Authorization) never shows one user's tile to the other.")
     api_callback_timeout: float = Field(default=10.0, gt=0, description="Seconds per callback POST.")
     listen_url: str = Field(
         default="", description="Behind PgBouncer: a direct libpq URI used only to LISTEN for job "
