@@ -11,14 +11,18 @@ import importlib.metadata
 import json
 import subprocess
 import sys
+import threading
+import time
 from typing import Any
 
 import psycopg
 import pytest
 import shapely
+from psycopg import sql
 
 from geojobs import provenance, queue
-from tests.support import ROOT, as_role, job_row, run_worker, worker_env
+from geojobs.params import InputTable, JobParams
+from tests.support import ROOT, as_role, job_row, run_worker, start_worker, wait_for, worker_env
 
 pytestmark = pytest.mark.db
 
@@ -200,3 +204,199 @@ def test_pipeline_rerun_names_the_run_it_replaces(db_url, conn):
     assert prov["inputs"][0]["table"] == job_row(conn, jobs["regions"])["result"]["output_table"]
     count = conn.execute("SELECT count(*) FROM results.regions_v").fetchone()
     assert count == (1,)
+
+
+def _plain_fingerprint(conn: psycopg.Connection[Any], table: str) -> tuple[int, str]:
+    """The fingerprint computed by hand in plain SQL (the oracle of the recorded one)."""
+    row = conn.execute(f"SELECT count(*), coalesce(sum(hashtextextended(t::text, 0)), 0) "  # noqa: S608
+                       f"FROM {table} AS t").fetchone()  # fixed names of this module
+    assert row is not None
+    return int(row[0]), f"{int(row[1]) % 2**64:016x}"
+
+
+def test_fingerprint_beside_the_job_equals_the_one_in_its_transaction(db_url, conn):
+    """On a table nothing changes, the fingerprint read beside the job (in the snapshot it began
+    with) equals the one read in a transaction and the plain SQL sum; a second run gives the
+    same again."""
+    first = queue.enqueue(conn, "dissolve", {**DISSOLVE, "overwrite": True})
+    second = queue.enqueue(conn, "dissolve", {**DISSOLVE, "overwrite": True})
+    run = run_worker(as_role(db_url), "dissolve")
+    assert run.returncode == 0, run.stderr
+    a, b = (job_row(conn, j)["result"]["provenance"] for j in (first, second))
+    [source] = a["inputs"]
+    assert source["as_of"] == provenance.AT_START and "note" not in source
+    assert (source["rows"], source["signature"]) == _plain_fingerprint(conn, "public.us_states")
+    in_transaction = provenance.fingerprint(conn, "public.us_states")
+    assert {k: source[k] for k in in_transaction} == in_transaction
+    assert b["inputs"] == a["inputs"]
+    assert a["timings"]["fingerprint_seconds"] > 0
+
+
+def test_fingerprint_does_not_depend_on_the_session_settings(conn):
+    """Settings that change a row's text (time zone, date and interval styles, float digits,
+    bytea output) do not change the fingerprint; the plain sum under those settings does."""
+    conn.execute("CREATE TABLE public.stamps AS SELECT g AS id, "
+                 "timestamptz '2026-01-01 12:00+00' + g * interval '1 hour 1 minute' AS at, "
+                 "g * interval '90 minutes' AS span, g / 3.0::float8 AS x, "
+                 "decode(md5(g::text), 'hex') AS b FROM generate_series(1, 50) AS g")
+    plain = provenance.fingerprint(conn, "public.stamps")
+    before = _plain_fingerprint(conn, "public.stamps")
+    conn.execute("SET TimeZone = 'America/New_York'")
+    conn.execute("SET DateStyle = 'SQL, DMY'")
+    conn.execute("SET IntervalStyle = 'iso_8601'")
+    conn.execute("SET extra_float_digits = 0")
+    conn.execute("SET bytea_output = 'escape'")
+    assert _plain_fingerprint(conn, "public.stamps") != before  # the text really changed
+    assert provenance.fingerprint(conn, "public.stamps") == plain
+    assert plain["rows"] == 50 and plain["signature"] == before[1]  # this server's defaults
+
+
+def test_fingerprint_runs_while_the_handler_works(db_url, conn):
+    """An input that takes about a second to read (a view sleeping 20 ms a row) costs about a
+    second to the handler and a second to the fingerprint: the fingerprint, read beside the
+    handler, adds far less than its own time to the job."""
+    conn.execute("CREATE VIEW public.slow_states AS SELECT s.*, pg_sleep(0.02) IS NULL AS nap "
+                 "FROM public.us_states AS s")
+    conn.execute("GRANT SELECT ON public.slow_states TO geojobs_worker")
+    job_id = queue.enqueue(conn, "dissolve", {**DISSOLVE, "input_table": "public.slow_states"})
+    run = run_worker(as_role(db_url), "dissolve")
+    assert run.returncode == 0, run.stderr
+    job = job_row(conn, job_id)
+    assert job["status"] == "completed", job["error"]
+    prov = job["result"]["provenance"]
+    [source] = prov["inputs"]
+    assert source["as_of"] == provenance.AT_START and source["rows"] == 48
+    timings = prov["timings"]
+    # the handler read the view at least once, the fingerprint once: each at least 48 x 20 ms
+    assert timings["run_seconds"] >= 0.9 and timings["fingerprint_seconds"] >= 0.9, timings
+    # after the handler the job waited for at most the part of the fingerprint the handler
+    # did not cover; one after the other it would have taken the whole fingerprint again
+    assert timings["fingerprint_wait_seconds"] <= timings["provenance_seconds"]
+    assert timings["provenance_seconds"] < timings["fingerprint_seconds"] - 0.5, timings
+
+
+def test_an_input_the_fingerprint_cannot_read_does_not_fail_the_job(db_url, conn):
+    """A view with a column that fails to compute (division by zero), which the job does not
+    read: the job completes; the fingerprint (which reads every column) says why it is missing."""
+    conn.execute("CREATE VIEW public.broken_states AS SELECT s.*, "
+                 "1 / (length(s.state_name) - length(s.state_name)) AS boom FROM public.us_states AS s")
+    conn.execute("GRANT SELECT ON public.broken_states TO geojobs_worker")
+    job_id = queue.enqueue(conn, "dissolve", {**DISSOLVE, "input_table": "public.broken_states"})
+    run = run_worker(as_role(db_url), "dissolve")
+    assert run.returncode == 0, run.stderr
+    job = job_row(conn, job_id)
+    assert job["status"] == "completed", job["error"]
+    [source] = job["result"]["provenance"]["inputs"]
+    assert source["rows"] is None and source["signature"] is None
+    assert "division by zero" in source["error"] and source["table"] == "public.broken_states"
+    assert job["result"]["rows"] == _count(conn, "(SELECT DISTINCT sub_region FROM "
+                                                 "public.us_states) AS r")
+
+
+def test_without_a_second_connection_the_job_fingerprints_in_its_own(db_url, conn):
+    """The database takes no connection beyond the worker's two (control, job): the side
+    connection fails, and the job reads the fingerprint in its own transaction after the
+    handler, says why, and completes."""
+    [(name, used)] = conn.execute("SELECT current_database(), count(*) FROM pg_stat_activity "
+                                  "WHERE datname = current_database()").fetchall()
+    conn.execute(sql.SQL("ALTER DATABASE {} CONNECTION LIMIT {}").format(
+        sql.Identifier(name), sql.Literal(used + 2)))
+    job_id = queue.enqueue(conn, "dissolve", DISSOLVE)
+    run = run_worker(as_role(db_url), "dissolve")
+    job = job_row(conn, job_id)
+    assert job["status"] == "completed", (job["error"], run.stderr)
+    [source] = job["result"]["provenance"]["inputs"]
+    assert source["as_of"] == provenance.AFTER_HANDLER
+    assert "too many connections" in source["note"], source
+    assert (source["rows"], source["signature"]) == _plain_fingerprint(conn, "public.us_states")
+
+
+class _Inputs(JobParams):
+    """Parameters naming two input tables, for the tests that drive the side connection."""
+
+    input_table: InputTable
+    near_table: InputTable
+
+
+@pytest.mark.parametrize("how", ["held", "queued"])
+def test_a_side_waiting_for_the_jobs_own_lock_gives_way(db_url, conn, how):
+    """The job's transaction holds a lock the side's read of an input waits for: itself
+    (``held``: ACCESS EXCLUSIVE) or through another session whose ACCESS EXCLUSIVE request is
+    queued behind the job's read (``queued``). The job, waiting for the side, would wait for
+    ever; instead the side gives way and the job fingerprints in its own transaction."""
+    conn.execute("CREATE TABLE public.locked AS SELECT * FROM public.nc_counties")
+    params = _Inputs(input_table="public.us_states", near_table="public.locked")
+    side = provenance.SideConnection(db_url)
+    other: threading.Thread | None = None
+    with psycopg.connect(db_url, autocommit=True) as job, \
+            psycopg.connect(db_url, autocommit=True) as third:
+        job.execute("BEGIN")
+        if how == "held":
+            job.execute("LOCK TABLE public.locked IN ACCESS EXCLUSIVE MODE")
+        else:
+            job.execute("SELECT count(*) FROM public.locked")  # ACCESS SHARE until the end
+            other = threading.Thread(target=third.execute,
+                                     args=("BEGIN; LOCK TABLE public.locked IN ACCESS EXCLUSIVE MODE; "
+                                           "COMMIT",))
+            other.start()
+            wait_for(lambda: conn.execute(
+                "SELECT count(*) FROM pg_locks WHERE NOT granted AND mode = 'AccessExclusiveLock' "
+                "AND relation = 'public.locked'::regclass").fetchone() == (1,))
+        run = side.start(job, params)
+        assert run is not None
+        started = time.monotonic()
+        inputs = run.collect(job)
+        waited = time.monotonic() - started
+        job.execute("ROLLBACK")
+        if other is not None:
+            other.join(timeout=30)
+    assert waited < 10, waited  # half-second checks, a cancel, a fingerprint of 100 rows
+    states, locked = inputs
+    assert states["as_of"] == provenance.AT_START and states["rows"] == 48
+    assert locked["as_of"] == provenance.AFTER_HANDLER and locked["rows"] == 100
+    assert "lock the job's transaction holds" in locked["note"]
+    assert (locked["rows"], locked["signature"]) == _plain_fingerprint(conn, "public.locked")
+
+
+def test_a_failed_job_does_not_wait_for_its_fingerprint(db_url, conn):
+    """A job that fails at once on an input whose fingerprint takes 10 s: it fails in far less,
+    and the side's query is cancelled (no session of the worker reads the input any more)."""
+    conn.execute("CREATE VIEW public.very_slow AS SELECT s.*, pg_sleep(0.2) IS NULL AS nap "
+                 "FROM public.us_states AS s")
+    conn.execute("GRANT SELECT ON public.very_slow TO geojobs_worker")
+    job_id = queue.enqueue(conn, "dissolve", {"input_table": "public.very_slow",
+                                              "by": ["no_such_column"]}, max_attempts=1)
+    worker = start_worker(as_role(db_url), "dissolve")
+    try:
+        wait_for(lambda: job_row(conn, job_id)["status"] == "failed", timeout=120)
+        job = job_row(conn, job_id)
+        assert "no_such_column" in job["error"]
+        assert (job["finished_at"] - job["started_at"]).total_seconds() < 5, job
+        assert wait_for(lambda: conn.execute(
+            "SELECT count(*) FROM pg_stat_activity WHERE usename = 'geojobs_worker' "
+            "AND datname = current_database() AND query LIKE '%%very_slow%%' "
+            "AND state = 'active'").fetchone() == (0,), timeout=3)
+    finally:
+        worker.terminate()
+        worker.communicate(timeout=60)
+
+
+def test_a_side_connection_lost_between_jobs_is_opened_again(db_url, conn):
+    """The kept side connection is ended while the worker waits (as by a database restart):
+    the next job opens another and still reads its fingerprint beside the handler."""
+    first = queue.enqueue(conn, "dissolve", {**DISSOLVE, "overwrite": True})
+    worker = start_worker(as_role(db_url), "dissolve")
+    try:
+        wait_for(lambda: job_row(conn, first)["status"] == "completed", timeout=120)
+        ended = conn.execute("SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity "
+                             "WHERE datname = current_database() AND application_name = %s",
+                             (provenance.APPLICATION_NAME,)).fetchone()
+        assert ended == (1,)
+        second = queue.enqueue(conn, "dissolve", {**DISSOLVE, "overwrite": True})
+        wait_for(lambda: job_row(conn, second)["status"] == "completed", timeout=120)
+    finally:
+        worker.terminate()
+        worker.communicate(timeout=60)
+    a, b = (job_row(conn, j)["result"]["provenance"]["inputs"][0] for j in (first, second))
+    assert a["as_of"] == b["as_of"] == provenance.AT_START, b
+    assert a == b
