@@ -33,10 +33,14 @@ postgres:
 
 venv: $(VENV)/.installed
 
+# uv resolves and installs the packages several times faster than pip (and from its cache when
+# it has them); pip only brings uv itself into the new virtualenv. Bytecode is compiled at install
+# time, as pip does, so that the first imports of a test run do not each compile it.
 $(VENV)/.installed: pyproject.toml
 	@test -x $(VENV)/bin/python || $(PYTHON) -m venv $(VENV)
-	$(VENV)/bin/pip install -q --upgrade pip
-	$(VENV)/bin/pip install -q -e '.[dev,notebooks,bench,dask]'
+	@test -x $(VENV)/bin/uv || $(VENV)/bin/pip install -q uv
+	$(VENV)/bin/uv pip install -q --python $(VENV)/bin/python --compile-bytecode \
+		-e '.[dev,notebooks,bench,dask]'
 	$(VENV)/bin/geojobs warm
 	@touch $@
 
