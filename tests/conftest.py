@@ -162,8 +162,10 @@ def warm_run(tmp_path_factory: pytest.TempPathFactory, testrun_uid: str) -> Warm
     Compiling esda's kernels from nothing takes a minute of CPU; the tests that check what
     ``warm`` writes (tests/test_warm.py, tests/analysis/test_jit.py) read the same run.
     """
-    # under pytest-xdist each process has its own base directory inside the run's one
-    shared = tmp_path_factory.getbasetemp().parent / f"geojobs-warm-{testrun_uid}"
+    base = tmp_path_factory.getbasetemp()
+    if os.environ.get("PYTEST_XDIST_WORKER"):  # each process has its own base inside the run's
+        base = base.parent
+    shared = base / f"geojobs-warm-{testrun_uid}"
     shared.mkdir(exist_ok=True)
     result = shared / "result.json"
     with open(shared / "lock", "w") as lock:
