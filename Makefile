@@ -36,10 +36,14 @@ postgres:
 
 venv: $(VENV)/.installed
 
+# uv resolves and installs the same packages as pip several times faster (from its cache when it
+# has them); pip only brings uv itself into the new virtualenv. Unlike pip, uv does not compile
+# every installed module to bytecode up front (minutes on 2 cores): Python compiles each module
+# the first time it is imported and keeps the .pyc, so only what is used is compiled, once.
 $(VENV)/.installed: pyproject.toml
 	@test -x $(VENV)/bin/python || $(PYTHON) -m venv $(VENV)
-	$(VENV)/bin/pip install -q --upgrade pip
-	$(VENV)/bin/pip install -q -e '.[dev,notebooks,bench,dask]'
+	@test -x $(VENV)/bin/uv || $(VENV)/bin/pip install -q uv
+	$(VENV)/bin/uv pip install -q --python $(VENV)/bin/python -e '.[dev,notebooks,bench,dask]'
 	$(VENV)/bin/geojobs warm
 	@touch $@
 

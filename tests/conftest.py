@@ -7,10 +7,16 @@ tests) never share state.
 
 from __future__ import annotations
 
+import fcntl
+import json
 import os
+import subprocess
+import sys
 import uuid
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import psycopg
@@ -27,7 +33,7 @@ SLOWEST_FIRST = tuple(f"tests/{name}.py" for name in (
     "test_pipelines", "test_cli_and_schema", "test_provenance", "test_bad_input", "analysis/test_jit",
     "test_create_view", "test_hotspot_timeseries", "test_raster_clip", "test_dissolve",
     "test_console", "test_janitor", "test_nearest", "test_clip_erase", "test_layers", "test_hotspot",
-    "test_warm", "test_operations", "test_queue", "test_outlier", "test_soak", "test_api",
+    "test_operations", "test_queue", "test_outlier", "test_soak", "test_api",
     "test_layers_download", "test_job_control",
 ))
 """The modules that take longest, longest first (summed ``--durations`` of a whole run; the
@@ -132,3 +138,46 @@ def conn(db_url: str) -> Iterator[psycopg.Connection[Any]]:
     """An autocommit connection to the test's database."""
     with psycopg.connect(db_url, autocommit=True) as connection:
         yield connection
+
+
+@dataclass(frozen=True)
+class WarmRun:
+    """What one ``geojobs warm`` printed, and the empty numba cache directory it wrote into."""
+
+    returncode: int
+    stdout: str
+    stderr: str
+    cache: Path
+
+
+WARMED = ("noop", "hotspot", "outlier")
+"""The job types of the shared ``geojobs warm`` run: noop has no warm-up, the other two do."""
+
+
+@pytest.fixture(scope="session")
+def warm_run(tmp_path_factory: pytest.TempPathFactory, testrun_uid: str) -> WarmRun:
+    """``geojobs warm noop hotspot outlier`` with an empty ``NUMBA_CACHE_DIR``, run once per
+    test run and shared by every test process (``pytest -n``) under a file lock.
+
+    Compiling esda's kernels from nothing takes a minute of CPU; the tests that check what
+    ``warm`` writes (tests/test_warm.py, tests/analysis/test_jit.py) read the same run.
+    """
+    base = tmp_path_factory.getbasetemp()
+    if os.environ.get("PYTEST_XDIST_WORKER"):  # each process has its own base inside the run's
+        base = base.parent
+    shared = base / f"geojobs-warm-{testrun_uid}"
+    shared.mkdir(exist_ok=True)
+    result = shared / "result.json"
+    with open(shared / "lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if not result.exists():
+            cache = shared / "numba"
+            cache.mkdir()
+            env = dict(os.environ, PYTHONPATH=str(Path(__file__).resolve().parents[1]),
+                       NUMBA_CACHE_DIR=str(cache))
+            done = subprocess.run([sys.executable, "-m", "geojobs.cli", "warm", *WARMED],
+                                  env=env, cwd=env["PYTHONPATH"], text=True, capture_output=True,
+                                  timeout=900)
+            result.write_text(json.dumps({"returncode": done.returncode, "stdout": done.stdout,
+                                          "stderr": done.stderr, "cache": str(cache)}))
+    return WarmRun(**{**json.loads(result.read_text()), "cache": shared / "numba"})

@@ -6,11 +6,7 @@ and seed; Gi* (binary, self-weight 1) and local Moran's I (row-standardised), wi
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
 import warnings
-from pathlib import Path
 from typing import Any
 
 import esda.crand
@@ -21,7 +17,7 @@ from esda.getisord import G_Local
 from esda.moran import Moran_Local
 
 from analysis import jit
-from tests.support import ROOT
+from tests.conftest import WarmRun
 
 
 def _weights() -> libpysal.weights.W:
@@ -74,10 +70,9 @@ def test_same_results_as_esda_compute_chunk(monkeypatch: pytest.MonkeyPatch,
 
 
 @pytest.mark.slow
-def test_compute_chunk_is_cached_on_disk(tmp_path: Path) -> None:
-    env = dict(os.environ, PYTHONPATH=str(ROOT), NUMBA_CACHE_DIR=str(tmp_path))
-    done = subprocess.run([sys.executable, "-m", "geojobs.cli", "warm", "hotspot", "outlier"],
-                          env=env, cwd=ROOT, text=True, capture_output=True, timeout=900)
-    assert done.returncode == 0, done.stderr
-    names = {p.name for p in tmp_path.rglob("*.nbi")}
+@pytest.mark.timeout(900)  # the shared run (tests/conftest.py: warm_run) may be this test's own
+def test_compute_chunk_is_cached_on_disk(warm_run: WarmRun) -> None:
+    """``geojobs warm hotspot outlier`` (and noop) into an empty cache writes our kernel's index."""
+    assert warm_run.returncode == 0, warm_run.stderr
+    names = {p.name for p in warm_run.cache.rglob("*.nbi")}
     assert any("_chunk_kernel" in n for n in names), names
