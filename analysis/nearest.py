@@ -18,7 +18,10 @@ Data crossing the antimeridian is not handled.
 from __future__ import annotations
 
 import math
-from typing import Literal, cast
+import os
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from typing import Literal, TypeVar, cast
 
 import geopandas as gpd
 import numpy as np
@@ -35,8 +38,13 @@ Method = Literal["planar", "geodesic"]
 NEAR_COLUMNS = ("near_id", "near_rank", "near_dist", "near_angle")
 MAX_K = 1000
 
+CHUNK = 25_000
+"""Input features searched together: several chunks per thread keep both cores busy and bound
+the memory of the candidate pairs."""
+
 IntArray = NDArray[np.int64]
 FloatArray = NDArray[np.float64]
+T = TypeVar("T")
 
 
 def default_method(crs: CRS | None) -> Method:
@@ -55,6 +63,7 @@ def nearest(
     input_key: str | None = None,
     same_table: bool = False,
     lines: bool = False,
+    threads: int | None = None,
 ) -> gpd.GeoDataFrame:
     """Return one row per input feature and neighbour rank, closest first.
 
@@ -67,11 +76,14 @@ def nearest(
     ``near_angle`` (degrees counter-clockwise from east, -180..180, from the
     input's nearest point to the near feature's) and, with ``lines``,
     ``near_line``. An input feature without neighbour keeps one row of nulls.
+    Planar searches share chunks of inputs among ``threads`` threads (default: the CPU
+    count, at most 4); the result does not depend on their number.
     """
     if near is None:
         near, same_table = inputs, True
         input_key = input_key if input_key is not None else near_key
     k = _check_k(k)
+    workers = _threads(threads)
     radius = _check_radius(search_radius)
     method = _check_method(inputs, near, method)
     taken = [c for c in (*NEAR_COLUMNS, "near_line") if c in inputs.columns]
@@ -101,7 +113,8 @@ def nearest(
 
     key_order = np.argsort(np.argsort(np.asarray(near_ids[b_pos]), kind="stable"))
     if method == "planar":
-        left, right, dist, line = _planar_knn(a, b, k, radius, exclude, key_order, lines)
+        left, right, dist, line = _planar_knn(a, b, k, radius, exclude, key_order, lines,
+                                              workers)
     else:
         left, right, dist, line = _geodesic_knn(a, b, k, radius, exclude, key_order, inputs.crs)
     right = b_pos[right]
@@ -116,6 +129,26 @@ def _check_k(k: int) -> int:
     if isinstance(k, bool) or not isinstance(k, int | np.integer) or not 1 <= k <= MAX_K:
         raise AnalysisError(f"k must be a whole number from 1 to {MAX_K}, got {k!r}", field="k")
     return int(k)
+
+
+def _threads(threads: int | None) -> int:
+    if threads is None:
+        return max(1, min(os.cpu_count() or 1, 4))
+    if isinstance(threads, bool) or not isinstance(threads, int | np.integer) or threads < 1:
+        raise AnalysisError(f"threads must be a whole number of 1 or more, got {threads!r}",
+                            field="threads")
+    return int(threads)
+
+
+def _in_chunks(work: Callable[[int, int], T], n: int, threads: int) -> list[T]:
+    """``work(lo, hi)`` over consecutive chunks of ``range(n)``, in order, on ``threads``
+    threads (Shapely and NumPy release the GIL for the heavy parts)."""
+    edges = np.linspace(0, n, max(1, -(-n // CHUNK), min(threads, n)) + 1).astype(int)
+    spans = list(zip(edges[:-1].tolist(), edges[1:].tolist(), strict=True))
+    if threads == 1 or len(spans) == 1:
+        return [work(lo, hi) for lo, hi in spans]
+    with ThreadPoolExecutor(threads) as pool:
+        return list(pool.map(lambda span: work(*span), spans))
 
 
 def _check_radius(radius: float | None) -> float | None:
@@ -342,18 +375,28 @@ def _planar_knn(
     exclude: tuple[IntArray, IntArray] | None,
     key_order: IntArray,
     all_lines: bool,
+    threads: int,
 ) -> tuple[IntArray, IntArray, FloatArray, NDArray[np.object_]]:
     tree = shapely.STRtree(b)
+    tree.query(b[:1])  # builds the tree here, before threads share it
     start, everything = _start_radius(a, b, k)
     cap = everything if radius is None else radius
-    left, right, dist, _ = _search(tree, a, b, k, cap, exclude, start)
-    keep = _top_k(left, right, dist, k, radius, key_order)
-    left, right, dist = left[keep], right[keep], dist[keep]
-    # Touching pairs need no line for their angle (0); skip them unless lines are wanted.
-    line = np.full(len(left), None, dtype=object)
-    todo = np.arange(len(left)) if all_lines else np.flatnonzero(dist > 0)
-    line[todo] = shapely.shortest_line(a[left[todo]], b[right[todo]])
-    return left, right, dist, line
+
+    def part(lo: int, hi: int) -> tuple[IntArray, IntArray, FloatArray, NDArray[np.object_]]:
+        sub = a[lo:hi]
+        ex = None if exclude is None else (exclude[0][lo:hi], exclude[1])
+        left, right, dist, _ = _search(tree, sub, b, k, cap, ex, start)
+        keep = _top_k(left, right, dist, k, radius, key_order)
+        left, right, dist = left[keep], right[keep], dist[keep]
+        # Touching pairs need no line for their angle (0); skip them unless lines are wanted.
+        line = np.full(len(left), None, dtype=object)
+        todo = np.arange(len(left)) if all_lines else np.flatnonzero(dist > 0)
+        line[todo] = shapely.shortest_line(sub[left[todo]], b[right[todo]])
+        return left + lo, right, dist, line
+
+    parts = _in_chunks(part, len(a), threads)
+    return (np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts]),
+            np.concatenate([p[2] for p in parts]), np.concatenate([p[3] for p in parts]))
 
 
 def _box_margins(geod: Geod, dist: FloatArray, lat_lo: FloatArray, lat_hi: FloatArray
