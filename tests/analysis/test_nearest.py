@@ -250,10 +250,69 @@ def test_string_keys_and_missing_geometry(seats):
     assert not result["near_id"].isin(named["name"][:3]).any()
 
 
+def _grid_points_and_stars(n_points: int, n_stars: int, seed: int) -> tuple[gpd.GeoDataFrame,
+                                                                            gpd.GeoDataFrame]:
+    """Points on a coarse grid (exact ties at equal distances), some missing, and star
+    polygons that overlap."""
+    rng = np.random.default_rng(seed)
+    xy = np.round(rng.uniform(0, 1000, (n_points, 2)) / 25) * 25
+    geoms = shapely.points(xy)
+    geoms[rng.choice(n_points, 5, replace=False)] = None
+    points = gpd.GeoDataFrame({"pid": np.arange(n_points) * 3 + 7}, geometry=geoms,
+                              crs=26916)
+    stars = []
+    for cx, cy in np.round(rng.uniform(0, 1000, (n_stars, 2)) / 50) * 50:
+        angles = np.sort(rng.uniform(0, 2 * np.pi, 7))
+        r = 40 * rng.uniform(0.4, 1.0, 7)
+        stars.append(shapely.Polygon(np.column_stack([cx + r * np.cos(angles),
+                                                      cy + r * np.sin(angles)])))
+    polygons = gpd.GeoDataFrame({"sid": rng.permutation(n_stars) + 100}, geometry=stars,
+                                crs=26916)
+    return points, polygons
+
+
+def _assert_identical(one: gpd.GeoDataFrame, other: gpd.GeoDataFrame) -> None:
+    assert one.index.equals(other.index)
+    for column in ("near_id", "near_rank"):
+        assert one[column].tolist() == other[column].tolist()
+    for column in ("near_dist", "near_angle"):
+        np.testing.assert_array_equal(one[column].to_numpy(float, na_value=np.nan),
+                                      other[column].to_numpy(float, na_value=np.nan))
+    if "near_line" in one.columns:
+        assert shapely.equals_exact(one["near_line"].to_numpy(), other["near_line"].to_numpy(),
+                                    tolerance=0).tolist() == \
+            (~one["near_line"].isna()).tolist()
+
+
+@pytest.mark.parametrize("threads", [2, 3, 7])
+@pytest.mark.parametrize(("k", "radius", "lines"), [(1, None, False), (5, None, True),
+                                                    (4, 30.0, False)])
+def test_threaded_chunks_equal_one_thread_bit_for_bit(threads, k, radius, lines):
+    # Several chunks searched on several threads must give exactly what one thread gives,
+    # and both what every pair measured gives.
+    points, polygons = _grid_points_and_stars(1500, 120, seed=16)
+    one = nearest(points, polygons, k=k, search_radius=radius, near_key="sid", lines=lines,
+                  threads=1)
+    many = nearest(points, polygons, k=k, search_radius=radius, near_key="sid", lines=lines,
+                   threads=threads)
+    _assert_identical(one, many)
+    sample = points.iloc[::25]
+    expected = brute_planar(sample, polygons, "sid", k, radius)
+    assert_same(got_pairs(many[many["pid"].isin(sample["pid"])], sample, "pid"), expected)
+
+
+def test_threaded_same_table_never_self(georgia):
+    one = nearest(georgia, k=4, near_key="AreaKey", threads=1)
+    many = nearest(georgia, k=4, near_key="AreaKey", threads=5)
+    _assert_identical(one, many)
+    assert (many["near_id"] != many["AreaKey"]).all()
+
+
 @pytest.mark.parametrize(
     ("kwargs", "field"),
     [({"k": 0}, "k"), ({"k": 2.5}, "k"), ({"search_radius": -1.0}, "search_radius"),
-     ({"method": "manhattan"}, "method"), ({"near_key": "nope"}, "near_table")],
+     ({"method": "manhattan"}, "method"), ({"near_key": "nope"}, "near_table"),
+     ({"threads": 0}, "threads"), ({"threads": 1.5}, "threads")],
 )
 def test_bad_parameters_name_their_field(seats, kwargs, field):
     with pytest.raises(AnalysisError) as err:
