@@ -112,13 +112,18 @@ def nearest(
         exclude = (codes[: len(a)], codes[len(a):])
 
     key_order = np.argsort(np.argsort(np.asarray(near_ids[b_pos]), kind="stable"))
-    if method == "planar":
-        left, right, dist, line = _planar_knn(a, b, k, radius, exclude, key_order, lines,
-                                              workers)
+    if method == "planar" and _all_points(a) and _all_points(b):
+        left, right, dist, line, angle = _points_knn(a, b, k, radius, exclude, key_order,
+                                                     lines, workers)
     else:
-        left, right, dist, line = _geodesic_knn(a, b, k, radius, exclude, key_order, inputs.crs)
+        if method == "planar":
+            left, right, dist, line = _planar_knn(a, b, k, radius, exclude, key_order, lines,
+                                                  workers)
+        else:
+            left, right, dist, line = _geodesic_knn(a, b, k, radius, exclude, key_order,
+                                                    inputs.crs)
+        angle = _angles(line, method, inputs.crs)
     right = b_pos[right]
-    angle = _angles(line, method, inputs.crs)
     if lines and method == "geodesic" and not CRS.from_user_input(inputs.crs).is_geographic:
         line = gpd.GeoSeries(line, crs=CRS.from_user_input(inputs.crs).geodetic_crs)
         line = np.asarray(line.to_crs(inputs.crs).array, dtype=object)
@@ -397,6 +402,98 @@ def _planar_knn(
     parts = _in_chunks(part, len(a), threads)
     return (np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts]),
             np.concatenate([p[2] for p in parts]), np.concatenate([p[3] for p in parts]))
+
+
+def _all_points(geoms: NDArray[np.object_]) -> bool:
+    """Whether every present, non-empty geometry is a single two-dimensional point."""
+    ids = shapely.get_type_id(geoms)
+    return bool(np.all((ids == -1) | shapely.is_empty(geoms) | ((ids == 0) & ~shapely.has_z(geoms))))
+
+
+def _points_knn(
+    a: NDArray[np.object_],
+    b: NDArray[np.object_],
+    k: int,
+    radius: float | None,
+    exclude: tuple[IntArray, IntArray] | None,
+    key_order: IntArray,
+    all_lines: bool,
+    threads: int,
+) -> tuple[IntArray, IntArray, FloatArray, NDArray[np.object_], FloatArray]:
+    """Points to points with a KD-tree, and the angles: a few more than the ``k`` nearest
+    bound ``d_k``; where they may not hold every feature within that bound (plus the tie
+    margin), a ball query adds them. Distances are computed as GEOS computes a point-to-point
+    distance, ``sqrt(dx * dx + dy * dy)``."""
+    from scipy.spatial import cKDTree  # only this path needs SciPy's spatial module
+
+    bxy = shapely.get_coordinates(b)
+    tree = cKDTree(bxy)
+    _, everything = _start_radius(a, b, k)
+    cap = everything if radius is None else radius
+    # An input shares its key with at most one near feature, which is then not its neighbour;
+    # a few more than k neighbours usually hold every tie of the k-th.
+    probe = min(k + (exclude is not None) + 3, len(b))
+
+    def part(lo: int, hi: int) -> tuple[IntArray, IntArray, FloatArray, FloatArray]:
+        sub = a[lo:hi]
+        have = np.flatnonzero(~(shapely.is_missing(sub) | shapely.is_empty(sub)))
+        axy = shapely.get_coordinates(sub[have])
+        if not len(have):
+            return np.empty(0, np.int64), np.empty(0, np.int64), np.empty(0), np.empty(0)
+        tree_d, idx = tree.query(axy, k=probe)
+        tree_d = np.asarray(tree_d, dtype=float).reshape(len(have), probe)
+        pos = np.repeat(np.arange(len(have)), probe)
+        cand = np.asarray(idx, dtype=np.int64).ravel()
+        if exclude is not None:
+            other = exclude[0][lo:hi][have][pos] != exclude[1][cand]
+            pos, cand = pos[other], cand[other]
+        dist = _point_distance(axy[pos], bxy[cand])
+        kth = np.full(len(have), np.inf)
+        order = np.lexsort((dist, pos))
+        first = np.searchsorted(pos[order], pos[order], side="left")
+        at_k = order[np.arange(len(order)) - first == k - 1]
+        kth[pos[at_k]] = dist[at_k]
+        # a little beyond d_k: distances that _tie_key rounds to d_k are ties and must stay
+        reach = np.minimum(kth * (1.0 + 1e-9), cap) * (1.0 + 1e-12)
+        # where the last neighbour probed lies within reach, more may: search the ball
+        more = np.flatnonzero(tree_d[:, -1] <= reach) if probe < len(b) else np.empty(0, int)
+        if more.size:
+            again = np.zeros(len(have), dtype=bool)
+            again[more] = True
+            keep = ~again[pos]
+            found = tree.query_ball_point(axy[more], reach[more], return_sorted=False)
+            counts = np.array([len(f) for f in found], dtype=np.int64)
+            pos2 = np.repeat(more, counts)
+            cand2 = np.concatenate([np.asarray(f, dtype=np.int64) for f in found])
+            if exclude is not None:
+                other = exclude[0][lo:hi][have][pos2] != exclude[1][cand2]
+                pos2, cand2 = pos2[other], cand2[other]
+            pos = np.concatenate([pos[keep], pos2])
+            cand = np.concatenate([cand[keep], cand2])
+            dist = np.concatenate([dist[keep], _point_distance(axy[pos2], bxy[cand2])])
+            order = np.argsort(pos, kind="stable")
+            pos, cand, dist = pos[order], cand[order], dist[order]
+        left = have[pos]
+        keep = _top_k(left, cand, dist, k, radius, key_order)
+        left, right, dist = left[keep], cand[keep], dist[keep]
+        ends_a, ends_b = axy[pos[keep]], bxy[right]
+        # the angle as _angles takes it from the shortest line, which joins the two points
+        angle = np.where(dist > 0, np.degrees(np.arctan2(ends_b[:, 1] - ends_a[:, 1],
+                                                         ends_b[:, 0] - ends_a[:, 0])), 0.0)
+        return left + lo, right, dist, angle
+
+    parts = _in_chunks(part, len(a), threads)
+    left, right, dist, angle = (np.concatenate([p[i] for p in parts]) for i in range(4))
+    line = np.full(len(left), None, dtype=object)
+    if all_lines:
+        line = shapely.linestrings(np.stack([shapely.get_coordinates(a[left]), bxy[right]],
+                                            axis=1))
+    return left, right, dist, line, angle
+
+
+def _point_distance(p: FloatArray, q: FloatArray) -> FloatArray:
+    dx, dy = p[:, 0] - q[:, 0], p[:, 1] - q[:, 1]
+    return np.asarray(np.sqrt(dx * dx + dy * dy), dtype=float)
 
 
 def _box_margins(geod: Geod, dist: FloatArray, lat_lo: FloatArray, lat_hi: FloatArray

@@ -18,6 +18,7 @@ import pytest
 import shapely
 from pyproj import Geod, Proj
 
+import analysis.nearest as nearest_module
 from analysis.errors import AnalysisError, EmptyInput
 from analysis.nearest import nearest
 
@@ -306,6 +307,50 @@ def test_threaded_same_table_never_self(georgia):
     many = nearest(georgia, k=4, near_key="AreaKey", threads=5)
     _assert_identical(one, many)
     assert (many["near_id"] != many["AreaKey"]).all()
+
+
+@pytest.mark.parametrize(("k", "radius", "same", "lines"),
+                         [(1, None, False, False), (5, None, False, True),
+                          (3, 60.0, False, False), (4, None, True, False),
+                          (2, 40.0, True, True)])
+def test_points_kd_tree_equals_strtree_bit_for_bit(k, radius, same, lines):
+    # Points on both sides take the KD-tree; the STRtree search must give exactly the same,
+    # grid points making many exact ties (broken by key), and every pair measured agree.
+    points, _ = _grid_points_and_stars(1200, 1, seed=61)
+    near = points if same else points.iloc[::7].rename(columns={"pid": "nid"})
+    key = "pid" if same else "nid"
+    a = np.asarray(points.geometry.array, dtype=object)
+    b = np.asarray(near.geometry.array, dtype=object)
+    b_pos = np.flatnonzero(~shapely.is_missing(b))
+    key_order = np.argsort(np.argsort(near[key].to_numpy()[b_pos], kind="stable"))
+    exclude = None
+    if same:
+        codes = points["pid"].to_numpy()
+        exclude = (codes, codes[b_pos])
+    assert nearest_module._all_points(a) and nearest_module._all_points(b[b_pos])
+    kd = nearest_module._points_knn(a, b[b_pos], k, radius, exclude, key_order, lines, 2)
+    tree = nearest_module._planar_knn(a, b[b_pos], k, radius, exclude, key_order, lines, 2)
+    for got, expected in zip(kd[:3], tree[:3], strict=True):
+        np.testing.assert_array_equal(got, expected)
+    angle = nearest_module._angles(tree[3], "planar", None)
+    np.testing.assert_array_equal(kd[4], angle)
+    if lines:
+        assert shapely.equals_exact(kd[3], tree[3], tolerance=0).all()
+
+    result = nearest(points, None if same else near, k=k, search_radius=radius,
+                     near_key=key, lines=lines)
+    sample = points.iloc[::40]
+    sample = sample[~sample.geometry.isna()]
+    expected = brute_planar(sample, near[~near.geometry.isna()], key, k, radius,
+                            self_key="pid" if same else None)
+    assert_same(got_pairs(result[result["pid"].isin(sample["pid"])], sample, "pid"), expected)
+
+
+def test_points_with_z_or_multipoints_take_the_strtree():
+    flat = shapely.points([[0, 0], [1, 1]])
+    assert nearest_module._all_points(np.array([*flat, None, shapely.Point()], dtype=object))
+    assert not nearest_module._all_points(np.array([*flat, shapely.Point(0, 0, 1)]))
+    assert not nearest_module._all_points(np.array([*flat, shapely.MultiPoint([(0, 0)])]))
 
 
 @pytest.mark.parametrize(
