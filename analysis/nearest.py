@@ -634,7 +634,7 @@ def _assemble(
     order = np.lexsort((rank, rows))
     rows, target = rows[order], target[order]
     matched = target >= 0
-    out = inputs.iloc[rows].copy()
+    out = inputs.iloc[rows]  # a new frame (copy on write): no second copy
     out["near_id"] = pd.array(near_ids.to_numpy()).take(target, allow_fill=True)
     out["near_rank"] = pd.arrays.IntegerArray(rank[order], ~matched)
     fill = np.full(len(rows), np.nan)

@@ -121,14 +121,16 @@ def run(ctx: JobContext, params: Params) -> dict[str, Any]:
                      method=method, near_key=key, input_key=key if same else None,
                      same_table=same, lines=params.lines)
     ctx.progress(0.7)
+    input_features, near_features = len(inputs), len(near)
+    del inputs, near  # the result holds what it needs: their memory is the write's
     rows = write_layer(ctx.conn, result, output, srid=layer.srid, overwrite=params.overwrite)
     matched = result["near_rank"].notna()
     dist = result["near_dist"].dropna()
     return {
         "output_table": output,
         "rows": rows,
-        "input_features": len(inputs),
-        "near_features": len(near),
+        "input_features": input_features,
+        "near_features": near_features,
         "without_neighbour": int((~matched).sum()),
         "k": params.k,
         "method": method,
