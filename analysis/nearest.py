@@ -115,13 +115,12 @@ def nearest(
     if method == "planar" and _all_points(a) and _all_points(b):
         left, right, dist, line, angle = _points_knn(a, b, k, radius, exclude, key_order,
                                                      lines, workers)
+    elif method == "planar":
+        left, right, dist, line, angle = _planar_knn(a, b, k, radius, exclude, key_order,
+                                                     lines, workers)
     else:
-        if method == "planar":
-            left, right, dist, line = _planar_knn(a, b, k, radius, exclude, key_order, lines,
-                                                  workers)
-        else:
-            left, right, dist, line = _geodesic_knn(a, b, k, radius, exclude, key_order,
-                                                    inputs.crs)
+        left, right, dist, line = _geodesic_knn(a, b, k, radius, exclude, key_order,
+                                                inputs.crs)
         angle = _angles(line, method, inputs.crs)
     right = b_pos[right]
     if lines and method == "geodesic" and not CRS.from_user_input(inputs.crs).is_geographic:
@@ -381,13 +380,16 @@ def _planar_knn(
     key_order: IntArray,
     all_lines: bool,
     threads: int,
-) -> tuple[IntArray, IntArray, FloatArray, NDArray[np.object_]]:
+) -> tuple[IntArray, IntArray, FloatArray, NDArray[np.object_], FloatArray]:
+    """The STRtree search per chunk of inputs, and the angles; the shortest lines are kept
+    only when they are wanted (a million of them weigh about 200 MB)."""
     tree = shapely.STRtree(b)
     tree.query(b[:1])  # builds the tree here, before threads share it
     start, everything = _start_radius(a, b, k)
     cap = everything if radius is None else radius
 
-    def part(lo: int, hi: int) -> tuple[IntArray, IntArray, FloatArray, NDArray[np.object_]]:
+    def part(lo: int, hi: int
+             ) -> tuple[IntArray, IntArray, FloatArray, NDArray[np.object_], FloatArray]:
         sub = a[lo:hi]
         ex = None if exclude is None else (exclude[0][lo:hi], exclude[1])
         left, right, dist, _ = _search(tree, sub, b, k, cap, ex, start)
@@ -397,11 +399,14 @@ def _planar_knn(
         line = np.full(len(left), None, dtype=object)
         todo = np.arange(len(left)) if all_lines else np.flatnonzero(dist > 0)
         line[todo] = shapely.shortest_line(sub[left[todo]], b[right[todo]])
-        return left + lo, right, dist, line
+        angle = _angles(line, "planar", None)
+        if not all_lines:
+            line = np.full(len(left), None, dtype=object)
+        return left + lo, right, dist, line, angle
 
     parts = _in_chunks(part, len(a), threads)
-    return (np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts]),
-            np.concatenate([p[2] for p in parts]), np.concatenate([p[3] for p in parts]))
+    left, right, dist, line, angle = (np.concatenate([p[i] for p in parts]) for i in range(5))
+    return left, right, dist, line, angle
 
 
 def _all_points(geoms: NDArray[np.object_]) -> bool:
