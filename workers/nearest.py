@@ -6,8 +6,9 @@ neighbour), ``k``, ``search_radius``, ``method`` (``planar``/``geodesic``), ``ne
 and geometry, one row per input feature and neighbour rank, with ``near_id``, ``near_rank``,
 ``near_dist``, ``near_angle`` (and ``near_line``); see docs/job_types/nearest.md.
 
-Engine: Shapely's STRtree in the worker (``analysis.nearest``); bench/README.md has the
-measurement against PostGIS ``LATERAL ... ORDER BY <-> LIMIT k``.
+Engine: Shapely's STRtree in the worker (``analysis.nearest``; a KD-tree when both layers are
+points); bench/README.md has the measurement against PostGIS ``LATERAL ... ORDER BY <-> LIMIT
+k``.
 """
 
 from __future__ import annotations
