@@ -18,7 +18,10 @@ Data crossing the antimeridian is not handled.
 from __future__ import annotations
 
 import math
-from typing import Literal, cast
+import os
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from typing import Literal, TypeVar, cast
 
 import geopandas as gpd
 import numpy as np
@@ -35,8 +38,13 @@ Method = Literal["planar", "geodesic"]
 NEAR_COLUMNS = ("near_id", "near_rank", "near_dist", "near_angle")
 MAX_K = 1000
 
+CHUNK = 25_000
+"""Input features searched together: several chunks per thread keep both cores busy and bound
+the memory of the candidate pairs."""
+
 IntArray = NDArray[np.int64]
 FloatArray = NDArray[np.float64]
+T = TypeVar("T")
 
 
 def default_method(crs: CRS | None) -> Method:
@@ -55,6 +63,7 @@ def nearest(
     input_key: str | None = None,
     same_table: bool = False,
     lines: bool = False,
+    threads: int | None = None,
 ) -> gpd.GeoDataFrame:
     """Return one row per input feature and neighbour rank, closest first.
 
@@ -67,11 +76,14 @@ def nearest(
     ``near_angle`` (degrees counter-clockwise from east, -180..180, from the
     input's nearest point to the near feature's) and, with ``lines``,
     ``near_line``. An input feature without neighbour keeps one row of nulls.
+    Planar searches share chunks of inputs among ``threads`` threads (default: the CPU
+    count, at most 4); the result does not depend on their number.
     """
     if near is None:
         near, same_table = inputs, True
         input_key = input_key if input_key is not None else near_key
     k = _check_k(k)
+    workers = _threads(threads)
     radius = _check_radius(search_radius)
     method = _check_method(inputs, near, method)
     taken = [c for c in (*NEAR_COLUMNS, "near_line") if c in inputs.columns]
@@ -100,12 +112,17 @@ def nearest(
         exclude = (codes[: len(a)], codes[len(a):])
 
     key_order = np.argsort(np.argsort(np.asarray(near_ids[b_pos]), kind="stable"))
-    if method == "planar":
-        left, right, dist, line = _planar_knn(a, b, k, radius, exclude, key_order, lines)
+    if method == "planar" and _all_points(a) and _all_points(b):
+        left, right, dist, line, angle = _points_knn(a, b, k, radius, exclude, key_order,
+                                                     lines, workers)
+    elif method == "planar":
+        left, right, dist, line, angle = _planar_knn(a, b, k, radius, exclude, key_order,
+                                                     lines, workers)
     else:
-        left, right, dist, line = _geodesic_knn(a, b, k, radius, exclude, key_order, inputs.crs)
+        left, right, dist, line = _geodesic_knn(a, b, k, radius, exclude, key_order,
+                                                inputs.crs)
+        angle = _angles(line, method, inputs.crs)
     right = b_pos[right]
-    angle = _angles(line, method, inputs.crs)
     if lines and method == "geodesic" and not CRS.from_user_input(inputs.crs).is_geographic:
         line = gpd.GeoSeries(line, crs=CRS.from_user_input(inputs.crs).geodetic_crs)
         line = np.asarray(line.to_crs(inputs.crs).array, dtype=object)
@@ -116,6 +133,26 @@ def _check_k(k: int) -> int:
     if isinstance(k, bool) or not isinstance(k, int | np.integer) or not 1 <= k <= MAX_K:
         raise AnalysisError(f"k must be a whole number from 1 to {MAX_K}, got {k!r}", field="k")
     return int(k)
+
+
+def _threads(threads: int | None) -> int:
+    if threads is None:
+        return max(1, min(os.cpu_count() or 1, 4))
+    if isinstance(threads, bool) or not isinstance(threads, int | np.integer) or threads < 1:
+        raise AnalysisError(f"threads must be a whole number of 1 or more, got {threads!r}",
+                            field="threads")
+    return int(threads)
+
+
+def _in_chunks(work: Callable[[int, int], T], n: int, threads: int) -> list[T]:
+    """``work(lo, hi)`` over consecutive chunks of ``range(n)``, in order, on ``threads``
+    threads (Shapely and NumPy release the GIL for the heavy parts)."""
+    edges = np.linspace(0, n, max(1, -(-n // CHUNK), min(threads, n)) + 1).astype(int)
+    spans = list(zip(edges[:-1].tolist(), edges[1:].tolist(), strict=True))
+    if threads == 1 or len(spans) == 1:
+        return [work(lo, hi) for lo, hi in spans]
+    with ThreadPoolExecutor(threads) as pool:
+        return list(pool.map(lambda span: work(*span), spans))
 
 
 def _check_radius(radius: float | None) -> float | None:
@@ -342,18 +379,126 @@ def _planar_knn(
     exclude: tuple[IntArray, IntArray] | None,
     key_order: IntArray,
     all_lines: bool,
-) -> tuple[IntArray, IntArray, FloatArray, NDArray[np.object_]]:
+    threads: int,
+) -> tuple[IntArray, IntArray, FloatArray, NDArray[np.object_], FloatArray]:
+    """The STRtree search per chunk of inputs, and the angles; the shortest lines are kept
+    only when they are wanted (a million of them weigh about 200 MB)."""
     tree = shapely.STRtree(b)
+    tree.query(b[:1])  # builds the tree here, before threads share it
     start, everything = _start_radius(a, b, k)
     cap = everything if radius is None else radius
-    left, right, dist, _ = _search(tree, a, b, k, cap, exclude, start)
-    keep = _top_k(left, right, dist, k, radius, key_order)
-    left, right, dist = left[keep], right[keep], dist[keep]
-    # Touching pairs need no line for their angle (0); skip them unless lines are wanted.
+
+    def part(lo: int, hi: int
+             ) -> tuple[IntArray, IntArray, FloatArray, NDArray[np.object_], FloatArray]:
+        sub = a[lo:hi]
+        ex = None if exclude is None else (exclude[0][lo:hi], exclude[1])
+        left, right, dist, _ = _search(tree, sub, b, k, cap, ex, start)
+        keep = _top_k(left, right, dist, k, radius, key_order)
+        left, right, dist = left[keep], right[keep], dist[keep]
+        # Touching pairs need no line for their angle (0); skip them unless lines are wanted.
+        line = np.full(len(left), None, dtype=object)
+        todo = np.arange(len(left)) if all_lines else np.flatnonzero(dist > 0)
+        line[todo] = shapely.shortest_line(sub[left[todo]], b[right[todo]])
+        angle = _angles(line, "planar", None)
+        if not all_lines:
+            line = np.full(len(left), None, dtype=object)
+        return left + lo, right, dist, line, angle
+
+    parts = _in_chunks(part, len(a), threads)
+    left, right, dist, line, angle = (np.concatenate([p[i] for p in parts]) for i in range(5))
+    return left, right, dist, line, angle
+
+
+def _all_points(geoms: NDArray[np.object_]) -> bool:
+    """Whether every present, non-empty geometry is a single two-dimensional point."""
+    ids = shapely.get_type_id(geoms)
+    return bool(np.all((ids == -1) | shapely.is_empty(geoms) | ((ids == 0) & ~shapely.has_z(geoms))))
+
+
+def _points_knn(
+    a: NDArray[np.object_],
+    b: NDArray[np.object_],
+    k: int,
+    radius: float | None,
+    exclude: tuple[IntArray, IntArray] | None,
+    key_order: IntArray,
+    all_lines: bool,
+    threads: int,
+) -> tuple[IntArray, IntArray, FloatArray, NDArray[np.object_], FloatArray]:
+    """Points to points with a KD-tree, and the angles: a few more than the ``k`` nearest
+    bound ``d_k``; where they may not hold every feature within that bound (plus the tie
+    margin), a ball query adds them. Distances are computed as GEOS computes a point-to-point
+    distance, ``sqrt(dx * dx + dy * dy)``."""
+    from scipy.spatial import cKDTree  # only this path needs SciPy's spatial module
+
+    bxy = shapely.get_coordinates(b)
+    tree = cKDTree(bxy)
+    _, everything = _start_radius(a, b, k)
+    cap = everything if radius is None else radius
+    # An input shares its key with at most one near feature, which is then not its neighbour;
+    # a few more than k neighbours usually hold every tie of the k-th.
+    probe = min(k + (exclude is not None) + 3, len(b))
+
+    def part(lo: int, hi: int) -> tuple[IntArray, IntArray, FloatArray, FloatArray]:
+        sub = a[lo:hi]
+        have = np.flatnonzero(~(shapely.is_missing(sub) | shapely.is_empty(sub)))
+        axy = shapely.get_coordinates(sub[have])
+        if not len(have):
+            return np.empty(0, np.int64), np.empty(0, np.int64), np.empty(0), np.empty(0)
+        tree_d, idx = tree.query(axy, k=probe)
+        tree_d = np.asarray(tree_d, dtype=float).reshape(len(have), probe)
+        pos = np.repeat(np.arange(len(have)), probe)
+        cand = np.asarray(idx, dtype=np.int64).ravel()
+        if exclude is not None:
+            other = exclude[0][lo:hi][have][pos] != exclude[1][cand]
+            pos, cand = pos[other], cand[other]
+        dist = _point_distance(axy[pos], bxy[cand])
+        kth = np.full(len(have), np.inf)
+        order = np.lexsort((dist, pos))
+        first = np.searchsorted(pos[order], pos[order], side="left")
+        at_k = order[np.arange(len(order)) - first == k - 1]
+        kth[pos[at_k]] = dist[at_k]
+        # a little beyond d_k: distances that _tie_key rounds to d_k are ties and must stay
+        reach = np.minimum(kth * (1.0 + 1e-9), cap) * (1.0 + 1e-12)
+        # where the last neighbour probed lies within reach, more may: search the ball
+        more = np.flatnonzero(tree_d[:, -1] <= reach) if probe < len(b) else np.empty(0, int)
+        if more.size:
+            again = np.zeros(len(have), dtype=bool)
+            again[more] = True
+            keep = ~again[pos]
+            found = tree.query_ball_point(axy[more], reach[more], return_sorted=False)
+            counts = np.array([len(f) for f in found], dtype=np.int64)
+            pos2 = np.repeat(more, counts)
+            cand2 = np.concatenate([np.asarray(f, dtype=np.int64) for f in found])
+            if exclude is not None:
+                other = exclude[0][lo:hi][have][pos2] != exclude[1][cand2]
+                pos2, cand2 = pos2[other], cand2[other]
+            pos = np.concatenate([pos[keep], pos2])
+            cand = np.concatenate([cand[keep], cand2])
+            dist = np.concatenate([dist[keep], _point_distance(axy[pos2], bxy[cand2])])
+            order = np.argsort(pos, kind="stable")
+            pos, cand, dist = pos[order], cand[order], dist[order]
+        left = have[pos]
+        keep = _top_k(left, cand, dist, k, radius, key_order)
+        left, right, dist = left[keep], cand[keep], dist[keep]
+        ends_a, ends_b = axy[pos[keep]], bxy[right]
+        # the angle as _angles takes it from the shortest line, which joins the two points
+        angle = np.where(dist > 0, np.degrees(np.arctan2(ends_b[:, 1] - ends_a[:, 1],
+                                                         ends_b[:, 0] - ends_a[:, 0])), 0.0)
+        return left + lo, right, dist, angle
+
+    parts = _in_chunks(part, len(a), threads)
+    left, right, dist, angle = (np.concatenate([p[i] for p in parts]) for i in range(4))
     line = np.full(len(left), None, dtype=object)
-    todo = np.arange(len(left)) if all_lines else np.flatnonzero(dist > 0)
-    line[todo] = shapely.shortest_line(a[left[todo]], b[right[todo]])
-    return left, right, dist, line
+    if all_lines:
+        line = shapely.linestrings(np.stack([shapely.get_coordinates(a[left]), bxy[right]],
+                                            axis=1))
+    return left, right, dist, line, angle
+
+
+def _point_distance(p: FloatArray, q: FloatArray) -> FloatArray:
+    dx, dy = p[:, 0] - q[:, 0], p[:, 1] - q[:, 1]
+    return np.asarray(np.sqrt(dx * dx + dy * dy), dtype=float)
 
 
 def _box_margins(geod: Geod, dist: FloatArray, lat_lo: FloatArray, lat_hi: FloatArray
@@ -494,7 +639,7 @@ def _assemble(
     order = np.lexsort((rank, rows))
     rows, target = rows[order], target[order]
     matched = target >= 0
-    out = inputs.iloc[rows].copy()
+    out = inputs.iloc[rows]  # a new frame (copy on write): no second copy
     out["near_id"] = pd.array(near_ids.to_numpy()).take(target, allow_fill=True)
     out["near_rank"] = pd.arrays.IntegerArray(rank[order], ~matched)
     fill = np.full(len(rows), np.nan)

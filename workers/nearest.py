@@ -6,8 +6,9 @@ neighbour), ``k``, ``search_radius``, ``method`` (``planar``/``geodesic``), ``ne
 and geometry, one row per input feature and neighbour rank, with ``near_id``, ``near_rank``,
 ``near_dist``, ``near_angle`` (and ``near_line``); see docs/job_types/nearest.md.
 
-Engine: Shapely's STRtree in the worker (``analysis.nearest``); bench/README.md has the
-measurement against PostGIS ``LATERAL ... ORDER BY <-> LIMIT k``.
+Engine: Shapely's STRtree in the worker (``analysis.nearest``; a KD-tree when both layers are
+points); bench/README.md has the measurement against PostGIS ``LATERAL ... ORDER BY <-> LIMIT
+k``.
 """
 
 from __future__ import annotations
@@ -121,14 +122,16 @@ def run(ctx: JobContext, params: Params) -> dict[str, Any]:
                      method=method, near_key=key, input_key=key if same else None,
                      same_table=same, lines=params.lines)
     ctx.progress(0.7)
+    input_features, near_features = len(inputs), len(near)
+    del inputs, near  # the result holds what it needs: their memory is the write's
     rows = write_layer(ctx.conn, result, output, srid=layer.srid, overwrite=params.overwrite)
     matched = result["near_rank"].notna()
     dist = result["near_dist"].dropna()
     return {
         "output_table": output,
         "rows": rows,
-        "input_features": len(inputs),
-        "near_features": len(near),
+        "input_features": input_features,
+        "near_features": near_features,
         "without_neighbour": int((~matched).sum()),
         "k": params.k,
         "method": method,

@@ -18,6 +18,7 @@ import pytest
 import shapely
 from pyproj import Geod, Proj
 
+import analysis.nearest as nearest_module
 from analysis.errors import AnalysisError, EmptyInput
 from analysis.nearest import nearest
 
@@ -250,10 +251,111 @@ def test_string_keys_and_missing_geometry(seats):
     assert not result["near_id"].isin(named["name"][:3]).any()
 
 
+def _grid_points_and_stars(n_points: int, n_stars: int, seed: int) -> tuple[gpd.GeoDataFrame,
+                                                                            gpd.GeoDataFrame]:
+    """Points on a coarse grid (exact ties at equal distances), some missing, and star
+    polygons that overlap."""
+    rng = np.random.default_rng(seed)
+    xy = np.round(rng.uniform(0, 1000, (n_points, 2)) / 25) * 25
+    geoms = shapely.points(xy)
+    geoms[rng.choice(n_points, 5, replace=False)] = None
+    points = gpd.GeoDataFrame({"pid": np.arange(n_points) * 3 + 7}, geometry=geoms,
+                              crs=26916)
+    stars = []
+    for cx, cy in np.round(rng.uniform(0, 1000, (n_stars, 2)) / 50) * 50:
+        angles = np.sort(rng.uniform(0, 2 * np.pi, 7))
+        r = 40 * rng.uniform(0.4, 1.0, 7)
+        stars.append(shapely.Polygon(np.column_stack([cx + r * np.cos(angles),
+                                                      cy + r * np.sin(angles)])))
+    polygons = gpd.GeoDataFrame({"sid": rng.permutation(n_stars) + 100}, geometry=stars,
+                                crs=26916)
+    return points, polygons
+
+
+def _assert_identical(one: gpd.GeoDataFrame, other: gpd.GeoDataFrame) -> None:
+    assert one.index.equals(other.index)
+    for column in ("near_id", "near_rank"):
+        assert one[column].tolist() == other[column].tolist()
+    for column in ("near_dist", "near_angle"):
+        np.testing.assert_array_equal(one[column].to_numpy(float, na_value=np.nan),
+                                      other[column].to_numpy(float, na_value=np.nan))
+    if "near_line" in one.columns:
+        assert shapely.equals_exact(one["near_line"].to_numpy(), other["near_line"].to_numpy(),
+                                    tolerance=0).tolist() == \
+            (~one["near_line"].isna()).tolist()
+
+
+@pytest.mark.parametrize("threads", [2, 3, 7])
+@pytest.mark.parametrize(("k", "radius", "lines"), [(1, None, False), (5, None, True),
+                                                    (4, 30.0, False)])
+def test_threaded_chunks_equal_one_thread_bit_for_bit(threads, k, radius, lines):
+    # Several chunks searched on several threads must give exactly what one thread gives,
+    # and both what every pair measured gives.
+    points, polygons = _grid_points_and_stars(1500, 120, seed=16)
+    one = nearest(points, polygons, k=k, search_radius=radius, near_key="sid", lines=lines,
+                  threads=1)
+    many = nearest(points, polygons, k=k, search_radius=radius, near_key="sid", lines=lines,
+                   threads=threads)
+    _assert_identical(one, many)
+    sample = points.iloc[::25]
+    expected = brute_planar(sample, polygons, "sid", k, radius)
+    assert_same(got_pairs(many[many["pid"].isin(sample["pid"])], sample, "pid"), expected)
+
+
+def test_threaded_same_table_never_self(georgia):
+    one = nearest(georgia, k=4, near_key="AreaKey", threads=1)
+    many = nearest(georgia, k=4, near_key="AreaKey", threads=5)
+    _assert_identical(one, many)
+    assert (many["near_id"] != many["AreaKey"]).all()
+
+
+@pytest.mark.parametrize(("k", "radius", "same", "lines"),
+                         [(1, None, False, False), (5, None, False, True),
+                          (3, 60.0, False, False), (4, None, True, False),
+                          (2, 40.0, True, True)])
+def test_points_kd_tree_equals_strtree_bit_for_bit(k, radius, same, lines):
+    # Points on both sides take the KD-tree; the STRtree search must give exactly the same,
+    # grid points making many exact ties (broken by key), and every pair measured agree.
+    points, _ = _grid_points_and_stars(1200, 1, seed=61)
+    near = points if same else points.iloc[::7].rename(columns={"pid": "nid"})
+    key = "pid" if same else "nid"
+    a = np.asarray(points.geometry.array, dtype=object)
+    b = np.asarray(near.geometry.array, dtype=object)
+    b_pos = np.flatnonzero(~shapely.is_missing(b))
+    key_order = np.argsort(np.argsort(near[key].to_numpy()[b_pos], kind="stable"))
+    exclude = None
+    if same:
+        codes = points["pid"].to_numpy()
+        exclude = (codes, codes[b_pos])
+    assert nearest_module._all_points(a) and nearest_module._all_points(b[b_pos])
+    kd = nearest_module._points_knn(a, b[b_pos], k, radius, exclude, key_order, lines, 2)
+    tree = nearest_module._planar_knn(a, b[b_pos], k, radius, exclude, key_order, lines, 2)
+    for got, expected in zip((*kd[:3], kd[4]), (*tree[:3], tree[4]), strict=True):
+        np.testing.assert_array_equal(got, expected)
+    if lines:
+        assert shapely.equals_exact(kd[3], tree[3], tolerance=0).all()
+
+    result = nearest(points, None if same else near, k=k, search_radius=radius,
+                     near_key=key, lines=lines)
+    sample = points.iloc[::40]
+    sample = sample[~sample.geometry.isna()]
+    expected = brute_planar(sample, near[~near.geometry.isna()], key, k, radius,
+                            self_key="pid" if same else None)
+    assert_same(got_pairs(result[result["pid"].isin(sample["pid"])], sample, "pid"), expected)
+
+
+def test_points_with_z_or_multipoints_take_the_strtree():
+    flat = shapely.points([[0, 0], [1, 1]])
+    assert nearest_module._all_points(np.array([*flat, None, shapely.Point()], dtype=object))
+    assert not nearest_module._all_points(np.array([*flat, shapely.Point(0, 0, 1)]))
+    assert not nearest_module._all_points(np.array([*flat, shapely.MultiPoint([(0, 0)])]))
+
+
 @pytest.mark.parametrize(
     ("kwargs", "field"),
     [({"k": 0}, "k"), ({"k": 2.5}, "k"), ({"search_radius": -1.0}, "search_radius"),
-     ({"method": "manhattan"}, "method"), ({"near_key": "nope"}, "near_table")],
+     ({"method": "manhattan"}, "method"), ({"near_key": "nope"}, "near_table"),
+     ({"threads": 0}, "threads"), ({"threads": 1.5}, "threads")],
 )
 def test_bad_parameters_name_their_field(seats, kwargs, field):
     with pytest.raises(AnalysisError) as err:
