@@ -312,7 +312,6 @@ class _Child:
         self.slot = slot
         self.limits = limits
         self.conn: psycopg.Connection[Any] | None = None
-        self.side = provenance.SideConnection(settings.database_url)  # opened at first use
         self.files: list[str] = []
         self.tried_claim = False  # the completing transaction claimed (or found nothing)
         self.claim_sent = 0.0  # time.monotonic() when the last claim's statement was sent
@@ -430,7 +429,6 @@ class _Child:
     def _attempt(self, job: queue.ClaimedJob, conn: psycopg.Connection[Any], label: str,
                  begun: float) -> queue.ClaimedJob | None:
         behind_pooler = pooled(conn)
-        fingerprints: provenance.Fingerprints | None = None
         try:
             params = validate_params(self.module.Params, job.params)
             ctx = JobContext(job_id=job.id, job_type=job.job_type, attempt=job.attempt,
@@ -440,16 +438,13 @@ class _Child:
             run_from = time.perf_counter()
             if conn.info.transaction_status == psycopg.pq.TransactionStatus.IDLE:
                 queue.begin(conn)  # else begun with the claim, in its round trip
-            # The inputs are fingerprinted on the side connection, in the snapshot this
-            # transaction exports first, while the handler runs.
-            fingerprints = self.side.start(conn, params)
             if behind_pooler:
                 self._pin_transaction(job, conn)
             result = dict(self.module.run(ctx, params) or {})
             result.setdefault("warnings", [])
             result["provenance"] = provenance.record(
                 conn, job, params, result, started_at=started_at,
-                run_seconds=time.perf_counter() - run_from, fingerprints=fingerprints)
+                run_seconds=time.perf_counter() - run_from)
             # The completion, the next claim, the COMMIT and the next BEGIN: one round trip.
             claim = self._claim_next()
             self.claim_sent = time.monotonic()
@@ -457,8 +452,6 @@ class _Child:
                 conn, job, result, claim_next=self.module.JOB_TYPE if claim else None)
             self.tried_claim = claim and done
         except BaseException as exc:  # noqa: BLE001 - a job's failure never ends the child's loop
-            if fingerprints is not None:
-                fingerprints.stop("the job failed")
             if isinstance(exc, psycopg.OperationalError) and conn.broken:
                 raise
             queue.rollback(conn)  # the job's writes never outlive its failure

@@ -279,10 +279,6 @@ def test_client_submits_and_waits_through_pgbouncer(
             assert regions is not None and len(frame) == regions[0] == dissolve.result["rows"]
             assert set(frame["sub_region"]) == {r[0] for r in conn.execute(
                 "SELECT DISTINCT sub_region FROM public.us_states")}
-            # the input fingerprinted beside the job, in the snapshot its pinned transaction
-            # exported (imported through PgBouncer on another server connection)
-            [source] = dissolve.result["provenance"]["inputs"]
-            assert source["as_of"] == "job start" and source["rows"] == 48, source
             slow = jobs.submit("noop", {"sleep_seconds": 30, "steps": 300})
             wait_for(lambda: slow.status == "running", timeout=20)
             assert slow.cancel()
